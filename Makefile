@@ -1,0 +1,43 @@
+# gradcam-serve: `make serve` runs the service, `make test` runs every test.
+# Both install what they need, once: libtorch (PyPI torch 2.13.0, under
+# ~/.cache/gradcam-serve), the release build, the reference venv and data for the tests.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := serve
+.PHONY: serve build test lint bench fuzz load-test gateway-test openapi clean-cache
+
+# Where libtorch lives (installed on first use; prints its path).
+LIBTORCH := $(shell scripts/setup-libtorch.sh)
+ifeq ($(LIBTORCH),)
+$(error scripts/setup-libtorch.sh failed: see the lines above)
+endif
+export LIBTORCH
+BIN := target/release/gradcam-serve
+WEIGHTS ?= weights/resnet50.safetensors
+PARITY := target/parity
+
+build:
+	cargo build --release --locked
+
+# Real weights when present or downloadable; otherwise demo weights, said loudly.
+serve: build
+	@if [ ! -f "$(WEIGHTS)" ] && ! $(BIN) fetch-weights --weights "$(WEIGHTS)"; then \
+	  echo "*** could not fetch the official weights (offline?): serving DEMO RANDOM weights;"; \
+	  echo "*** labels are meaningless. Put a ResNet-50 safetensors file at $(WEIGHTS) for real ones."; \
+	  exec $(BIN) serve --weights "$(WEIGHTS)" --demo-weights $(ARGS); \
+	fi; \
+	exec $(BIN) serve --weights "$(WEIGHTS)" $(ARGS)
+
+# Reference answers from pytorch-grad-cam (its own venv, installed once).
+$(PARITY)/reference.json: tests/reference/make_reference.py scripts/setup-pyref.sh
+	PY=$$(scripts/setup-pyref.sh) && $$PY tests/reference/make_reference.py $(PARITY)
+
+test: $(PARITY)/reference.json
+	GRADCAM_PARITY_DIR=$(abspath $(PARITY)) cargo test --release --locked -- --include-ignored
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --release --locked --all-targets -- -D warnings
+
+clean-cache:
+	rm -rf $(HOME)/.cache/gradcam-serve

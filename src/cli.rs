@@ -1,0 +1,368 @@
+//! Command line: `serve`, `explain IMAGE`, `fetch-weights`. Every setting of config.toml has
+//! a flag and a `GRADCAM_*` variable here, which override the file.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+use crate::engine::{self, Engine, Options};
+use crate::explanation::Timing;
+use crate::preprocess::{DecodeLimits, ResizeMode};
+use crate::weights;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "gradcam-serve",
+    version,
+    about = "Grad-CAM explanations of a ResNet-50's predictions: an HTTP service and a CLI"
+)]
+pub struct Cli {
+    /// Settings file. Without this flag, ./config.toml is read when it exists.
+    #[arg(long, env = "GRADCAM_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the HTTP service.
+    Serve {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        defaults: ExplainArgs,
+    },
+    /// Explain one image file and print the answer (the same JSON as POST /explain).
+    Explain {
+        /// Image file (JPEG, PNG, WebP, GIF, BMP or TIFF).
+        image: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        defaults: ExplainArgs,
+        /// Class index to explain (0..999); default: the top-1 class.
+        #[arg(long)]
+        target: Option<usize>,
+        /// Write the overlay PNG here (the JSON then leaves the base64 PNG out).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print the full JSON answer instead of a summary.
+        #[arg(long)]
+        json: bool,
+        /// Largest image accepted, in pixels.
+        #[arg(long, env = "GRADCAM_MAX_PIXELS")]
+        max_pixels: Option<u64>,
+    },
+    /// Download the official torchvision ImageNet ResNet-50 weights (safetensors), check
+    /// their SHA-256, and write them where the config points.
+    FetchWeights {
+        /// Where to write them; default: the configured weights path.
+        #[arg(long, env = "GRADCAM_WEIGHTS")]
+        weights: Option<PathBuf>,
+        #[arg(long, default_value = weights::OFFICIAL_WEIGHTS_URL)]
+        url: String,
+        /// Expected SHA-256 (hex); default: the digest the hub publishes for the file.
+        #[arg(long)]
+        sha256: Option<String>,
+        /// Download even when the file is already there.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Args, Debug, Default)]
+pub struct ModelArgs {
+    /// Safetensors weights of a torchvision ResNet-50 [config: model.weights]
+    #[arg(long, env = "GRADCAM_WEIGHTS")]
+    pub weights: Option<PathBuf>,
+    /// Use seeded random weights when the weights file is missing [model.demo_weights]
+    #[arg(long, env = "GRADCAM_DEMO_WEIGHTS", num_args = 0..=1, default_missing_value = "true")]
+    pub demo_weights: Option<bool>,
+    /// Side of the square model input, a multiple of 32 [model.input_size]
+    #[arg(long, env = "GRADCAM_INPUT_SIZE")]
+    pub input_size: Option<u32>,
+    /// stretch or crop [model.resize]
+    #[arg(long, env = "GRADCAM_RESIZE")]
+    pub resize: Option<ResizeMode>,
+    /// Fold batch norm into the convolutions at load [model.fold_batch_norm]
+    #[arg(long, env = "GRADCAM_FOLD_BATCH_NORM", num_args = 0..=1, default_missing_value = "true")]
+    pub fold_batch_norm: Option<bool>,
+    /// libtorch intra-op threads per worker, 0 = default [model.threads]
+    #[arg(long, env = "GRADCAM_THREADS")]
+    pub threads: Option<usize>,
+}
+
+#[derive(Args, Debug, Default)]
+pub struct ServerArgs {
+    /// Listen address [server.bind]
+    #[arg(long, env = "GRADCAM_BIND")]
+    pub bind: Option<String>,
+    /// Model worker threads [server.workers]
+    #[arg(long, env = "GRADCAM_WORKERS")]
+    pub workers: Option<usize>,
+    /// Explanations admitted at once, queued plus running [server.queue_capacity]
+    #[arg(long, env = "GRADCAM_QUEUE_CAPACITY")]
+    pub queue_capacity: Option<usize>,
+    /// Most images per batch [server.max_batch]
+    #[arg(long, env = "GRADCAM_MAX_BATCH")]
+    pub max_batch: Option<usize>,
+    /// Milliseconds to wait to fill a batch [server.batch_wait_ms]
+    #[arg(long, env = "GRADCAM_BATCH_WAIT_MS")]
+    pub batch_wait_ms: Option<u64>,
+    /// Largest request body in bytes [server.max_upload_bytes]
+    #[arg(long, env = "GRADCAM_MAX_UPLOAD_BYTES")]
+    pub max_upload_bytes: Option<usize>,
+    /// Largest image in pixels [server.max_pixels]
+    #[arg(long, env = "GRADCAM_MAX_PIXELS")]
+    pub max_pixels: Option<u64>,
+    /// Longest a request may take, in seconds [server.request_timeout_secs]
+    #[arg(long, env = "GRADCAM_REQUEST_TIMEOUT_SECS")]
+    pub request_timeout_secs: Option<u64>,
+    /// CORS origins, comma-separated ("*" for any) [server.cors_origins]
+    #[arg(long, env = "GRADCAM_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Option<Vec<String>>,
+    /// Bearer tokens, comma-separated [server.api_keys]
+    #[arg(
+        long,
+        env = "GRADCAM_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Option<Vec<String>>,
+    /// /metrics needs a token when api_keys is set [server.protect_metrics]
+    #[arg(long, env = "GRADCAM_PROTECT_METRICS", num_args = 0..=1, default_missing_value = "true")]
+    pub protect_metrics: Option<bool>,
+    /// /docs and /openapi.json need a token when api_keys is set [server.protect_docs]
+    #[arg(long, env = "GRADCAM_PROTECT_DOCS", num_args = 0..=1, default_missing_value = "true")]
+    pub protect_docs: Option<bool>,
+}
+
+#[derive(Args, Debug, Default)]
+pub struct ExplainArgs {
+    /// Classes listed in top_k [explain.top_k]
+    #[arg(long, env = "GRADCAM_TOP_K")]
+    pub top_k: Option<usize>,
+    /// Heat-map opacity in the overlay, 0..1 [explain.alpha]
+    #[arg(long, env = "GRADCAM_ALPHA")]
+    pub alpha: Option<f32>,
+}
+
+/// Sets `$target = value` for each flag that was given.
+macro_rules! override_with {
+    ($args:expr, $target:expr, [$($field:ident),* $(,)?]) => {
+        $( if let Some(v) = $args.$field.clone() { $target.$field = v; } )*
+    };
+}
+
+impl ModelArgs {
+    pub fn apply(&self, config: &mut Config) {
+        let m = &mut config.model;
+        override_with!(
+            self,
+            m,
+            [
+                weights,
+                demo_weights,
+                input_size,
+                resize,
+                fold_batch_norm,
+                threads
+            ]
+        );
+    }
+}
+
+impl ServerArgs {
+    pub fn apply(&self, config: &mut Config) {
+        let s = &mut config.server;
+        override_with!(
+            self,
+            s,
+            [
+                bind,
+                workers,
+                queue_capacity,
+                max_batch,
+                batch_wait_ms,
+                max_upload_bytes,
+                max_pixels,
+                request_timeout_secs,
+                cors_origins,
+                api_keys,
+                protect_metrics,
+                protect_docs,
+            ]
+        );
+    }
+}
+
+impl ExplainArgs {
+    pub fn apply(&self, config: &mut Config) {
+        let e = &mut config.explain;
+        override_with!(self, e, [top_k, alpha]);
+    }
+}
+
+pub fn load_config(path: &Option<PathBuf>) -> anyhow::Result<Config> {
+    Ok(match path {
+        Some(p) => Config::load(p, true)?,
+        None => Config::load(std::path::Path::new("config.toml"), false)?,
+    })
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut config = load_config(&cli.config)?;
+    match cli.command {
+        Command::Serve {
+            model,
+            server,
+            defaults,
+        } => {
+            model.apply(&mut config);
+            server.apply(&mut config);
+            defaults.apply(&mut config);
+            config.validate()?;
+            crate::server::run(config)
+        }
+        Command::Explain {
+            image,
+            model,
+            defaults,
+            target,
+            out,
+            json,
+            max_pixels,
+        } => {
+            model.apply(&mut config);
+            defaults.apply(&mut config);
+            if let Some(m) = max_pixels {
+                config.server.max_pixels = m;
+            }
+            config.validate()?;
+            explain_file(&config, &image, target, out.as_deref(), json)
+        }
+        Command::FetchWeights {
+            weights: dest,
+            url,
+            sha256,
+            force,
+        } => {
+            let dest = dest.unwrap_or(config.model.weights);
+            if dest.exists() && !force {
+                println!(
+                    "{} is already there (use --force to download again)",
+                    dest.display()
+                );
+                return Ok(());
+            }
+            eprintln!("downloading {url}\n  to {}", dest.display());
+            let digest = weights::fetch(&url, &dest, sha256.as_deref())?;
+            println!("wrote {} (sha256 {digest})", dest.display());
+            Ok(())
+        }
+    }
+}
+
+fn explain_file(
+    config: &Config,
+    image: &std::path::Path,
+    target: Option<usize>,
+    out: Option<&std::path::Path>,
+    json: bool,
+) -> anyhow::Result<()> {
+    if let Some(t) = target {
+        if t >= crate::model::NUM_CLASSES {
+            bail!("--target {t} is out of range (0..999)");
+        }
+    }
+    let started = std::time::Instant::now();
+    let engine = Engine::load(&config.model)?;
+    if engine.is_demo() {
+        eprintln!(
+            "WARNING: no weights at {}: using seeded RANDOM demo weights; the labels below \
+             mean nothing",
+            config.model.weights.display()
+        );
+    }
+    let load_ms = started.elapsed().as_secs_f64() * 1e3;
+    let bytes = std::fs::read(image).with_context(|| format!("reading {}", image.display()))?;
+    let options = Options {
+        target,
+        top_k: config.explain.top_k,
+        alpha: config.explain.alpha,
+        overlay: out.is_some() || json,
+        resize: config.model.resize,
+    };
+    let limits = DecodeLimits {
+        max_pixels: config.server.max_pixels,
+    };
+    let prepared = engine::prepare(&bytes, limits, config.model.input_size, options.resize)
+        .with_context(|| format!("{}", image.display()))?;
+    let (mut raw, passes) = engine.run(&[&prepared.input], &[target])?;
+    let timing = Timing {
+        decode: prepared.decode_ms,
+        queue: 0.0,
+        forward: passes.forward_ms,
+        backward: passes.backward_ms,
+        ..Timing::default()
+    };
+    let (mut explanation, png) = engine::finish(
+        &prepared,
+        &raw.remove(0),
+        &options,
+        engine.info().clone(),
+        timing,
+    );
+    explanation.timing_ms.total = started.elapsed().as_secs_f64() * 1e3 - load_ms;
+    match (out, png) {
+        (Some(path), Some(png)) => {
+            std::fs::write(path, png).with_context(|| format!("writing {}", path.display()))?
+        }
+        (None, Some(png)) => explanation.embed_overlay(&png),
+        _ => {}
+    }
+    let mut stdout = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut stdout, &explanation)?;
+        writeln!(stdout)?;
+        return Ok(());
+    }
+    let e = &explanation;
+    writeln!(
+        stdout,
+        "{} ({}x{})",
+        image.display(),
+        e.image.width,
+        e.image.height
+    )?;
+    writeln!(stdout, "weights: {}", e.model.weights)?;
+    for (rank, c) in e.top_k.iter().enumerate() {
+        writeln!(
+            stdout,
+            "  {}. {:>3} {:<30} {:.4}",
+            rank + 1,
+            c.class_index,
+            c.label,
+            c.score
+        )?;
+    }
+    writeln!(
+        stdout,
+        "Grad-CAM of class {} ({}) at layer4, {}x{} (raw):",
+        e.target.class_index, e.target.label, e.saliency.width, e.saliency.height
+    )?;
+    for row in &e.saliency.data {
+        let cells: Vec<String> = row.iter().map(|v| format!("{v:8.4}")).collect();
+        writeln!(stdout, "  {}", cells.join(" "))?;
+    }
+    if let Some(path) = out {
+        writeln!(stdout, "overlay written to {}", path.display())?;
+    }
+    Ok(())
+}

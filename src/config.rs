@@ -1,0 +1,240 @@
+//! Settings, in layers: built-in defaults, then `config.toml`, then `GRADCAM_*` environment
+//! variables, then command-line flags (the last two through clap, see `cli.rs`).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::preprocess::ResizeMode;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub model: ModelConfig,
+    pub server: ServerConfig,
+    pub explain: ExplainDefaults,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Safetensors file with a torchvision ResNet-50 state dict. A relative path is taken
+    /// from the config file's folder.
+    pub weights: PathBuf,
+    /// Run with seeded random weights when the weights file is missing (labels are then
+    /// meaningless, and every answer says `"weights": "demo-random"`).
+    pub demo_weights: bool,
+    /// Side of the square model input, in pixels (a multiple of 32).
+    pub input_size: u32,
+    /// `stretch` (whole image to the input size) or `crop` (torchvision's resize + centre crop).
+    pub resize: ResizeMode,
+    /// Fold batch norm into the convolutions at load time (exact, faster).
+    pub fold_batch_norm: bool,
+    /// libtorch intra-op threads per worker; 0 leaves libtorch's default (one per core).
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on. Loopback unless you mean to expose it.
+    pub bind: String,
+    /// Model worker threads, each with its own copy of the model.
+    pub workers: usize,
+    /// Explanations admitted at once (queued plus running); beyond it requests get 503
+    /// with Retry-After at once instead of waiting without bound.
+    pub queue_capacity: usize,
+    /// Most images one worker puts through the network together.
+    pub max_batch: usize,
+    /// How long a worker waits for more requests to fill a batch, in milliseconds.
+    pub batch_wait_ms: u64,
+    /// Largest accepted request body, in bytes; larger uploads get 413 unread.
+    pub max_upload_bytes: usize,
+    /// Largest accepted image, in pixels (width x height), checked before decoding.
+    pub max_pixels: u64,
+    /// Longest time one request may take, in seconds, upload included; then 504 (408 while
+    /// the upload is still arriving).
+    pub request_timeout_secs: u64,
+    /// Origins allowed by CORS; empty turns CORS off, `["*"]` allows any.
+    pub cors_origins: Vec<String>,
+    /// Bearer tokens accepted; empty turns authentication off.
+    pub api_keys: Vec<String>,
+    /// Whether /metrics needs a token when api_keys is set.
+    pub protect_metrics: bool,
+    /// Whether /docs and /openapi.json need a token when api_keys is set.
+    pub protect_docs: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExplainDefaults {
+    /// Classes listed in `top_k` when a request does not say.
+    pub top_k: usize,
+    /// Heat-map opacity in the overlay when a request does not say.
+    pub alpha: f32,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            weights: PathBuf::from("weights/resnet50.safetensors"),
+            demo_weights: false,
+            input_size: 224,
+            resize: ResizeMode::Stretch,
+            fold_batch_norm: true,
+            threads: 0,
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            workers: 1,
+            queue_capacity: 32,
+            max_batch: 4,
+            batch_wait_ms: 2,
+            max_upload_bytes: 20 * 1024 * 1024,
+            max_pixels: 40_000_000,
+            request_timeout_secs: 30,
+            cors_origins: Vec::new(),
+            api_keys: Vec::new(),
+            protect_metrics: false,
+            protect_docs: false,
+        }
+    }
+}
+
+impl Default for ExplainDefaults {
+    fn default() -> Self {
+        Self {
+            top_k: 5,
+            alpha: 0.5,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads `path`; when `required` is false a missing file means the defaults.
+    pub fn load(path: &Path, required: bool) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                return Ok(Self::default())
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.into(),
+                    source,
+                })
+            }
+        };
+        let mut config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source,
+        })?;
+        if config.model.weights.is_relative() {
+            let base = path.parent().unwrap_or(Path::new("."));
+            config.model.weights = base.join(&config.model.weights);
+        }
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: ranges and relations between settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let m = &self.model;
+        if m.input_size < 32 || m.input_size > 1024 || !m.input_size.is_multiple_of(32) {
+            return bad(format!(
+                "model.input_size = {} (a multiple of 32 in 32..=1024)",
+                m.input_size
+            ));
+        }
+        let s = &self.server;
+        if s.workers == 0 || s.queue_capacity == 0 || s.max_batch == 0 {
+            return bad("server.workers, queue_capacity and max_batch must be at least 1".into());
+        }
+        if s.request_timeout_secs == 0 {
+            return bad("server.request_timeout_secs must be at least 1".into());
+        }
+        if s.max_upload_bytes < 1024 {
+            return bad(format!(
+                "server.max_upload_bytes = {} (at least 1024)",
+                s.max_upload_bytes
+            ));
+        }
+        if s.max_pixels == 0 {
+            return bad("server.max_pixels must be at least 1".into());
+        }
+        if s.api_keys.iter().any(|k| k.trim().is_empty()) {
+            return bad("server.api_keys holds an empty key".into());
+        }
+        let e = &self.explain;
+        if !(1..=crate::model::NUM_CLASSES).contains(&e.top_k) {
+            return bad(format!("explain.top_k = {} (1..=1000)", e.top_k));
+        }
+        if !(0.0..=1.0).contains(&e.alpha) {
+            return bad(format!("explain.alpha = {} (0..=1)", e.alpha));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_config_toml_is_the_defaults() {
+        // config.toml documents every setting with its default value.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+        let mut shipped = Config::load(&path, true).unwrap();
+        shipped.model.weights = ModelConfig::default().weights;
+        assert_eq!(shipped, Config::default());
+    }
+
+    #[test]
+    fn relative_weights_are_taken_from_the_config_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[model]\nweights = \"w/x.safetensors\"\n").unwrap();
+        let c = Config::load(&path, true).unwrap();
+        assert_eq!(c.model.weights, dir.path().join("w/x.safetensors"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[server]\nbnid = \"x\"\n").unwrap();
+        let err = Config::load(&path, true).unwrap_err().to_string();
+        assert!(err.contains("bnid"), "{err}");
+        let mut c = Config::default();
+        c.model.input_size = 100;
+        assert!(c.validate().unwrap_err().to_string().contains("input_size"));
+    }
+
+    #[test]
+    fn missing_optional_file_means_defaults() {
+        let c = Config::load(Path::new("/nonexistent/config.toml"), false).unwrap();
+        assert_eq!(c, Config::default());
+        assert!(Config::load(Path::new("/nonexistent/config.toml"), true).is_err());
+    }
+}

@@ -1,0 +1,296 @@
+//! ResNet-50, written out as a trunk (conv1 .. layer4) and a head (average pool, fc).
+//!
+//! `tch::vision::resnet` is one opaque closure, so layer4's output (the Grad-CAM target)
+//! would be out of reach. The tensors keep torchvision's names (`layer4.0.downsample.1.
+//! running_var`, `fc.weight`, ...), so a torchvision or timm state dict saved as safetensors
+//! loads as is. Inference only: batch norm uses its running statistics, and can be folded
+//! into the convolution before it when the weights load.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use tch::{Kind, Tensor};
+
+use crate::weights::WeightsError;
+
+pub const NUM_CLASSES: usize = 1000;
+/// Channels of layer4's output, the activation Grad-CAM weighs.
+pub const FEATURE_CHANNELS: i64 = 2048;
+const BN_EPS: f64 = 1e-5;
+/// (blocks, bottleneck width, first stride) of layer1..layer4.
+const STAGES: [(usize, i64, i64); 4] = [(3, 64, 1), (4, 128, 2), (6, 256, 2), (3, 512, 2)];
+const EXPANSION: i64 = 4;
+
+/// A convolution followed by eval-mode batch norm, or one convolution with a bias once the
+/// batch norm has been folded into it.
+struct ConvBn {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    bn: Option<BatchNorm>,
+    stride: i64,
+    padding: i64,
+}
+
+struct BatchNorm {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+}
+
+impl ConvBn {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let y = x.conv2d(
+            &self.weight,
+            self.bias.as_ref(),
+            [self.stride, self.stride],
+            [self.padding, self.padding],
+            [1, 1],
+            1,
+        );
+        match &self.bn {
+            None => y,
+            Some(bn) => y.batch_norm(
+                Some(&bn.weight),
+                Some(&bn.bias),
+                Some(&bn.running_mean),
+                Some(&bn.running_var),
+                false,
+                0.0,
+                BN_EPS,
+                false,
+            ),
+        }
+    }
+
+    /// Eval-mode batch norm is an affine map per channel, so it folds exactly into the
+    /// convolution: w' = w * g / sqrt(v + eps), b' = beta - mean * g / sqrt(v + eps).
+    fn fold(&mut self) {
+        if let Some(bn) = self.bn.take() {
+            let scale = &bn.weight / (&bn.running_var + BN_EPS).sqrt();
+            self.weight = &self.weight * scale.view([-1, 1, 1, 1]);
+            self.bias = Some(&bn.bias - &bn.running_mean * &scale);
+        }
+    }
+}
+
+struct Bottleneck {
+    conv1: ConvBn,
+    conv2: ConvBn,
+    conv3: ConvBn,
+    downsample: Option<ConvBn>,
+}
+
+impl Bottleneck {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let y = self.conv1.forward(x).relu();
+        let y = self.conv2.forward(&y).relu();
+        let y = self.conv3.forward(&y);
+        let shortcut = match &self.downsample {
+            Some(d) => d.forward(x),
+            None => x.shallow_clone(),
+        };
+        (y + shortcut).relu()
+    }
+
+    fn convs_mut(&mut self) -> impl Iterator<Item = &mut ConvBn> {
+        [&mut self.conv1, &mut self.conv2, &mut self.conv3]
+            .into_iter()
+            .chain(self.downsample.as_mut())
+    }
+}
+
+pub struct ResNet50 {
+    stem: ConvBn,
+    layers: Vec<Vec<Bottleneck>>,
+    fc_weight: Tensor,
+    fc_bias: Tensor,
+}
+
+/// Every tensor name and shape a torchvision ResNet-50 state dict holds (without the
+/// `num_batches_tracked` counters, which inference does not use).
+pub fn expected_tensors() -> Vec<(String, Vec<i64>)> {
+    let mut out = Vec::new();
+    let mut conv_bn = |conv: &str, bn: &str, c_out: i64, c_in: i64, k: i64| {
+        out.push((format!("{conv}.weight"), vec![c_out, c_in, k, k]));
+        for p in ["weight", "bias", "running_mean", "running_var"] {
+            out.push((format!("{bn}.{p}"), vec![c_out]));
+        }
+    };
+    conv_bn("conv1", "bn1", 64, 3, 7);
+    let mut c_in = 64;
+    for (stage, &(blocks, width, _)) in STAGES.iter().enumerate() {
+        for b in 0..blocks {
+            let p = format!("layer{}.{b}", stage + 1);
+            conv_bn(&format!("{p}.conv1"), &format!("{p}.bn1"), width, c_in, 1);
+            conv_bn(&format!("{p}.conv2"), &format!("{p}.bn2"), width, width, 3);
+            conv_bn(
+                &format!("{p}.conv3"),
+                &format!("{p}.bn3"),
+                width * EXPANSION,
+                width,
+                1,
+            );
+            if b == 0 {
+                let (c, n) = (format!("{p}.downsample.0"), format!("{p}.downsample.1"));
+                conv_bn(&c, &n, width * EXPANSION, c_in, 1);
+            }
+            c_in = width * EXPANSION;
+        }
+    }
+    out.push((
+        "fc.weight".into(),
+        vec![NUM_CLASSES as i64, FEATURE_CHANNELS],
+    ));
+    out.push(("fc.bias".into(), vec![NUM_CLASSES as i64]));
+    out
+}
+
+impl ResNet50 {
+    /// Builds the network from named tensors, checking that every expected tensor is there
+    /// with the right shape and that nothing foreign is (another architecture's file).
+    pub fn from_tensors(
+        source: &Path,
+        tensors: Vec<(String, Tensor)>,
+    ) -> Result<Self, WeightsError> {
+        let mut map: HashMap<String, Tensor> = tensors
+            .into_iter()
+            .filter(|(name, _)| !name.ends_with("num_batches_tracked"))
+            .collect();
+        let mut checked = HashMap::new();
+        for (name, shape) in expected_tensors() {
+            let t = map
+                .remove(&name)
+                .ok_or_else(|| WeightsError::MissingTensor {
+                    path: source.to_path_buf(),
+                    name: name.clone(),
+                })?;
+            if t.size() != shape {
+                return Err(WeightsError::WrongShape {
+                    path: source.to_path_buf(),
+                    name,
+                    expected: shape,
+                    found: t.size(),
+                });
+            }
+            // Half-precision files are fine; the network runs in f32.
+            let t = t.to_kind(Kind::Float).set_requires_grad(false);
+            checked.insert(name, t);
+        }
+        if let Some(extra) = map.keys().min() {
+            return Err(WeightsError::UnexpectedTensor {
+                path: source.to_path_buf(),
+                name: extra.clone(),
+                count: map.len(),
+            });
+        }
+        Ok(Self::assemble(&mut checked))
+    }
+
+    fn assemble(t: &mut HashMap<String, Tensor>) -> Self {
+        let mut take = |name: String| t.remove(&name).expect("checked by from_tensors");
+        let mut conv_bn = |conv: &str, bn: &str, stride: i64, padding: i64| ConvBn {
+            weight: take(format!("{conv}.weight")),
+            bias: None,
+            bn: Some(BatchNorm {
+                weight: take(format!("{bn}.weight")),
+                bias: take(format!("{bn}.bias")),
+                running_mean: take(format!("{bn}.running_mean")),
+                running_var: take(format!("{bn}.running_var")),
+            }),
+            stride,
+            padding,
+        };
+        let stem = conv_bn("conv1", "bn1", 2, 3);
+        let mut layers = Vec::new();
+        for (stage, &(blocks, _, first_stride)) in STAGES.iter().enumerate() {
+            let mut layer = Vec::new();
+            for b in 0..blocks {
+                let p = format!("layer{}.{b}", stage + 1);
+                // torchvision's ResNet v1.5: the stride sits on the 3x3 convolution.
+                let stride = if b == 0 { first_stride } else { 1 };
+                layer.push(Bottleneck {
+                    conv1: conv_bn(&format!("{p}.conv1"), &format!("{p}.bn1"), 1, 0),
+                    conv2: conv_bn(&format!("{p}.conv2"), &format!("{p}.bn2"), stride, 1),
+                    conv3: conv_bn(&format!("{p}.conv3"), &format!("{p}.bn3"), 1, 0),
+                    downsample: (b == 0).then(|| {
+                        let (c, n) = (format!("{p}.downsample.0"), format!("{p}.downsample.1"));
+                        conv_bn(&c, &n, stride, 0)
+                    }),
+                });
+            }
+            layers.push(layer);
+        }
+        let fc_weight = take("fc.weight".into());
+        let fc_bias = take("fc.bias".into());
+        ResNet50 {
+            stem,
+            layers,
+            fc_weight,
+            fc_bias,
+        }
+    }
+
+    /// Folds every batch norm into its convolution (exact up to float rounding).
+    pub fn fold_batch_norm(&mut self) {
+        tch::no_grad(|| {
+            self.stem.fold();
+            for block in self.layers.iter_mut().flatten() {
+                block.convs_mut().for_each(ConvBn::fold);
+            }
+        });
+    }
+
+    /// conv1 .. layer4: [N, 3, H, W] normalised images to the layer4 activation
+    /// [N, 2048, H/32, W/32] (after the last block's ReLU).
+    pub fn trunk(&self, x: &Tensor) -> Tensor {
+        let x = self.stem.forward(x).relu();
+        let mut x = x.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+        for block in self.layers.iter().flatten() {
+            x = block.forward(&x);
+        }
+        x
+    }
+
+    /// Global average pool and the classifier: layer4 activation to raw logits [N, 1000].
+    pub fn head(&self, activation: &Tensor) -> Tensor {
+        // adaptive_avg_pool2d as torchvision's head has it (not a mean): the same sums, so
+        // the same logits and gradients to the bit.
+        activation
+            .adaptive_avg_pool2d([1, 1])
+            .flatten(1, -1)
+            .linear(&self.fc_weight, Some(&self.fc_bias))
+    }
+
+    /// The classifier's weight row for each class: [1000, 2048].
+    pub fn fc_weight(&self) -> &Tensor {
+        &self.fc_weight
+    }
+}
+
+/// Seeded random weights in torchvision's layout, for running without real weights (demo
+/// mode) and for tests. Batch-norm statistics are randomised too, so that code which
+/// ignored them would be caught.
+pub fn random_tensors(seed: i64) -> Vec<(String, Tensor)> {
+    tch::manual_seed(seed);
+    expected_tensors()
+        .into_iter()
+        .map(|(name, shape)| {
+            let t = if name.ends_with("running_var") {
+                Tensor::rand(&shape, (Kind::Float, tch::Device::Cpu)) * 0.5 + 0.75
+            } else if name.ends_with("running_mean") || name.ends_with(".bias") {
+                Tensor::randn(&shape, (Kind::Float, tch::Device::Cpu)) * 0.05
+            } else if shape.len() == 4 {
+                // Kaiming normal (fan_out, ReLU), as torchvision initialises convolutions.
+                let fan_out = (shape[0] * shape[2] * shape[3]) as f64;
+                Tensor::randn(&shape, (Kind::Float, tch::Device::Cpu)) * (2.0 / fan_out).sqrt()
+            } else if name == "fc.weight" {
+                Tensor::randn(&shape, (Kind::Float, tch::Device::Cpu)) * 0.02
+            } else {
+                // Batch-norm scale.
+                Tensor::rand(&shape, (Kind::Float, tch::Device::Cpu)) * 0.5 + 0.75
+            };
+            (name, t)
+        })
+        .collect()
+}

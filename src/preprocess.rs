@@ -1,0 +1,296 @@
+//! From uploaded bytes to the model's input: decode (any supported format and colour type,
+//! EXIF orientation applied) to RGB, resize, ImageNet normalisation.
+
+use std::io::Cursor;
+
+use fast_image_resize as fr;
+use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
+use serde::Deserialize;
+
+/// ImageNet statistics, as torchvision and pytorch-grad-cam normalise.
+pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DecodeError {
+    #[error("the upload is empty")]
+    Empty,
+    #[error("not an image in a supported format (JPEG, PNG, WebP, GIF, BMP, TIFF)")]
+    UnknownFormat,
+    #[error("the image has no pixels ({width}x{height})")]
+    NoPixels { width: u32, height: u32 },
+    #[error(
+        "the image is {width}x{height} = {pixels} pixels, over the limit of {max} pixels; \
+         it was refused before decoding"
+    )]
+    TooManyPixels {
+        width: u32,
+        height: u32,
+        pixels: u64,
+        max: u64,
+    },
+    #[error("the image could not be decoded: {0}")]
+    Undecodable(String),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeLimits {
+    /// Largest width x height accepted; checked from the header, before any pixel is
+    /// allocated, so a decompression bomb costs nothing.
+    pub max_pixels: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        Self {
+            max_pixels: 40_000_000,
+        }
+    }
+}
+
+/// Decodes an upload to 8-bit RGB in its displayed orientation. Alpha is dropped (as
+/// PIL's `convert("RGB")` does), grey is expanded, 16-bit is scaled down, an animation
+/// gives its first frame.
+pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, DecodeError> {
+    if bytes.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    let mut reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| DecodeError::Undecodable(e.to_string()))?;
+    if reader.format().is_none() {
+        return Err(DecodeError::UnknownFormat);
+    }
+    // Second line of defence behind the header check below: no single allocation inside a
+    // decoder may exceed what the largest allowed image needs.
+    let mut image_limits = image::Limits::default();
+    image_limits.max_alloc = Some(limits.max_pixels.saturating_mul(8).max(1 << 26));
+    reader.limits(image_limits);
+    let mut decoder = reader.into_decoder().map_err(classify)?;
+    let (width, height) = decoder.dimensions();
+    let pixels = width as u64 * height as u64;
+    if pixels == 0 {
+        return Err(DecodeError::NoPixels { width, height });
+    }
+    if pixels > limits.max_pixels {
+        return Err(DecodeError::TooManyPixels {
+            width,
+            height,
+            pixels,
+            max: limits.max_pixels,
+        });
+    }
+    // A broken EXIF block must not cost the picture: without it, no rotation.
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut image = DynamicImage::from_decoder(decoder).map_err(classify)?;
+    image.apply_orientation(orientation);
+    Ok(match image {
+        DynamicImage::ImageRgb8(rgb) => rgb,
+        other => other.to_rgb8(),
+    })
+}
+
+fn classify(e: image::ImageError) -> DecodeError {
+    match e {
+        image::ImageError::Unsupported(_) => DecodeError::UnknownFormat,
+        other => DecodeError::Undecodable(other.to_string()),
+    }
+}
+
+/// How an image of any shape becomes the model's square input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ResizeMode {
+    /// The whole image resized to the input size (aspect ratio not kept), so the overlay
+    /// covers the whole picture.
+    #[default]
+    Stretch,
+    /// torchvision's evaluation transform: shorter side to 256/224 of the input size, then
+    /// the centre square; the overlay covers that square's place in the picture.
+    Crop,
+}
+
+impl std::str::FromStr for ResizeMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "stretch" => Ok(Self::Stretch),
+            "crop" => Ok(Self::Crop),
+            _ => Err(format!("`{s}` is not a resize mode (stretch or crop)")),
+        }
+    }
+}
+
+/// A rectangle of the original image, in its pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    pub x: u32,
+    pub y: u32,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// The model's input for one image: normalised CHW floats, and the part of the original
+/// image they show.
+pub struct ModelInput {
+    pub chw: Vec<f32>,
+    pub size: u32,
+    pub region: Region,
+}
+
+pub fn prepare(image: &RgbImage, size: u32, mode: ResizeMode) -> ModelInput {
+    let (w, h) = image.dimensions();
+    let whole = Region {
+        x: 0,
+        y: 0,
+        width: w,
+        height: h,
+    };
+    match mode {
+        ResizeMode::Stretch if (w, h) == (size, size) => ModelInput {
+            chw: normalise(image.as_raw(), size),
+            size,
+            region: whole,
+        },
+        ResizeMode::Stretch => ModelInput {
+            chw: normalise(&resize(image, size, size), size),
+            size,
+            region: whole,
+        },
+        ResizeMode::Crop => {
+            // torchvision: Resize(256) keeps the aspect ratio (the longer side truncated),
+            // CenterCrop(224) rounds the offsets half to even (Python's round).
+            let short = (size as f64 * 256.0 / 224.0).round() as u32;
+            let (rw, rh) = if w <= h {
+                (short, ((short as u64 * h as u64) / w as u64).max(1) as u32)
+            } else {
+                (((short as u64 * w as u64) / h as u64).max(1) as u32, short)
+            };
+            let resized = resize(image, rw, rh);
+            let left = ((rw - size) as f64 / 2.0).round_ties_even() as u32;
+            let top = ((rh - size) as f64 / 2.0).round_ties_even() as u32;
+            let mut cropped = Vec::with_capacity((size * size * 3) as usize);
+            for y in top..top + size {
+                let start = ((y * rw + left) * 3) as usize;
+                cropped.extend_from_slice(&resized[start..start + (size * 3) as usize]);
+            }
+            let (sx, sy) = (w as f64 / rw as f64, h as f64 / rh as f64);
+            let region = Region {
+                x: (left as f64 * sx).round() as u32,
+                y: (top as f64 * sy).round() as u32,
+                width: ((size as f64 * sx).round() as u32).clamp(1, w),
+                height: ((size as f64 * sy).round() as u32).clamp(1, h),
+            };
+            ModelInput {
+                chw: normalise(&cropped, size),
+                size,
+                region,
+            }
+        }
+    }
+}
+
+/// Antialiased bilinear resize (a triangle filter widened when shrinking, like PIL's).
+fn resize(image: &RgbImage, width: u32, height: u32) -> Vec<u8> {
+    let (w, h) = image.dimensions();
+    let src = fr::images::ImageRef::new(w, h, image.as_raw(), fr::PixelType::U8x3)
+        .expect("an RgbImage's buffer matches its size");
+    let mut dst = fr::images::Image::new(width, height, fr::PixelType::U8x3);
+    let options =
+        fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear));
+    fr::Resizer::new()
+        .resize(&src, &mut dst, &options)
+        .expect("same pixel type on both sides");
+    dst.into_vec()
+}
+
+/// Interleaved RGB bytes (size x size) to planar, ImageNet-normalised floats.
+///
+/// Each byte maps through a table made with the very float operations torchvision's
+/// `ToTensor` + `Normalize` do (`(v / 255 - mean) / std` in f32), so inputs agree with the
+/// reference to the bit; a fused `v * a - b` differs in the last bit and moves the map.
+fn normalise(rgb: &[u8], size: u32) -> Vec<f32> {
+    let plane = (size * size) as usize;
+    debug_assert_eq!(rgb.len(), plane * 3);
+    let table: [[f32; 256]; 3] =
+        std::array::from_fn(|c| std::array::from_fn(|v| (v as f32 / 255.0 - MEAN[c]) / STD[c]));
+    let mut out = vec![0f32; plane * 3];
+    for (c, lut) in table.iter().enumerate() {
+        let dst = &mut out[c * plane..(c + 1) * plane];
+        for (d, px) in dst.iter_mut().zip(rgb.chunks_exact(3)) {
+            *d = lut[px[c] as usize];
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalise_matches_torchvision_formula() {
+        let rgb = [0u8, 128, 255];
+        let out = normalise(&rgb, 1);
+        for c in 0..3 {
+            let want = (rgb[c] as f32 / 255.0 - MEAN[c]) / STD[c];
+            assert_eq!(out[c], want, "channel {c}");
+        }
+    }
+
+    #[test]
+    fn input_size_image_is_not_resampled() {
+        let img = RgbImage::from_fn(224, 224, |x, y| image::Rgb([x as u8, y as u8, 7]));
+        let input = prepare(&img, 224, ResizeMode::Stretch);
+        assert_eq!(input.chw, normalise(img.as_raw(), 224));
+        assert_eq!(input.region.width, 224);
+    }
+
+    #[test]
+    fn stretch_covers_the_whole_image() {
+        let img = RgbImage::from_pixel(640, 480, image::Rgb([200, 10, 10]));
+        let input = prepare(&img, 224, ResizeMode::Stretch);
+        assert_eq!(input.chw.len(), 3 * 224 * 224);
+        assert_eq!(
+            input.region,
+            Region {
+                x: 0,
+                y: 0,
+                width: 640,
+                height: 480
+            }
+        );
+        // A flat image stays flat through the resize.
+        let want = (200.0 / 255.0 - MEAN[0]) / STD[0];
+        assert!(input.chw[..224 * 224]
+            .iter()
+            .all(|v| (v - want).abs() < 1e-5));
+    }
+
+    #[test]
+    fn crop_takes_the_centre_square_like_torchvision() {
+        // 640x480: shorter side to 256 gives 341x256; the centre 224 square starts at
+        // (58, 16) there (58.5 rounds to even), which is (109, 30) in the original, and
+        // 224 * 640 / 341 = 420 pixels wide.
+        let img = RgbImage::from_fn(640, 480, |x, _| image::Rgb([(x % 256) as u8, 0, 0]));
+        let input = prepare(&img, 224, ResizeMode::Crop);
+        assert_eq!(
+            input.region,
+            Region {
+                x: 109,
+                y: 30,
+                width: 420,
+                height: 420
+            }
+        );
+        assert_eq!(input.chw.len(), 3 * 224 * 224);
+    }
+
+    #[test]
+    fn resize_mode_parses() {
+        assert_eq!("crop".parse::<ResizeMode>(), Ok(ResizeMode::Crop));
+        assert!("squash".parse::<ResizeMode>().is_err());
+    }
+}

@@ -1,0 +1,178 @@
+//! Where the model's weights come from: a safetensors file (checked tensor by tensor),
+//! seeded random demo weights, or a download of the official torchvision weights.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::model::{self, ResNet50};
+
+/// Seed of the demo weights: the same demo model on every machine.
+pub const DEMO_SEED: i64 = 20_260_101;
+/// How explanations name demo weights, so nobody mistakes their labels for predictions.
+pub const DEMO_ID: &str = "demo-random";
+
+/// torchvision's ImageNet ResNet-50 (IMAGENET1K_V1) as timm republished it in safetensors
+/// form, with torchvision's tensor names.
+pub const OFFICIAL_WEIGHTS_URL: &str =
+    "https://huggingface.co/timm/resnet50.tv_in1k/resolve/main/model.safetensors";
+
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    #[error("weights file {path}: cannot read it: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "weights file {path} is a PyTorch pickle checkpoint (.pth), not safetensors; \
+         convert it once with: python -c \"import torch, safetensors.torch as st; \
+         sd = torch.load('{path}', map_location='cpu'); \
+         st.save_file({{k: v.contiguous() for k, v in sd.items()}}, 'resnet50.safetensors')\""
+    )]
+    PickleCheckpoint { path: PathBuf },
+    #[error("weights file {path} is not a valid safetensors file: {reason}")]
+    Malformed { path: PathBuf, reason: String },
+    #[error(
+        "weights file {path} has no tensor `{name}`: is it a torchvision ResNet-50 state dict?"
+    )]
+    MissingTensor { path: PathBuf, name: String },
+    #[error(
+        "weights file {path}: tensor `{name}` has shape {found:?}, a ResNet-50 needs {expected:?}"
+    )]
+    WrongShape {
+        path: PathBuf,
+        name: String,
+        expected: Vec<i64>,
+        found: Vec<i64>,
+    },
+    #[error(
+        "weights file {path} has {count} tensor(s) a ResNet-50 does not, e.g. `{name}`: \
+         is it another architecture?"
+    )]
+    UnexpectedTensor {
+        path: PathBuf,
+        name: String,
+        count: usize,
+    },
+}
+
+/// A loaded model and how to name its weights in every answer.
+pub struct LoadedModel {
+    pub model: ResNet50,
+    /// The SHA-256 of the weights file, or [`DEMO_ID`].
+    pub weights_id: String,
+}
+
+pub fn load_file(path: &Path) -> Result<LoadedModel, WeightsError> {
+    let io = |source| WeightsError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut magic = [0u8; 8];
+    let mut file = File::open(path).map_err(io)?;
+    let n = file.read(&mut magic).map_err(io)?;
+    if n >= 4 && &magic[..4] == b"PK\x03\x04" {
+        return Err(WeightsError::PickleCheckpoint {
+            path: path.to_path_buf(),
+        });
+    }
+    let weights_id = sha256_file(path).map_err(io)?;
+    let tensors = tch::Tensor::read_safetensors(path).map_err(|e| WeightsError::Malformed {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let model = ResNet50::from_tensors(path, tensors)?;
+    Ok(LoadedModel { model, weights_id })
+}
+
+pub fn demo() -> LoadedModel {
+    let tensors = model::random_tensors(DEMO_SEED);
+    let model = ResNet50::from_tensors(Path::new("<demo weights>"), tensors)
+        .expect("random_tensors produces every expected tensor");
+    LoadedModel {
+        model,
+        weights_id: DEMO_ID.to_string(),
+    }
+}
+
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Downloads `url` to `dest` with a progress bar and checks its SHA-256: against
+/// `expected_sha256` when given, else against the digest the Hugging Face hub publishes for
+/// the file (its `X-Linked-Etag` header). Writes to a temporary file first, so a failed or
+/// mismatched download never leaves a file where the config points.
+pub fn fetch(url: &str, dest: &Path, expected_sha256: Option<&str>) -> anyhow::Result<String> {
+    use anyhow::{bail, Context};
+    let response = ureq::get(url)
+        .timeout(std::time::Duration::from_secs(600))
+        .call()
+        .with_context(|| {
+            format!("could not download {url} (offline, or the host is unreachable)")
+        })?;
+    let published = response
+        .header("x-linked-etag")
+        .or_else(|| response.header("etag"))
+        .map(|s| s.trim_matches('"').to_ascii_lowercase())
+        .filter(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()));
+    let expected = match (expected_sha256, published) {
+        (Some(pinned), _) => pinned.to_ascii_lowercase(),
+        (None, Some(published)) => published,
+        (None, None) => {
+            bail!("{url} published no SHA-256 to check the download against; pass --sha256 HEX")
+        }
+    };
+    let total = response
+        .header("content-length")
+        .and_then(|s| s.parse::<u64>().ok());
+    let bar = match total {
+        Some(n) => indicatif::ProgressBar::new(n),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("static template"),
+    );
+    if let Some(dir) = dest.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let partial = dest.with_extension("partial");
+    let mut out =
+        File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
+    let mut reader = response.into_reader();
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = reader.read(&mut buf).context("download interrupted")?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
+        bar.inc(n as u64);
+    }
+    bar.finish();
+    out.sync_all()?;
+    let got = hex::encode(hasher.finalize());
+    if got != expected {
+        let _ = std::fs::remove_file(&partial);
+        bail!("SHA-256 mismatch for {url}: expected {expected}, got {got}; nothing written");
+    }
+    // A file that hashes right must also be a ResNet-50 before it replaces anything.
+    if let Err(e) = load_file(&partial) {
+        let _ = std::fs::remove_file(&partial);
+        bail!("downloaded file is not a usable ResNet-50: {e}");
+    }
+    std::fs::rename(&partial, dest)
+        .with_context(|| format!("moving the download to {}", dest.display()))?;
+    Ok(got)
+}
