@@ -59,6 +59,8 @@ pub enum Command {
         #[arg(long, env = "GRADCAM_MAX_PIXELS")]
         max_pixels: Option<u64>,
     },
+    /// Print the OpenAPI spec of the HTTP API (as committed in openapi/openapi.json).
+    Openapi,
     /// Download the official torchvision ImageNet ResNet-50 weights (safetensors), check
     /// their SHA-256, and write them where the config points.
     FetchWeights {
@@ -247,6 +249,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             config.validate()?;
             explain_file(&config, &image, target, out.as_deref(), json)
         }
+        Command::Openapi => {
+            print!("{}", crate::http::openapi_json());
+            Ok(())
+        }
         Command::FetchWeights {
             weights: dest,
             url,
@@ -313,7 +319,8 @@ fn explain_file(
         ..Timing::default()
     };
     let (mut explanation, png) = engine::finish(
-        &prepared,
+        &prepared.picture,
+        prepared.input.region,
         &raw.remove(0),
         &options,
         engine.info().clone(),

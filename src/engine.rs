@@ -14,7 +14,7 @@ use crate::explanation::{ClassScore, Explanation, ImageSize, ModelInfo, Saliency
 use crate::gradcam::{self, GradCamError, PassTimings, RawExplanation};
 use crate::labels::label;
 use crate::model::ResNet50;
-use crate::preprocess::{self, DecodeError, DecodeLimits, ModelInput, ResizeMode};
+use crate::preprocess::{self, DecodeError, DecodeLimits, ModelInput, Region, ResizeMode};
 use crate::render;
 use crate::weights::{self, WeightsError};
 
@@ -136,7 +136,8 @@ fn batch_tensor(inputs: &[&ModelInput]) -> Tensor {
 /// as bytes: the JSON answer embeds it with [`Explanation::embed_overlay`], the CLI and
 /// `Accept: image/png` send it as it is.
 pub fn finish(
-    prepared: &Prepared,
+    picture: &RgbImage,
+    region: Region,
     raw: &RawExplanation,
     options: &Options,
     model: ModelInfo,
@@ -151,11 +152,11 @@ pub fn finish(
     let top = gradcam::top_k(&raw.probabilities, options.top_k.max(1));
     let overlay_png = options.overlay.then(|| {
         let image = render::overlay(
-            &prepared.picture,
+            picture,
             &raw.cam,
             raw.width,
             raw.height,
-            prepared.input.region,
+            region,
             options.alpha,
         );
         render::encode_png(&image)
@@ -172,8 +173,8 @@ pub fn finish(
         },
         overlay_png: None,
         image: ImageSize {
-            width: prepared.picture.width(),
-            height: prepared.picture.height(),
+            width: picture.width(),
+            height: picture.height(),
         },
         model,
         timing_ms: timing,

@@ -69,7 +69,8 @@ fn check_against_reference(fold_batch_norm: bool) {
             resize: ResizeMode::Stretch,
         };
         let (explanation, png) = engine::finish(
-            &prepared,
+            &prepared.picture,
+            prepared.input.region,
             &raw,
             &options,
             engine.info().clone(),

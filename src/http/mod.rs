@@ -1,0 +1,234 @@
+//! The HTTP API: routes, middleware, OpenAPI spec. Handlers talk to the model only
+//! through `Workers`.
+
+pub mod auth;
+pub mod explain;
+pub mod metrics;
+pub mod problem;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tower_http::compression::CompressionLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::config::Config;
+use crate::explanation::{ClassScore, Explanation, ImageSize, ModelInfo, Saliency, Timing};
+use crate::worker::Workers;
+use auth::ApiKeys;
+use metrics::Metrics;
+use problem::{ApiError, Problem};
+
+pub struct AppState {
+    pub config: Config,
+    pub workers: Workers,
+    pub metrics: Metrics,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "gradcam-serve",
+        description = "Grad-CAM explanations of a ResNet-50's ImageNet predictions: the \
+            predicted class, the raw saliency map and a heat-map overlay, in one call."
+    ),
+    paths(explain::explain, health, ready, metrics_text),
+    components(schemas(
+        Explanation, ClassScore, Saliency, ImageSize, ModelInfo, Timing, Problem, Health,
+        explain::ExplainUpload
+    )),
+    modifiers(&BearerAuth),
+    tags((name = "explain", description = "Explanations"), (name = "operations", description = "Health, readiness, metrics"))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The spec as served at /openapi.json and committed as openapi/openapi.json.
+pub fn openapi_json() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the spec serialises")
+        + "\n"
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// "ok", or "loading" before the model is warmed up.
+    pub status: String,
+    pub model: ModelInfo,
+    /// Explanations admitted and not yet answered.
+    pub queue_depth: usize,
+    pub queue_capacity: usize,
+}
+
+fn health_of(state: &AppState, ready: bool) -> Health {
+    Health {
+        status: if ready { "ok" } else { "loading" }.into(),
+        model: state.workers.info.clone(),
+        queue_depth: state.workers.in_flight(),
+        queue_capacity: state.workers.capacity(),
+    }
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "Alive", body = Health)))]
+async fn health(State(state): State<Arc<AppState>>) -> Json<Health> {
+    Json(health_of(&state, state.workers.is_ready()))
+}
+
+/// Readiness: the model is loaded and a warm-up pass has run.
+#[utoipa::path(get, path = "/ready", tag = "operations", responses(
+    (status = 200, description = "Ready for explanations", body = Health),
+    (status = 503, description = "Still loading", body = Health)))]
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    let ready = state.workers.is_ready();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(health_of(&state, ready))).into_response()
+}
+
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses(
+    (status = 200, description = "Metrics", body = String, content_type = "text/plain; version=0.0.4")),
+    security((), ("bearer" = [])))]
+async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
+    let body = state.metrics.render(&state.workers);
+    let mut r = body.into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+/// Counts every response by endpoint and status.
+async fn count_responses(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let endpoint = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let response = next.run(request).await;
+    state
+        .metrics
+        .count_request(&endpoint, response.status().as_u16());
+    response
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::NotFound(format!("{} {}", request.method(), request.uri().path()))
+}
+
+async fn method_not_allowed(request: Request) -> Response {
+    let problem = Problem {
+        kind: "urn:gradcam-serve:problem:method-not-allowed".into(),
+        title: "Method not allowed".into(),
+        status: 405,
+        detail: format!(
+            "{} is not allowed on {}",
+            request.method(),
+            request.uri().path()
+        ),
+    };
+    let mut r = (StatusCode::METHOD_NOT_ALLOWED, Json(problem)).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    r
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let server = &state.config.server;
+    let keys = ApiKeys::new(&server.api_keys);
+    let guard = || middleware::from_fn_with_state(keys.clone(), auth::require_token);
+
+    let mut explain_routes = Router::new()
+        .route("/explain", post(explain::explain))
+        .layer(DefaultBodyLimit::max(server.max_upload_bytes))
+        .route_layer(guard());
+    let mut metrics_routes = Router::new().route("/metrics", get(metrics_text));
+    if server.protect_metrics {
+        metrics_routes = metrics_routes.route_layer(guard());
+    }
+    let mut docs_routes: Router<Arc<AppState>> =
+        Router::new().merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()));
+    if server.protect_docs {
+        docs_routes = docs_routes.route_layer(guard());
+    }
+    explain_routes = explain_routes
+        .merge(metrics_routes)
+        .merge(docs_routes)
+        .route("/health", get(health))
+        .route("/ready", get(ready));
+
+    let request_id = HeaderName::from_static("x-request-id");
+    explain_routes
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), count_responses))
+        .layer(CompressionLayer::new())
+        .layer(cors(&server.cors_origins))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
+            let id = request
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            tracing::info_span!("request", method = %request.method(), uri = %request.uri(), request_id = %id)
+        }))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(state)
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    if origins.is_empty() {
+        return CorsLayer::new();
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, header::ACCEPT])
+        .expose_headers([
+            HeaderName::from_static("x-request-id"),
+            HeaderName::from_static("server-timing"),
+        ])
+        .max_age(Duration::from_secs(3600))
+}
