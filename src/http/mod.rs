@@ -47,7 +47,7 @@ pub struct AppState {
     paths(explain::explain, health, ready, metrics_text),
     components(schemas(
         Explanation, ClassScore, Saliency, ImageSize, ModelInfo, Timing, Problem, Health,
-        explain::ExplainUpload
+        explain::ExplainUpload, explain::PngBytes
     )),
     modifiers(&BearerAuth),
     tags((name = "explain", description = "Explanations"), (name = "operations", description = "Health, readiness, metrics"))
