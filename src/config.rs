@@ -117,12 +117,12 @@ impl Default for ExplainDefaults {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("config file {path}: {source}")]
+    #[error("config file {path}: cannot read it")]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("config file {path}: {source}")]
+    #[error("config file {path}: invalid TOML or setting")]
     Parse {
         path: PathBuf,
         source: toml::de::Error,
@@ -224,7 +224,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "[server]\nbnid = \"x\"\n").unwrap();
-        let err = Config::load(&path, true).unwrap_err().to_string();
+        let err = format!(
+            "{:#}",
+            anyhow::Error::from(Config::load(&path, true).unwrap_err())
+        );
         assert!(err.contains("bnid"), "{err}");
         let mut c = Config::default();
         c.model.input_size = 100;

@@ -58,8 +58,16 @@ pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, DecodeErro
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| DecodeError::Undecodable(e.to_string()))?;
-    if reader.format().is_none() {
-        return Err(DecodeError::UnknownFormat);
+    match reader.format() {
+        None => return Err(DecodeError::UnknownFormat),
+        // The JPEG decoder fills a cut-off image with grey rather than failing; an upload
+        // that lost its end is refused instead of explained half-blank.
+        Some(image::ImageFormat::Jpeg) if !bytes.windows(2).rev().any(|w| w == [0xFF, 0xD9]) => {
+            return Err(DecodeError::Undecodable(
+                "the JPEG data is truncated (no end-of-image marker)".into(),
+            ))
+        }
+        Some(_) => {}
     }
     // Second line of defence behind the header check below: no single allocation inside a
     // decoder may exceed what the largest allowed image needs.

@@ -21,7 +21,7 @@ pub const OFFICIAL_WEIGHTS_URL: &str =
 
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
-    #[error("weights file {path}: cannot read it: {source}")]
+    #[error("weights file {path}: cannot read it")]
     Io {
         path: PathBuf,
         source: std::io::Error,

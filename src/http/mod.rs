@@ -201,7 +201,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(CompressionLayer::new())
         .layer(cors(&server.cors_origins))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
+        .layer(TraceLayer::new_for_http()
+            // Refusals (503 when full) are answers, not failures; real 5xx are logged
+            // where they happen.
+            .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG))
+            .make_span_with(|request: &Request| {
             let id = request
                 .headers()
                 .get("x-request-id")

@@ -1,0 +1,536 @@
+//! Black-box tests of the HTTP API: a real server process on port 0, spoken to over HTTP.
+
+mod common;
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::{client, jpeg, png, png_claiming, Server, BIN};
+use gradcam_serve::explanation::Explanation;
+use serde_json::Value;
+
+fn problem(response: reqwest::blocking::Response, status: u16) -> Value {
+    assert_eq!(response.status().as_u16(), status);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let body: Value = response.json().unwrap();
+    assert_eq!(body["status"], status);
+    for field in ["type", "title", "detail"] {
+        assert!(
+            body[field].as_str().is_some_and(|s| !s.is_empty()),
+            "{body}"
+        );
+    }
+    body
+}
+
+fn check_explanation(e: &Explanation, width: u32, height: u32, top_k: usize) {
+    assert_eq!(e.top_k.len(), top_k);
+    assert_eq!(e.prediction, e.top_k[0]);
+    assert!(e.top_k.windows(2).all(|w| w[0].score >= w[1].score));
+    let total: f32 = e.top_k.iter().map(|c| c.score).sum();
+    assert!(total <= 1.0 + 1e-4 && total > 0.0);
+    for c in &e.top_k {
+        assert!(c.class_index < 1000);
+        assert_eq!(c.label, gradcam_serve::labels::label(c.class_index));
+    }
+    assert_eq!((e.saliency.width, e.saliency.height), (7, 7));
+    assert_eq!(e.saliency.data.len(), 7);
+    assert!(e.saliency.data.iter().all(|row| row.len() == 7));
+    assert!(e
+        .saliency
+        .data
+        .concat()
+        .iter()
+        .all(|v| *v >= 0.0 && v.is_finite()));
+    assert_eq!((e.image.width, e.image.height), (width, height));
+    assert_eq!(e.model.name, "resnet50");
+    assert_eq!(e.model.target_layer, "layer4");
+    assert_eq!(e.model.weights, "demo-random");
+    let t = &e.timing_ms;
+    assert!(t.forward > 0.0 && t.total >= t.forward + t.backward);
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(e.overlay_png.as_ref().expect("overlay by default"))
+        .unwrap();
+    let overlay = image::load_from_memory_with_format(&png, image::ImageFormat::Png).unwrap();
+    assert_eq!((overlay.width(), overlay.height()), (width, height));
+}
+
+#[test]
+fn explains_a_png_and_a_jpeg() {
+    let server = Server::start(&[]);
+    let r = server.explain("", png(640, 480), "cat.png");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    assert!(r.headers().contains_key("x-request-id"));
+    assert!(r.headers()["server-timing"]
+        .to_str()
+        .unwrap()
+        .contains("forward;dur="));
+    let e: Explanation = r.json().unwrap();
+    check_explanation(&e, 640, 480, 5);
+    assert_eq!(e.target, e.prediction, "default target is the top-1 class");
+
+    let e: Explanation = server
+        .explain("", jpeg(300, 500), "dog.jpg")
+        .json()
+        .unwrap();
+    check_explanation(&e, 300, 500, 5);
+}
+
+#[test]
+fn target_top_k_alpha_and_overlay_options() {
+    let server = Server::start(&[]);
+    let e: Explanation = server
+        .explain("?target=5&top_k=12&alpha=0.3", png(224, 224), "a.png")
+        .json()
+        .unwrap();
+    check_explanation(&e, 224, 224, 12);
+    assert_eq!(e.target.class_index, 5);
+    assert_eq!(e.target.label, "electric ray");
+
+    // The same options as form fields.
+    let form = reqwest::blocking::multipart::Form::new()
+        .part(
+            "image",
+            reqwest::blocking::multipart::Part::bytes(png(224, 224)).file_name("a.png"),
+        )
+        .text("target", "5")
+        .text("top_k", "12")
+        .text("alpha", "0.3");
+    let via_form: Explanation = client()
+        .post(format!("{}/explain", server.url))
+        .multipart(form)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(via_form.saliency, e.saliency);
+    assert_eq!(via_form.overlay_png, e.overlay_png);
+
+    // A different target explains something else; alpha changes the picture only.
+    let other: Explanation = server
+        .explain("?target=900&alpha=0.3", png(224, 224), "a.png")
+        .json()
+        .unwrap();
+    assert_ne!(other.saliency, e.saliency);
+    let opaque: Explanation = server
+        .explain("?target=5&top_k=12&alpha=0.9", png(224, 224), "a.png")
+        .json()
+        .unwrap();
+    assert_eq!(opaque.saliency, e.saliency);
+    assert_ne!(opaque.overlay_png, e.overlay_png);
+
+    let bare: Value = server
+        .explain("?overlay=false", png(224, 224), "a.png")
+        .json()
+        .unwrap();
+    assert!(bare.get("overlay_png").is_none());
+    assert!(bare["saliency"]["data"].is_array());
+}
+
+#[test]
+fn accept_png_returns_the_overlay_itself() {
+    let server = Server::start(&[]);
+    let form = reqwest::blocking::multipart::Form::new().part(
+        "image",
+        reqwest::blocking::multipart::Part::bytes(jpeg(320, 200)).file_name("x.jpg"),
+    );
+    let r = client()
+        .post(format!("{}/explain?target=7", server.url))
+        .header("accept", "image/png")
+        .multipart(form)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "image/png");
+    assert_eq!(r.headers()["x-target-class"], "7");
+    assert_eq!(r.headers()["x-model-weights"], "demo-random");
+    let class: usize = r.headers()["x-prediction-class"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(class < 1000);
+    let overlay = image::load_from_memory(&r.bytes().unwrap()).unwrap();
+    assert_eq!((overlay.width(), overlay.height()), (320, 200));
+}
+
+#[test]
+fn http_and_cli_give_the_same_numbers() {
+    let server = Server::start(&[]);
+    let bytes = png(400, 300);
+    let http: Explanation = server
+        .explain("?top_k=5", bytes.clone(), "x.png")
+        .json()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.png");
+    std::fs::write(&path, &bytes).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args([
+            "explain",
+            "--json",
+            "--demo-weights",
+            "--weights",
+            "/nonexistent.safetensors",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("RANDOM demo weights"));
+    let cli: Explanation = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(cli.top_k, http.top_k);
+    assert_eq!(cli.saliency, http.saliency);
+    assert_eq!(cli.overlay_png, http.overlay_png);
+}
+
+#[test]
+fn bad_requests_get_problem_json_with_the_right_status() {
+    let server = Server::start(&["--max-upload-bytes", "300000", "--max-pixels", "5000000"]);
+    let url = format!("{}/explain", server.url);
+
+    // 415: not multipart.
+    let r = client()
+        .post(&url)
+        .header("content-type", "image/png")
+        .body(png(8, 8))
+        .send()
+        .unwrap();
+    problem(r, 415);
+    let r = client().post(&url).send().unwrap();
+    problem(r, 415);
+
+    // 400: no image part; two image parts; not an image.
+    let form = reqwest::blocking::multipart::Form::new().text("target", "3");
+    problem(client().post(&url).multipart(form).send().unwrap(), 400);
+    let form = reqwest::blocking::multipart::Form::new()
+        .part(
+            "image",
+            reqwest::blocking::multipart::Part::bytes(png(8, 8)),
+        )
+        .part(
+            "image",
+            reqwest::blocking::multipart::Part::bytes(png(8, 8)),
+        );
+    let body = problem(client().post(&url).multipart(form).send().unwrap(), 400);
+    assert!(body["detail"].as_str().unwrap().contains("more than one"));
+    let body = problem(
+        server.explain("", b"hello, world".to_vec(), "notes.txt"),
+        400,
+    );
+    assert!(
+        body["detail"].as_str().unwrap().contains("not an image"),
+        "{body}"
+    );
+    let mut truncated = jpeg(64, 64);
+    truncated.truncate(truncated.len() / 2);
+    problem(server.explain("", truncated, "half.jpg"), 400);
+
+    // 413: over the byte limit; over the pixel limit (refused from the header alone).
+    // By Content-Length, answered before the body is read; streamed (chunked), cut off
+    // at the limit.
+    let boundary = "XyZ";
+    let head = |length: &str| {
+        format!(
+            "POST /explain HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+             Content-Type: multipart/form-data; boundary={boundary}\r\n{length}\r\n"
+        )
+    };
+    let part = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.jpg\"\r\n\r\n"
+    );
+    let (status, text) = common::raw_request(
+        &server.url,
+        &head("Content-Length: 400000\r\n"),
+        part.as_bytes(),
+    );
+    assert_eq!(status, 413, "{text}");
+    assert!(
+        text.contains("application/problem+json") && text.contains("300000 bytes"),
+        "{text}"
+    );
+    let mut chunked = Vec::new();
+    let chunk = vec![b'x'; 50_000];
+    chunked.extend(format!("{:x}\r\n{part}\r\n", part.len()).as_bytes());
+    for _ in 0..10 {
+        chunked.extend(format!("{:x}\r\n", chunk.len()).as_bytes());
+        chunked.extend(&chunk);
+        chunked.extend(b"\r\n");
+    }
+    chunked.extend(b"0\r\n\r\n");
+    let (status, text) = common::raw_request(
+        &server.url,
+        &head("Transfer-Encoding: chunked\r\n"),
+        &chunked,
+    );
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("over the limit of 300000 bytes"), "{text}");
+    let body = problem(
+        server.explain("", png_claiming(100_000, 100_000), "bomb.png"),
+        413,
+    );
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("10000000000 pixels"),
+        "{body}"
+    );
+
+    // 422: each bad option, named.
+    for (query, option) in [
+        ("target=-1", "target"),
+        ("target=1000", "target"),
+        ("target=abc", "target"),
+        ("top_k=0", "top_k"),
+        ("top_k=1001", "top_k"),
+        ("alpha=2", "alpha"),
+        ("alpha=NaN", "alpha"),
+        ("overlay=maybe", "overlay"),
+        ("resize=squash", "resize"),
+        ("tagret=3", "tagret"),
+    ] {
+        let body = problem(
+            server.explain(&format!("?{query}"), png(8, 8), "a.png"),
+            422,
+        );
+        let detail = body["detail"].as_str().unwrap();
+        assert!(detail.starts_with(option), "{query}: {detail}");
+    }
+
+    // 404 and 405 in the same shape.
+    problem(
+        client().get(format!("{}/nope", server.url)).send().unwrap(),
+        404,
+    );
+    problem(client().get(&url).send().unwrap(), 405);
+
+    // And the server is still fine.
+    assert_eq!(server.explain("", png(64, 64), "ok.png").status(), 200);
+}
+
+#[test]
+fn a_full_queue_answers_503_with_retry_after() {
+    // One place, a slow model (large input): concurrent requests beyond it are refused.
+    let server = Server::start(&["--queue-capacity", "1", "--input-size", "512"]);
+    let statuses: Vec<(u16, Option<String>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6)
+            .map(|_| {
+                s.spawn(|| {
+                    let r = server.explain("", png(64, 64), "a.png");
+                    let retry = r
+                        .headers()
+                        .get("retry-after")
+                        .map(|v| v.to_str().unwrap().to_string());
+                    (r.status().as_u16(), retry)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(statuses.iter().any(|(s, _)| *s == 200), "{statuses:?}");
+    let refused: Vec<_> = statuses.iter().filter(|(s, _)| *s == 503).collect();
+    assert!(!refused.is_empty(), "{statuses:?}");
+    assert!(refused
+        .iter()
+        .all(|(_, retry)| retry.as_deref() == Some("1")));
+    assert!(
+        statuses.iter().all(|(s, _)| *s == 200 || *s == 503),
+        "{statuses:?}"
+    );
+}
+
+#[test]
+fn an_explanation_over_the_timeout_answers_504_and_the_server_goes_on() {
+    // A 1024x1024 input makes one pass take seconds here; the limit is 1 s.
+    let server = Server::start(&["--request-timeout-secs", "1", "--input-size", "1024"]);
+    let body = problem(server.explain("", png(64, 64), "a.png"), 504);
+    assert!(body["detail"].as_str().unwrap().contains("1 s"));
+    let health = client()
+        .get(format!("{}/health", server.url))
+        .send()
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+#[test]
+fn bearer_tokens_guard_explain_but_not_health() {
+    let server = Server::start(&["--api-keys", "s3cret,other", "--protect-metrics"]);
+    let url = format!("{}/explain", server.url);
+    let form = || {
+        reqwest::blocking::multipart::Form::new().part(
+            "image",
+            reqwest::blocking::multipart::Part::bytes(png(32, 32)).file_name("a.png"),
+        )
+    };
+    let r = client().post(&url).multipart(form()).send().unwrap();
+    assert!(r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .starts_with("Bearer"));
+    problem(r, 401);
+    problem(
+        client()
+            .post(&url)
+            .bearer_auth("wrong")
+            .multipart(form())
+            .send()
+            .unwrap(),
+        401,
+    );
+    let ok = client()
+        .post(&url)
+        .bearer_auth("s3cret")
+        .multipart(form())
+        .send()
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let ok = client()
+        .post(&url)
+        .bearer_auth("other")
+        .multipart(form())
+        .send()
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(
+        client()
+            .get(format!("{}/health", server.url))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client()
+            .get(format!("{}/ready", server.url))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+    problem(
+        client()
+            .get(format!("{}/metrics", server.url))
+            .send()
+            .unwrap(),
+        401,
+    );
+    let docs = client()
+        .get(format!("{}/openapi.json", server.url))
+        .send()
+        .unwrap();
+    assert_eq!(docs.status(), 200, "docs stay open unless protect_docs");
+}
+
+#[test]
+fn health_ready_metrics_and_request_ids() {
+    let server = Server::start(&[]);
+    let health: Value = client()
+        .get(format!("{}/health", server.url))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["model"]["weights"], "demo-random");
+    assert_eq!(server.explain("", png(50, 50), "a.png").status(), 200);
+    let r = client()
+        .get(format!("{}/ready", server.url))
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-request-id"], "trace-me-42");
+    let metrics = client()
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    for needle in [
+        "gradcam_requests_total{endpoint=\"/explain\",status=\"200\"} 1",
+        "gradcam_stage_duration_seconds_count{stage=\"forward\"} 1",
+        "gradcam_queue_depth 0",
+        "gradcam_ready 1",
+        "gradcam_model_info{name=\"resnet50\",target_layer=\"layer4\",weights=\"demo-random\"} 1",
+    ] {
+        assert!(metrics.contains(needle), "missing {needle}:\n{metrics}");
+    }
+}
+
+#[test]
+fn served_openapi_spec_is_the_committed_one() {
+    let committed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json"))
+            .unwrap();
+    assert_eq!(
+        committed,
+        gradcam_serve::http::openapi_json(),
+        "openapi/openapi.json is stale: run `gradcam-serve openapi > openapi/openapi.json`"
+    );
+    let server = Server::start(&[]);
+    let served: Value = client()
+        .get(format!("{}/openapi.json", server.url))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(served, serde_json::from_str::<Value>(&committed).unwrap());
+    assert_eq!(
+        served["openapi"].as_str().unwrap().chars().next(),
+        Some('3')
+    );
+    for path in ["/explain", "/health", "/ready", "/metrics"] {
+        assert!(
+            served["paths"].get(path).is_some(),
+            "{path} missing from the spec"
+        );
+    }
+    let docs = client()
+        .get(format!("{}/docs/", server.url))
+        .send()
+        .unwrap();
+    assert_eq!(docs.status(), 200);
+    assert!(docs.text().unwrap().contains("swagger"));
+}
+
+#[test]
+fn sigterm_finishes_in_flight_work_then_exits_zero() {
+    let mut server = Server::start(&["--input-size", "512"]);
+    let url = server.url.clone();
+    let in_flight = std::thread::spawn(move || {
+        let form = reqwest::blocking::multipart::Form::new().part(
+            "image",
+            reqwest::blocking::multipart::Part::bytes(png(64, 64)).file_name("a.png"),
+        );
+        client()
+            .post(format!("{url}/explain"))
+            .multipart(form)
+            .send()
+            .map(|r| r.status().as_u16())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    server.signal("TERM");
+    assert_eq!(
+        in_flight.join().unwrap().unwrap(),
+        200,
+        "in-flight request finished"
+    );
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        client()
+            .get(format!("{}/health", server.url))
+            .send()
+            .is_err(),
+        "no longer listening"
+    );
+}
