@@ -270,27 +270,66 @@ impl ResNet50 {
 
 /// Seeded random weights in torchvision's layout, for running without real weights (demo
 /// mode) and for tests. Batch-norm statistics are randomised too, so that code which
-/// ignored them would be caught.
-pub fn random_tensors(seed: i64) -> Vec<(String, Tensor)> {
-    tch::manual_seed(seed);
+/// ignored them would be caught. Drawn from a generator of our own rather than libtorch's
+/// global one, which any thread may reseed at any moment.
+pub fn random_tensors(seed: u64) -> Vec<(String, Tensor)> {
     expected_tensors()
         .into_iter()
-        .map(|(name, shape)| {
+        .enumerate()
+        .map(|(i, (name, shape))| {
+            let seed = seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
+            let uniform = |low: f64, high: f64| seeded_uniform(&shape, seed, low, high);
             let t = if name.ends_with("running_var") {
-                Tensor::rand(&shape, (Kind::Float, tch::Device::Cpu)) * 0.5 + 0.75
+                uniform(0.75, 1.25)
             } else if name.ends_with("running_mean") || name.ends_with(".bias") {
-                Tensor::randn(&shape, (Kind::Float, tch::Device::Cpu)) * 0.05
+                seeded_normal(&shape, seed, 0.05)
             } else if shape.len() == 4 {
                 // Kaiming normal (fan_out, ReLU), as torchvision initialises convolutions.
                 let fan_out = (shape[0] * shape[2] * shape[3]) as f64;
-                Tensor::randn(&shape, (Kind::Float, tch::Device::Cpu)) * (2.0 / fan_out).sqrt()
+                seeded_normal(&shape, seed, (2.0 / fan_out).sqrt())
             } else if name == "fc.weight" {
-                Tensor::randn(&shape, (Kind::Float, tch::Device::Cpu)) * 0.02
+                seeded_normal(&shape, seed, 0.02)
             } else {
-                // Batch-norm scale.
-                Tensor::rand(&shape, (Kind::Float, tch::Device::Cpu)) * 0.5 + 0.75
+                // The other batch-norm scales.
+                uniform(0.75, 1.25)
             };
             (name, t)
         })
         .collect()
+}
+
+/// SplitMix64: a small, fast generator, identical on every machine.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_f64(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn seeded_uniform(shape: &[i64], seed: u64, low: f64, high: f64) -> Tensor {
+    let mut rng = SplitMix64(seed);
+    let n: i64 = shape.iter().product();
+    let values: Vec<f32> = (0..n)
+        .map(|_| (low + (high - low) * rng.next_f64()) as f32)
+        .collect();
+    Tensor::from_slice(&values).view(shape)
+}
+
+/// Normal values with mean 0 and standard deviation `std` (Box-Muller), reproducible.
+pub fn seeded_normal(shape: &[i64], seed: u64, std: f64) -> Tensor {
+    let mut rng = SplitMix64(seed);
+    let n: i64 = shape.iter().product();
+    let values: Vec<f32> = (0..n)
+        .map(|_| {
+            let u1 = rng.next_f64().max(f64::MIN_POSITIVE);
+            let u2 = rng.next_f64();
+            (std * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+        })
+        .collect();
+    Tensor::from_slice(&values).view(shape)
 }

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use crate::model::{self, ResNet50};
 
 /// Seed of the demo weights: the same demo model on every machine.
-pub const DEMO_SEED: i64 = 20_260_101;
+pub const DEMO_SEED: u64 = 20_260_101;
 /// How explanations name demo weights, so nobody mistakes their labels for predictions.
 pub const DEMO_ID: &str = "demo-random";
 
