@@ -288,7 +288,7 @@ pub fn random_tensors(seed: u64) -> Vec<(String, Tensor)> {
                 let fan_out = (shape[0] * shape[2] * shape[3]) as f64;
                 seeded_normal(&shape, seed, (2.0 / fan_out).sqrt())
             } else if name == "fc.weight" {
-                seeded_normal(&shape, seed, 0.02)
+                seeded_normal(&shape, seed, 0.001)
             } else {
                 // The other batch-norm scales.
                 uniform(0.75, 1.25)
