@@ -35,6 +35,10 @@ $(PARITY)/reference.json: tests/reference/make_reference.py scripts/setup-pyref.
 test: $(PARITY)/reference.json
 	GRADCAM_PARITY_DIR=$(abspath $(PARITY)) cargo test --release --locked -- --include-ignored
 
+# Performance figures against pytorch-grad-cam and PyTorch; rewrites BENCHMARKS.md.
+bench:
+	scripts/bench.sh
+
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --release --locked --all-targets -- -D warnings
