@@ -45,3 +45,10 @@ lint:
 
 clean-cache:
 	rm -rf $(HOME)/.cache/gradcam-serve
+
+# Fuzzing (fuzz/, cargo-fuzz; RUSTC_BOOTSTRAP=1 on stable): the decode+preprocess target and
+# the request-parsing target, FUZZ_SECONDS each (default 60); prints the executions run.
+# A crash's input lands in fuzz/artifacts/<target>/: commit it under tests/fuzz-regressions/.
+FUZZ_SECONDS ?= 60
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh

@@ -148,6 +148,9 @@ pub struct ModelInput {
     pub region: Region,
 }
 
+/// Longest aspect ratio `ResizeMode::Crop` resizes whole (see `prepare`).
+const MAX_CROP_ASPECT: u64 = 16;
+
 pub fn prepare(image: &RgbImage, size: u32, mode: ResizeMode) -> ModelInput {
     let (w, h) = image.dimensions();
     let whole = Region {
@@ -167,6 +170,26 @@ pub fn prepare(image: &RgbImage, size: u32, mode: ResizeMode) -> ModelInput {
             size,
             region: whole,
         },
+        // Only the centre of the long side reaches the model, but Resize(256) below would
+        // scale the whole image first: a 4000000x1 strip (a few KiB of PNG, under the pixel
+        // limit) would need a 1024000000x256 intermediate, hundreds of GB, and the failed
+        // allocation aborts the process. Past MAX_CROP_ASPECT:1, keep just the centre part
+        // of that aspect first; images up to that ratio are resized exactly as before.
+        ResizeMode::Crop
+            if w as u64 > h as u64 * MAX_CROP_ASPECT || h as u64 > w as u64 * MAX_CROP_ASPECT =>
+        {
+            let (cw, ch) = if w > h {
+                (h * MAX_CROP_ASPECT as u32, h)
+            } else {
+                (w, w * MAX_CROP_ASPECT as u32)
+            };
+            let (x, y) = ((w - cw) / 2, (h - ch) / 2);
+            let centre = image::imageops::crop_imm(image, x, y, cw, ch).to_image();
+            let mut input = prepare(&centre, size, mode);
+            input.region.x += x;
+            input.region.y += y;
+            input
+        }
         ResizeMode::Crop => {
             // torchvision: Resize(256) keeps the aspect ratio (the longer side truncated),
             // CenterCrop(224) rounds the offsets half to even (Python's round).
@@ -203,8 +226,22 @@ pub fn prepare(image: &RgbImage, size: u32, mode: ResizeMode) -> ModelInput {
 /// Antialiased bilinear resize (a triangle filter widened when shrinking, like PIL's).
 fn resize(image: &RgbImage, width: u32, height: u32) -> Vec<u8> {
     let (w, h) = image.dimensions();
-    let src = fr::images::ImageRef::new(w, h, image.as_raw(), fr::PixelType::U8x3)
-        .expect("an RgbImage's buffer matches its size");
+    // fast_image_resize runs the vertical pass first, into a buffer of the source's width
+    // and the target's height: for a wide, low image (4000000x1 to 224x224, a few KiB of
+    // PNG) that is gigabytes. When that buffer would outgrow both the source and 16 M
+    // pixels, go horizontal first, in two calls that need no buffer; other images are
+    // resized exactly as before.
+    let buffer = w as u64 * height as u64;
+    if w != width && h != height && buffer > (w as u64 * h as u64).max(1 << 24) {
+        let narrow = resize_raw(image.as_raw(), w, h, width, h);
+        return resize_raw(&narrow, width, h, width, height);
+    }
+    resize_raw(image.as_raw(), w, h, width, height)
+}
+
+fn resize_raw(rgb: &[u8], w: u32, h: u32, width: u32, height: u32) -> Vec<u8> {
+    let src = fr::images::ImageRef::new(w, h, rgb, fr::PixelType::U8x3)
+        .expect("an RGB buffer of its size");
     let mut dst = fr::images::Image::new(width, height, fr::PixelType::U8x3);
     let options =
         fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear));
