@@ -52,3 +52,10 @@ clean-cache:
 FUZZ_SECONDS ?= 60
 fuzz:
 	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
+
+# Overload and soak: 12 clients against a queue of 4 for LOAD_SECONDS (default 120) after a
+# warm-up of 50 explanations; checks 200 or 503 + Retry-After only, /health within 100 ms, VmRSS
+# after the run within 10% of after warm-up. LOAD_ARGS passes more flags (see --help).
+LOAD_SECONDS ?= 120
+load-test: build
+	python3 scripts/load_test.py --bin $(BIN) --duration $(LOAD_SECONDS) $(LOAD_ARGS)
