@@ -4,7 +4,7 @@
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := serve
-.PHONY: serve build test lint bench fuzz load-test gateway-test openapi clean-cache
+.PHONY: serve build test lint bench fuzz load-test contract-test gateway-test openapi clean-cache
 
 # Where libtorch lives (installed on first use; prints its path).
 LIBTORCH := $(shell scripts/setup-libtorch.sh)
@@ -32,8 +32,10 @@ serve: build
 $(PARITY)/reference.json: tests/reference/make_reference.py scripts/setup-pyref.sh
 	PY=$$(scripts/setup-pyref.sh) && $$PY tests/reference/make_reference.py $(PARITY)
 
+# Unit, parity and HTTP tests, then the OpenAPI contract test against a real server.
 test: $(PARITY)/reference.json
 	GRADCAM_PARITY_DIR=$(abspath $(PARITY)) cargo test --release --locked -- --include-ignored
+	scripts/contract_test.sh
 
 # Performance figures against pytorch-grad-cam and PyTorch; rewrites BENCHMARKS.md.
 bench:
@@ -59,3 +61,8 @@ fuzz:
 LOAD_SECONDS ?= 120
 load-test: build
 	python3 scripts/load_test.py --bin $(BIN) --duration $(LOAD_SECONDS) $(LOAD_ARGS)
+
+# Contract test (also the last step of `make test`): schemathesis (its own venv, installed once) against the served OpenAPI spec:
+# no 5xx, statuses, content types, headers and bodies as documented. MAX_EXAMPLES=30 per operation.
+contract-test: build
+	scripts/contract_test.sh

@@ -110,6 +110,29 @@ fn target_top_k_alpha_and_overlay_options() {
     assert_eq!(via_form.saliency, e.saliency);
     assert_eq!(via_form.overlay_png, e.overlay_png);
 
+    // Both ways at once: accepted when they agree, refused by name when they do not.
+    let both = |alpha: &str| {
+        let form = reqwest::blocking::multipart::Form::new()
+            .part(
+                "image",
+                reqwest::blocking::multipart::Part::bytes(png(224, 224)).file_name("a.png"),
+            )
+            .text("alpha", alpha.to_string());
+        client()
+            .post(format!("{}/explain?target=5&top_k=12&alpha=0.3", server.url))
+            .multipart(form)
+            .send()
+            .unwrap()
+    };
+    let agreeing: Explanation = both("0.30").json().unwrap();
+    assert_eq!(agreeing.overlay_png, e.overlay_png);
+    let p = problem(both("0.4"), 422);
+    assert!(
+        p["detail"].as_str().unwrap().contains("alpha")
+            && p["detail"].as_str().unwrap().contains("different values"),
+        "{p}"
+    );
+
     // A different target explains something else; alpha changes the picture only.
     let other: Explanation = server
         .explain("?target=900&alpha=0.3", png(224, 224), "a.png")
@@ -428,6 +451,29 @@ fn bearer_tokens_guard_explain_but_not_health() {
         .send()
         .unwrap();
     assert_eq!(docs.status(), 200, "docs stay open unless protect_docs");
+
+    // A refused upload is read before the 401, so a client (or a proxy such as nginx)
+    // still sending it is not cut off with a reset and takes the answer, not a broken
+    // pipe (which nginx turns into a 502 and counts against the replica).
+    use std::io::{Read, Write};
+    let body = vec![b'x'; 8 << 20];
+    let head = format!(
+        "POST /explain HTTP/1.1\r\nHost: t\r\nContent-Type: multipart/form-data; boundary=b\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut stream =
+        std::net::TcpStream::connect(server.url.trim_start_matches("http://")).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    stream
+        .write_all(&body)
+        .expect("the whole unauthenticated upload is accepted before the refusal");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
 }
 
 #[test]

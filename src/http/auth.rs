@@ -12,21 +12,28 @@ use super::problem::ApiError;
 /// The accepted tokens, kept as SHA-256 digests: comparing digests in constant time
 /// reveals neither a token's bytes nor its length.
 #[derive(Clone, Default)]
-pub struct ApiKeys(Vec<[u8; 32]>);
+pub struct ApiKeys {
+    digests: Vec<[u8; 32]>,
+    /// How much of a refused request's body to read before answering (see below).
+    drain_limit: usize,
+}
 
 impl ApiKeys {
-    pub fn new(keys: &[String]) -> Self {
-        Self(keys.iter().map(|k| digest(k.trim())).collect())
+    pub fn new(keys: &[String], drain_limit: usize) -> Self {
+        Self {
+            digests: keys.iter().map(|k| digest(k.trim())).collect(),
+            drain_limit,
+        }
     }
 
     pub fn is_enabled(&self) -> bool {
-        !self.0.is_empty()
+        !self.digests.is_empty()
     }
 
     fn accepts(&self, token: &str) -> bool {
         let d = digest(token);
         // Check every key, so the time taken does not say which one matched.
-        self.0
+        self.digests
             .iter()
             .fold(0u8, |found, key| found | key.ct_eq(&d).unwrap_u8())
             == 1
@@ -49,12 +56,17 @@ pub async fn require_token(State(keys): State<ApiKeys>, request: Request, next: 
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         });
-    match token {
-        None => ApiError::Unauthorized("this endpoint needs `Authorization: Bearer <token>`")
-            .into_response(),
-        Some(t) if keys.accepts(t.trim()) => next.run(request).await,
-        Some(_) => ApiError::Unauthorized("the bearer token is not valid").into_response(),
-    }
+    let refusal = match token {
+        Some(t) if keys.accepts(t.trim()) => return next.run(request).await,
+        Some(_) => ApiError::Unauthorized("the bearer token is not valid"),
+        None => ApiError::Unauthorized("this endpoint needs `Authorization: Bearer <token>`"),
+    };
+    // A proxy in front (nginx) that is still sending the upload takes an answer followed
+    // by a closed connection for a broken replica, and after a few marks every replica
+    // down: read what the upload limit allows first, briefly, then refuse.
+    let drain = axum::body::to_bytes(request.into_body(), keys.drain_limit);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), drain).await;
+    refusal.into_response()
 }
 
 #[cfg(test)]
@@ -63,7 +75,7 @@ mod tests {
 
     #[test]
     fn accepts_only_configured_tokens() {
-        let keys = ApiKeys::new(&["alpha".into(), "beta".into()]);
+        let keys = ApiKeys::new(&["alpha".into(), "beta".into()], 0);
         assert!(keys.accepts("alpha"));
         assert!(keys.accepts("beta"));
         assert!(!keys.accepts("alph"));

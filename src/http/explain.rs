@@ -41,21 +41,25 @@ pub struct ExplainParams {
     resize: Option<String>,
 }
 
-/// The multipart body.
+/// The multipart body: the image, and any option as a form field instead of a query
+/// parameter. An option given both ways with different values, or a field not listed
+/// here, gets 422 (a file part other than `image`: 400).
 #[allow(dead_code)]
 #[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ExplainUpload {
     /// The image: JPEG, PNG, WebP, GIF (first frame), BMP or TIFF.
     #[schema(value_type = String, format = Binary)]
     image: Vec<u8>,
-    #[schema(minimum = 0, maximum = 999)]
+    #[schema(nullable = false, minimum = 0, maximum = 999)]
     target: Option<u16>,
-    #[schema(minimum = 1, maximum = 1000)]
+    #[schema(nullable = false, minimum = 1, maximum = 1000)]
     top_k: Option<u16>,
-    #[schema(minimum = 0.0, maximum = 1.0)]
+    #[schema(nullable = false, minimum = 0.0, maximum = 1.0)]
     alpha: Option<f32>,
+    #[schema(nullable = false)]
     overlay: Option<bool>,
-    #[schema(pattern = "^(stretch|crop)$")]
+    #[schema(nullable = false, pattern = "^(stretch|crop)$")]
     resize: Option<String>,
 }
 
@@ -85,48 +89,63 @@ impl OptionParser {
                 ),
             ));
         }
-        if !self.seen.insert(name.to_string()) {
-            return Err(ApiError::invalid(name, value, "given more than once"));
+        if self.seen.insert(name.to_string()) {
+            return apply(&mut self.options, name, value);
         }
-        let v = value.trim();
-        let o = &mut self.options;
-        match name {
-            "target" => match v.parse::<usize>() {
-                Ok(t) if t < NUM_CLASSES => o.target = Some(t),
-                _ => {
-                    return Err(ApiError::invalid(
-                        name,
-                        value,
-                        "must be a class index in 0..=999",
-                    ))
-                }
-            },
-            "top_k" => match v.parse::<usize>() {
-                Ok(k) if (1..=NUM_CLASSES).contains(&k) => o.top_k = k,
-                _ => {
-                    return Err(ApiError::invalid(
-                        name,
-                        value,
-                        "must be an integer in 1..=1000",
-                    ))
-                }
-            },
-            "alpha" => match v.parse::<f32>() {
-                Ok(a) if (0.0..=1.0).contains(&a) => o.alpha = a,
-                _ => return Err(ApiError::invalid(name, value, "must be a number in 0..=1")),
-            },
-            "overlay" => match v {
-                "true" | "1" => o.overlay = true,
-                "false" | "0" => o.overlay = false,
-                _ => return Err(ApiError::invalid(name, value, "must be true or false")),
-            },
-            _ => match v.parse::<ResizeMode>() {
-                Ok(mode) => o.resize = mode,
-                Err(_) => return Err(ApiError::invalid(name, value, "must be stretch or crop")),
-            },
+        // Given twice (query and form, or two fields): fine when both say the same thing
+        // (`alpha=0` and `alpha=0.0`), refused when they disagree, as neither can win.
+        let mut again = self.options;
+        apply(&mut again, name, value)?;
+        if again != self.options {
+            return Err(ApiError::invalid(
+                name,
+                value,
+                "given more than once, with different values",
+            ));
         }
         Ok(())
     }
+}
+
+/// Parses one known option's value into `o`.
+fn apply(o: &mut Options, name: &str, value: &str) -> Result<(), ApiError> {
+    let v = value.trim();
+    match name {
+        "target" => match v.parse::<usize>() {
+            Ok(t) if t < NUM_CLASSES => o.target = Some(t),
+            _ => {
+                return Err(ApiError::invalid(
+                    name,
+                    value,
+                    "must be a class index in 0..=999",
+                ))
+            }
+        },
+        "top_k" => match v.parse::<usize>() {
+            Ok(k) if (1..=NUM_CLASSES).contains(&k) => o.top_k = k,
+            _ => {
+                return Err(ApiError::invalid(
+                    name,
+                    value,
+                    "must be an integer in 1..=1000",
+                ))
+            }
+        },
+        "alpha" => match v.parse::<f32>() {
+            Ok(a) if (0.0..=1.0).contains(&a) => o.alpha = a,
+            _ => return Err(ApiError::invalid(name, value, "must be a number in 0..=1")),
+        },
+        "overlay" => match v {
+            "true" | "1" => o.overlay = true,
+            "false" | "0" => o.overlay = false,
+            _ => return Err(ApiError::invalid(name, value, "must be true or false")),
+        },
+        _ => match v.parse::<ResizeMode>() {
+            Ok(mode) => o.resize = mode,
+            Err(_) => return Err(ApiError::invalid(name, value, "must be stretch or crop")),
+        },
+    }
+    Ok(())
 }
 
 #[utoipa::path(
@@ -327,6 +346,10 @@ async fn read_upload(
                 return Err(ApiError::DuplicateImage);
             }
             image = Some(field.bytes().await.map_err(part_error)?);
+        } else if field.file_name().is_some() {
+            return Err(ApiError::BadMultipart(format!(
+                "unexpected file part `{name}`: the image goes in a part named `image`"
+            )));
         } else {
             let value = field.text().await.map_err(part_error)?;
             parser.set(&name, &value)?;

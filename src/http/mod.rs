@@ -171,7 +171,7 @@ async fn method_not_allowed(request: Request) -> Response {
 
 pub fn router(state: Arc<AppState>) -> Router {
     let server = &state.config.server;
-    let keys = ApiKeys::new(&server.api_keys);
+    let keys = ApiKeys::new(&server.api_keys, server.max_upload_bytes);
     let guard = || middleware::from_fn_with_state(keys.clone(), auth::require_token);
 
     let mut explain_routes = Router::new()
