@@ -48,6 +48,12 @@ lint:
 clean-cache:
 	rm -rf $(HOME)/.cache/gradcam-serve
 
+# Deployment (docker/): lint what needs a Docker engine to run (none here), then the SAME
+# nginx config with real nginx in front of two replicas (installs Debian's nginx once, as root).
+gateway-test: build
+	python3 scripts/docker-lint.py
+	scripts/gateway-test.sh
+
 # Fuzzing (fuzz/, cargo-fuzz; RUSTC_BOOTSTRAP=1 on stable): the decode+preprocess target and
 # the request-parsing target, FUZZ_SECONDS each (default 60); prints the executions run.
 # A crash's input lands in fuzz/artifacts/<target>/: commit it under tests/fuzz-regressions/.
