@@ -17,6 +17,84 @@ pub fn min_max_scale(map: &[f32]) -> Vec<f32> {
     shifted.iter().map(|v| v / (max + 1e-7)).collect()
 }
 
+/// OpenCV INTER_LINEAR taps from `src` samples to `dst`: for each output index, the two
+/// source indices and the weight of the second (pixel centres aligned, edges clamped).
+fn taps(src: usize, dst: usize) -> Vec<(usize, usize, f32)> {
+    let scale = src as f64 / dst as f64;
+    (0..dst)
+        .map(|d| {
+            let f = (d as f64 + 0.5) * scale - 0.5;
+            let i = f.floor();
+            let (i, frac) = if i < 0.0 {
+                (0, 0.0)
+            } else if i as usize >= src - 1 {
+                (src - 1, 0.0)
+            } else {
+                (i as usize, (f - i) as f32)
+            };
+            (i, (i + 1).min(src - 1), frac)
+        })
+        .collect()
+}
+
+/// Bilinear upsampling with OpenCV's INTER_LINEAR sampling (pixel centres aligned, i.e.
+/// `align_corners=False`, edges clamped), one output row at a time. Each source row is
+/// interpolated along x once; an output pixel is then one step along y between two of
+/// them: the same float operations as a pixel-by-pixel bilinear, so the same values, at a
+/// fraction of the cost, and a large picture's map is never held whole.
+struct Upsampler {
+    rows: Vec<Vec<f32>>,
+    ys: Vec<(usize, usize, f32)>,
+}
+
+impl Upsampler {
+    fn new(map: &[f32], width: usize, height: usize, out_width: usize, out_height: usize) -> Self {
+        assert_eq!(map.len(), width * height);
+        let xs = taps(width, out_width);
+        let rows = map
+            .chunks_exact(width)
+            .map(|row| {
+                xs.iter()
+                    .map(|&(x0, x1, fx)| row[x0] * (1.0 - fx) + row[x1] * fx)
+                    .collect()
+            })
+            .collect();
+        Self {
+            rows,
+            ys: taps(height, out_height),
+        }
+    }
+
+    /// Output row `y` into `out` (of the output width).
+    fn row(&self, y: usize, out: &mut [f32]) {
+        let (y0, y1, fy) = self.ys[y];
+        let (top, bottom) = (&self.rows[y0], &self.rows[y1]);
+        for ((o, t), b) in out.iter_mut().zip(top).zip(bottom) {
+            *o = t * (1.0 - fy) + b * fy;
+        }
+    }
+
+    /// The smallest and largest output values.
+    fn range(&self, out_width: usize) -> (f32, f32) {
+        // Eight lanes, so the compiler can keep them in one vector register each.
+        let (mut lo, mut hi) = ([f32::INFINITY; 8], [f32::NEG_INFINITY; 8]);
+        let mut row = vec![0f32; out_width];
+        for y in 0..self.ys.len() {
+            self.row(y, &mut row);
+            for chunk in row.chunks(8) {
+                for (i, &v) in chunk.iter().enumerate() {
+                    lo[i] = if v < lo[i] { v } else { lo[i] };
+                    hi[i] = if v > hi[i] { v } else { hi[i] };
+                }
+            }
+        }
+        (
+            lo.into_iter().fold(f32::INFINITY, f32::min),
+            hi.into_iter().fold(f32::NEG_INFINITY, f32::max),
+        )
+    }
+}
+
 /// Bilinear resize of a row-major `width` x `height` map, with OpenCV's INTER_LINEAR
 /// sampling (pixel centres aligned, i.e. `align_corners=False`, edges clamped).
 pub fn resize_bilinear(
@@ -26,36 +104,44 @@ pub fn resize_bilinear(
     out_width: usize,
     out_height: usize,
 ) -> Vec<f32> {
-    assert_eq!(map.len(), width * height);
-    let taps = |src: usize, dst: usize| -> Vec<(usize, usize, f32)> {
-        let scale = src as f64 / dst as f64;
-        (0..dst)
-            .map(|d| {
-                let f = (d as f64 + 0.5) * scale - 0.5;
-                let i = f.floor();
-                let (i, frac) = if i < 0.0 {
-                    (0, 0.0)
-                } else if i as usize >= src - 1 {
-                    (src - 1, 0.0)
-                } else {
-                    (i as usize, (f - i) as f32)
-                };
-                (i, (i + 1).min(src - 1), frac)
-            })
-            .collect()
-    };
-    let xs = taps(width, out_width);
-    let ys = taps(height, out_height);
-    let mut out = Vec::with_capacity(out_width * out_height);
-    for &(y0, y1, fy) in &ys {
-        let (r0, r1) = (&map[y0 * width..][..width], &map[y1 * width..][..width]);
-        for &(x0, x1, fx) in &xs {
-            let top = r0[x0] * (1.0 - fx) + r0[x1] * fx;
-            let bottom = r1[x0] * (1.0 - fx) + r1[x1] * fx;
-            out.push(top * (1.0 - fy) + bottom * fy);
-        }
+    let up = Upsampler::new(map, width, height, out_width, out_height);
+    let mut out = vec![0f32; out_width * out_height];
+    for (y, row) in out.chunks_exact_mut(out_width.max(1)).enumerate() {
+        up.row(y, row);
     }
     out
+}
+
+/// The second min-max scaling of pytorch-grad-cam (its `scale_cam_image` after the
+/// resize), applied to upsampled values as they are made: `(v - min) / ((max - min) +
+/// 1e-7)`. min_max_scale computes `max(v - min)`, which is `max - min`, float subtraction
+/// being monotonic.
+struct HeatScale {
+    up: Upsampler,
+    min: f32,
+    denominator: f32,
+}
+
+impl HeatScale {
+    fn new(map: &[f32], map_width: usize, map_height: usize, width: u32, height: u32) -> Self {
+        let (w, h) = (width as usize, height as usize);
+        let up = Upsampler::new(&min_max_scale(map), map_width, map_height, w, h);
+        let (min, max) = up.range(w);
+        let range = if w * h == 0 { 0.0 } else { max - min };
+        Self {
+            up,
+            min,
+            denominator: range + 1e-7,
+        }
+    }
+
+    /// Row `y` of the mask, values in [0, 1).
+    fn row(&self, y: usize, out: &mut [f32]) {
+        self.up.row(y, out);
+        for v in out {
+            *v = (*v - self.min) / self.denominator;
+        }
+    }
 }
 
 /// The map as overlay intensities in [0, 1] at `width` x `height`: scaled, upsampled,
@@ -67,19 +153,23 @@ pub fn heat_mask(
     width: u32,
     height: u32,
 ) -> Vec<f32> {
-    min_max_scale(&resize_bilinear(
-        &min_max_scale(map),
-        map_width,
-        map_height,
-        width as usize,
-        height as usize,
-    ))
+    let scale = HeatScale::new(map, map_width, map_height, width, height);
+    let mut mask = vec![0f32; width as usize * height as usize];
+    for (y, row) in mask.chunks_exact_mut((width as usize).max(1)).enumerate() {
+        scale.row(y, row);
+    }
+    mask
 }
 
 /// Draws the map over the picture. `alpha` is the heat map's weight (pytorch-grad-cam's
 /// `1 - image_weight`, 0.5 by default). The map covers `region` of the picture (the whole
 /// picture unless the model saw a crop); outside it the picture is shown at the blend's
 /// image weight alone, dimmed, so it is plain which part the model saw.
+///
+/// The result equals show_cam_on_image's float blend `alpha * jet / 255 + image_weight *
+/// pixel / 255`, rescaled by its maximum, value for value; but each term takes one of 256
+/// values, so both come from tables, the maximum from the brightest pixel under each heat
+/// level, and the final bytes from a table per level: no float image is ever held.
 pub fn overlay(
     picture: &RgbImage,
     map: &[f32],
@@ -88,48 +178,135 @@ pub fn overlay(
     region: Region,
     alpha: f32,
 ) -> RgbImage {
-    let (w, h) = picture.dimensions();
-    let mask = heat_mask(map, map_width, map_height, region.width, region.height);
+    let (w, h) = (picture.width() as usize, picture.height() as usize);
+    let (rx, ry) = (region.x as usize, region.y as usize);
+    let (rw, rh) = (region.width as usize, region.height as usize);
+    assert!(
+        rx + rw <= w && ry + rh <= h,
+        "the region lies within the picture"
+    );
     let image_weight = 1.0 - alpha;
-    // Blend in [0, 1] floats, as show_cam_on_image does, then rescale by the maximum.
-    let mut blended = vec![0f32; (w * h * 3) as usize];
-    let mut max = 0f32;
-    for (i, (px, out)) in picture
-        .as_raw()
-        .chunks_exact(3)
-        .zip(blended.chunks_exact_mut(3))
-        .enumerate()
-    {
-        let (x, y) = ((i as u32) % w, (i as u32) / w);
-        let inside = x >= region.x
-            && y >= region.y
-            && x < region.x + region.width
-            && y < region.y + region.height;
-        let heat = if inside {
-            let m = mask[((y - region.y) * region.width + (x - region.x)) as usize];
-            // np.uint8(255 * mask): truncation.
-            colormap::jet((255.0 * m) as u8)
-        } else {
-            [0, 0, 0]
-        };
-        let heat_weight = if inside { alpha } else { 0.0 };
-        for c in 0..3 {
-            let v = heat_weight * (heat[c] as f32 / 255.0) + image_weight * (px[c] as f32 / 255.0);
-            out[c] = v;
-            max = max.max(v);
+    let heat: Vec<[f32; 3]> = colormap::JET
+        .iter()
+        .map(|rgb| rgb.map(|v| alpha * (v as f32 / 255.0)))
+        .collect();
+    let base: Vec<f32> = (0..=255u8)
+        .map(|p| image_weight * (p as f32 / 255.0))
+        .collect();
+
+    // Heat levels, np.uint8(255 * mask) (a truncation), and the brightest picture value
+    // per level and channel (present levels only).
+    let scale = HeatScale::new(map, map_width, map_height, region.width, region.height);
+    let mut levels = vec![0u8; rw * rh];
+    let mut mask_row = vec![0f32; rw];
+    for (y, row_levels) in levels.chunks_exact_mut(rw.max(1)).enumerate() {
+        scale.row(y, &mut mask_row);
+        for (level, &m) in row_levels.iter_mut().zip(&mask_row) {
+            *level = (255.0 * m) as u8;
         }
     }
-    let bytes = blended
-        .iter()
-        .map(|v| {
-            if max > 0.0 {
-                (255.0 * (v / max)) as u8
-            } else {
-                0
+    let rgb = picture.as_raw();
+    let row_parts = |y: usize, row: &'_ [u8]| -> (usize, usize) {
+        // Byte offsets in a picture row where the region starts and ends.
+        if (ry..ry + rh).contains(&y) {
+            (rx * 3, (rx + rw) * 3)
+        } else {
+            (row.len(), row.len())
+        }
+    };
+    let merge = |into: &mut [u8; 3], run: [u8; 3]| {
+        for c in 0..3 {
+            into[c] = into[c].max(run[c]);
+        }
+    };
+    let mut brightest = [[0u8; 3]; 256];
+    let mut present = [false; 256];
+    let mut brightest_outside = [0u8; 3];
+    for (y, row) in rgb.chunks_exact(w * 3).enumerate() {
+        let (start, end) = row_parts(y, row);
+        for px in row[..start]
+            .chunks_exact(3)
+            .chain(row[end..].chunks_exact(3))
+        {
+            for c in 0..3 {
+                brightest_outside[c] = brightest_outside[c].max(px[c]);
             }
-        })
-        .collect();
-    RgbImage::from_raw(w, h, bytes).expect("sized from the picture")
+        }
+        if start < end {
+            let row_levels = &levels[(y - ry) * rw..][..rw];
+            // Neighbours mostly share a level: keep its maximum in registers until the
+            // level changes.
+            let (mut current, mut run) = (row_levels[0], [0u8; 3]);
+            for (px, &level) in row[start..end].chunks_exact(3).zip(row_levels) {
+                if level != current {
+                    merge(&mut brightest[current as usize], run);
+                    present[current as usize] = true;
+                    (current, run) = (level, [0; 3]);
+                }
+                run = [run[0].max(px[0]), run[1].max(px[1]), run[2].max(px[2])];
+            }
+            merge(&mut brightest[current as usize], run);
+            present[current as usize] = true;
+        }
+    }
+    // The blend's maximum (0 at least, as the reference folds from 0). Adding is monotonic,
+    // so the brightest pixel of a level gives that level's largest sum.
+    let mut max = (0..3).fold(0f32, |m, c| {
+        m.max(0.0 + base[brightest_outside[c] as usize])
+    });
+    for level in (0..256).filter(|&l| present[l]) {
+        for c in 0..3 {
+            max = max.max(heat[level][c] + base[brightest[level][c] as usize]);
+        }
+    }
+    let scaled = |v: f32| {
+        if max > 0.0 {
+            (255.0 * (v / max)) as u8
+        } else {
+            0
+        }
+    };
+    let outside: Vec<u8> = base.iter().map(|&b| scaled(0.0 + b)).collect();
+    // Output bytes per (level, channel), for the levels present.
+    let mut table = vec![0u8; 256 * 3 * 256];
+    for level in (0..256).filter(|&l| present[l]) {
+        for c in 0..3 {
+            let t = &mut table[(level * 3 + c) * 256..][..256];
+            for (out, &b) in t.iter_mut().zip(&base) {
+                *out = scaled(heat[level][c] + b);
+            }
+        }
+    }
+
+    let mut bytes = vec![0u8; w * h * 3];
+    for (y, (row, out)) in rgb
+        .chunks_exact(w * 3)
+        .zip(bytes.chunks_exact_mut(w * 3))
+        .enumerate()
+    {
+        let (start, end) = row_parts(y, row);
+        for (o, &p) in out[..start].iter_mut().zip(&row[..start]) {
+            *o = outside[p as usize];
+        }
+        for (o, &p) in out[end..].iter_mut().zip(&row[end..]) {
+            *o = outside[p as usize];
+        }
+        if start < end {
+            let row_levels = &levels[(y - ry) * rw..][..rw];
+            let pixels = row[start..end].chunks_exact(3);
+            for ((o, px), &level) in out[start..end]
+                .chunks_exact_mut(3)
+                .zip(pixels)
+                .zip(row_levels)
+            {
+                let t = &table[level as usize * 768..][..768];
+                o[0] = t[px[0] as usize];
+                o[1] = t[256 + px[1] as usize];
+                o[2] = t[512 + px[2] as usize];
+            }
+        }
+    }
+    RgbImage::from_raw(w as u32, h as u32, bytes).expect("sized from the picture")
 }
 
 /// PNG bytes, with fast compression: an overlay is made once and sent once, and the fast
@@ -219,6 +396,110 @@ mod tests {
         let outside = out.get_pixel(9, 9).0;
         // Same hue as the picture.
         assert!(outside[0] > outside[1] && outside[1] > outside[2]);
+    }
+
+    /// show_cam_on_image as written: a float image, its maximum, then the bytes; and the
+    /// pixel-by-pixel bilinear. `overlay` must give the same bytes.
+    fn overlay_reference(picture: &RgbImage, map: &[f32], region: Region, alpha: f32) -> RgbImage {
+        let (w, h) = picture.dimensions();
+        let scaled = min_max_scale(map);
+        let xs = taps(7, region.width as usize);
+        let ys = taps(7, region.height as usize);
+        let mut up = Vec::new();
+        for &(y0, y1, fy) in &ys {
+            for &(x0, x1, fx) in &xs {
+                let (r0, r1) = (&scaled[y0 * 7..][..7], &scaled[y1 * 7..][..7]);
+                let top = r0[x0] * (1.0 - fx) + r0[x1] * fx;
+                let bottom = r1[x0] * (1.0 - fx) + r1[x1] * fx;
+                up.push(top * (1.0 - fy) + bottom * fy);
+            }
+        }
+        let mask = min_max_scale(&up);
+        let mut blended = vec![0f32; (w * h * 3) as usize];
+        let mut max = 0f32;
+        for (i, (px, out)) in picture
+            .as_raw()
+            .chunks_exact(3)
+            .zip(blended.chunks_exact_mut(3))
+            .enumerate()
+        {
+            let (x, y) = ((i as u32) % w, (i as u32) / w);
+            let inside = x >= region.x
+                && y >= region.y
+                && x < region.x + region.width
+                && y < region.y + region.height;
+            let heat = if inside {
+                let m = mask[((y - region.y) * region.width + (x - region.x)) as usize];
+                colormap::jet((255.0 * m) as u8)
+            } else {
+                [0, 0, 0]
+            };
+            let heat_weight = if inside { alpha } else { 0.0 };
+            for c in 0..3 {
+                let v =
+                    heat_weight * (heat[c] as f32 / 255.0) + (1.0 - alpha) * (px[c] as f32 / 255.0);
+                out[c] = v;
+                max = max.max(v);
+            }
+        }
+        let bytes = blended
+            .iter()
+            .map(|v| {
+                if max > 0.0 {
+                    (255.0 * (v / max)) as u8
+                } else {
+                    0
+                }
+            })
+            .collect();
+        RgbImage::from_raw(w, h, bytes).unwrap()
+    }
+
+    #[test]
+    fn overlay_equals_the_plain_float_blend_byte_for_byte() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for case in 0..24 {
+            let (w, h) = (1 + (next() % 90) as u32, 1 + (next() % 70) as u32);
+            let dark = case % 5 == 0; // a dim picture: the maximum is not 1
+            let picture = RgbImage::from_fn(w, h, |_, _| {
+                image::Rgb([0; 3].map(|_| (next() % if dark { 40 } else { 256 }) as u8))
+            });
+            let map: Vec<f32> = (0..49)
+                .map(|_| match case % 4 {
+                    0 => 1.5, // flat
+                    1 => (next() % 1000) as f32 * 1e-4,
+                    _ => (next() % 1000) as f32 / 7.0,
+                })
+                .collect();
+            let region = if case % 3 == 0 {
+                let (rw, rh) = (1 + next() as u32 % w, 1 + next() as u32 % h);
+                Region {
+                    x: next() as u32 % (w - rw + 1),
+                    y: next() as u32 % (h - rh + 1),
+                    width: rw,
+                    height: rh,
+                }
+            } else {
+                Region {
+                    x: 0,
+                    y: 0,
+                    width: w,
+                    height: h,
+                }
+            };
+            let alpha = [0.0, 0.3, 0.5, 1.0][case % 4];
+            assert_eq!(
+                overlay(&picture, &map, 7, 7, region, alpha),
+                overlay_reference(&picture, &map, region, alpha),
+                "case {case}: {w}x{h}, {region:?}, alpha {alpha}"
+            );
+        }
     }
 
     #[test]
