@@ -119,7 +119,10 @@ fn target_top_k_alpha_and_overlay_options() {
             )
             .text("alpha", alpha.to_string());
         client()
-            .post(format!("{}/explain?target=5&top_k=12&alpha=0.3", server.url))
+            .post(format!(
+                "{}/explain?target=5&top_k=12&alpha=0.3",
+                server.url
+            ))
             .multipart(form)
             .send()
             .unwrap()

@@ -7,7 +7,6 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use tokio::time::{timeout_at, Instant};
 use utoipa::{IntoParams, ToSchema};
 
@@ -291,34 +290,59 @@ pub async fn explain(
         ..options
     };
     let info = state.workers.info.clone();
-    let (mut explanation, png) = tokio::task::spawn_blocking(move || {
-        engine::finish(&picture, region, &output.raw, &render_options, info, timing)
+    // Drawing, PNG encoding, base64 and JSON all take milliseconds for a large picture
+    // (about 35 ms at 1920x1080): off the async threads, which serve every connection.
+    let (explanation, body) = tokio::task::spawn_blocking(move || {
+        let (mut explanation, png) =
+            engine::finish(&picture, region, &output.raw, &render_options, info, timing);
+        explanation.timing_ms.total = started.elapsed().as_secs_f64() * 1e3;
+        match png {
+            Some(png) if want_png => (explanation, Body::Png(png)),
+            png => {
+                if let Some(png) = png.filter(|_| options.overlay) {
+                    explanation.embed_overlay(&png);
+                }
+                // Sized once: growing a multi-megabyte buffer by doubling copies it over
+                // and over.
+                let base64 = explanation.overlay_png.as_ref().map_or(0, String::len);
+                let mut json = Vec::with_capacity(base64 + 16 * 1024);
+                serde_json::to_writer(&mut json, &explanation).expect("an explanation serialises");
+                (explanation, Body::Json(json))
+            }
+        }
     })
     .await
     .map_err(|e| ApiError::Internal(format!("rendering task failed: {e}")))?;
-    explanation.timing_ms.total = started.elapsed().as_secs_f64() * 1e3;
     state.metrics.observe(&explanation.timing_ms);
 
     let timing_header = server_timing(&explanation.timing_ms);
-    let mut response = match (want_png, png) {
-        (true, Some(png)) => {
+    let mut response = match body {
+        Body::Png(png) => {
             let mut r = (Bytes::from(png)).into_response();
             let h = r.headers_mut();
             h.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/png"));
             prediction_headers(h, &explanation);
             r
         }
-        (_, png) => {
-            if let Some(png) = png.filter(|_| options.overlay) {
-                explanation.embed_overlay(&png);
-            }
-            Json(explanation).into_response()
+        Body::Json(json) => {
+            let mut r = Bytes::from(json).into_response();
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
         }
     };
     if let Ok(v) = HeaderValue::from_str(&timing_header) {
         response.headers_mut().insert("server-timing", v);
     }
     Ok(response)
+}
+
+/// An answer's body, made off the async threads.
+enum Body {
+    Png(Vec<u8>),
+    Json(Vec<u8>),
 }
 
 /// Reads the parts: exactly one `image`, and option fields.
