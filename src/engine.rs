@@ -88,6 +88,9 @@ impl Engine {
         if config.fold_batch_norm {
             model.fold_batch_norm();
         }
+        if config.channels_last_batches {
+            model.keep_channels_last();
+        }
         Ok(Self {
             model,
             info: ModelInfo {

@@ -94,6 +94,39 @@ fn folding_batch_norm_keeps_logits_and_maps() {
 }
 
 #[test]
+fn channels_last_batches_give_the_same_maps() {
+    // Batches of two or more run channels-last when kept; the maps must not change beyond
+    // float rounding, with batch norm folded or not, and single images take the plain path.
+    for fold in [false, true] {
+        let mut plain = demo_model();
+        let mut channels_last = demo_model();
+        if fold {
+            plain.fold_batch_norm();
+            channels_last.fold_batch_norm();
+        }
+        channels_last.keep_channels_last();
+        let x = input(6, 3);
+        let targets = [None, Some(7), Some(400)];
+        let (a, _) = gradcam::explain(&plain, &x, &targets).unwrap();
+        let (b, _) = gradcam::explain(&channels_last, &x, &targets).unwrap();
+        for (a, b) in a.iter().zip(&b) {
+            assert_eq!(a.target, b.target);
+            let scale = a.cam.iter().copied().fold(1e-12f32, f32::max);
+            for (x, y) in a.cam.iter().zip(&b.cam) {
+                assert!((x - y).abs() / scale < 1e-4, "fold {fold}: {x} vs {y}");
+            }
+            for (p, q) in a.probabilities.iter().zip(&b.probabilities) {
+                assert!((p - q).abs() < 1e-5, "fold {fold}: {p} vs {q}");
+            }
+        }
+        let one = input(8, 1);
+        let (a, _) = gradcam::explain(&plain, &one, &[None]).unwrap();
+        let (b, _) = gradcam::explain(&channels_last, &one, &[None]).unwrap();
+        assert_eq!(a[0].cam, b[0].cam, "a single image takes the same path");
+    }
+}
+
+#[test]
 fn out_of_range_target_is_an_error_not_a_crash() {
     let model = demo_model();
     assert!(gradcam::explain(&model, &input(5, 1), &[Some(1000)]).is_err());

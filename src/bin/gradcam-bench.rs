@@ -275,6 +275,7 @@ fn engine_bench(
             input_size,
             resize: ResizeMode::Stretch,
             fold_batch_norm: fold,
+            channels_last_batches: true,
             threads,
         };
         let engine = Engine::load(&config)?;
