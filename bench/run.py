@@ -478,6 +478,20 @@ def report(results):
       "[model.layer4[-1]])(x)` (forward, full autograd backward, its map scaling). \"Engine in "
       "process\" throughput is the better of batch 1 and batch 4 (the default `max_batch`), "
       f"{inproc:.2f} images/s.\n")
+    # What the HTTP ratio can reach at all: the in-process figure is the network alone, but
+    # each request also decodes its upload and draws, encodes and base64s the overlay, on the
+    # same cores the network's threads use.
+    cores = m["nproc"]
+    for p in eng["pipeline"]:
+        extra = p["decode_ms"]["p50"] + p["render_ms"]["p50"] + p["json_ms"]["p50"]
+        network_cpu = cores * 1000 / inproc  # core-ms per image when the network has the cores
+        w(f"- {p['width']}x{p['height']}: each request also costs {extra:.1f} ms of CPU outside "
+          f"the network (decode + resize {p['decode_ms']['p50']:.1f}, overlay + PNG "
+          f"{p['render_ms']['p50']:.1f}, base64 + JSON {p['json_ms']['p50']:.1f}; in process, "
+          f"p50), against about {network_cpu:.0f} core-ms of network per image on {cores} "
+          f"cores: HTTP can reach at most about {network_cpu / (network_cpu + extra):.2f} of the "
+          "in-process figure on this machine, whatever the server does.")
+    w("")
 
     w("## 1. Engine, in process\n")
     w(f"Same 224x224 JPEG, decoded once; {eng['runs']} runs of each after {eng['warmup']} "
@@ -613,8 +627,39 @@ def report(results):
               "against 1 worker x 2 threads.")
     w("\n  Every worker holds its own copy of the weights (peak RSS column).")
     w("")
-    w("Not measured by this benchmark (so no claim either way): channels-last memory format, "
-      "flush-denormal settings, buffer reuse, resize and PNG encoder settings.\n")
+    w("Measured by hand, outside this benchmark (2026-11-28, same machine; the figures of "
+      "this run above already include what was kept):\n")
+    w("- **Overlay drawing** at 1920x1080: 41 ms -> 12 ms, same bytes (map rows interpolated "
+      "once, no full-size float buffers, the blend from tables; `src/render.rs`). Kept.")
+    w("- **base64 + JSON off the async threads**, into a buffer sized once: HTTP at 8 clients "
+      "with the 1920x1080 JPEG went from 11.2 to 12.4-13.2 req/s together with the overlay "
+      "change. Kept.")
+    w("- **PNG filter** (fast deflate) on the 1920x1080 overlay, best of 5: Sub 10.0 ms / "
+      "4.69 MB (shipped), Up 8.3 ms / 4.70 MB, Paeth 9.1 ms / 4.75 MB, adaptive 10.6 ms / "
+      "4.50 MB, no filter 12.0 ms / 6.22 MB, uncompressed 4.9 ms / 6.22 MB, zlib level 1 "
+      "52.8 ms / 3.85 MB. On a real photo (docs/chelsea.jpg) Sub is 226 KB and Up 250 KB: "
+      "no change worth its bytes.")
+    w("- **HTTP threads at nice 5** beside the model workers (so a preempted thread does not "
+      "hold up libtorch's parallel kernels): 12.0-16.0 req/s (224x224) and 10.5-13.0 "
+      "(1920x1080) against 14.5-15.5 and 11.5-12.0 without, two runs each: within the noise "
+      "of a shared machine. Not kept.\n")
+    w("- **Channels-last memory format** (weights and input in NHWC strides, so oneDNN picks "
+      "its channels-last kernels), engine in process, best of 30 runs: batch 4 230 -> 187-189 "
+      "ms, but batch 1 50 -> 58-60 ms. So batches of two or more run channels-last and single "
+      "images do not (`channels_last_batches`, a second copy of the weights, ~100 MB). HTTP "
+      "at 8 clients, two runs each: 224x224 12.0-12.5 -> 16.5-19.0 req/s; 1920x1080 11.0-13.0 "
+      "-> 11.5-13.0 (bound by decoding and drawing). Kept; the figures of this run include it.")
+    w("- **In-place ReLU and residual add** in the trunk, as torchvision does: best-of-40 "
+      "prediction 52.5-60.6 -> 50.6-51.3 ms, two runs each. Kept.")
+    w("- **OpenMP wait policy** of libtorch's threads, HTTP at 8 clients: "
+      "`OMP_WAIT_POLICY=active` (threads spin between kernels) 10.5 req/s (224x224) and "
+      "8.5-8.9 (1920x1080); `passive` 15.5-19.5 and 12.9-14.1; unset (libgomp's default) "
+      "17.5-18.5 and 13.5-14.0. The default is as good as passive; do not set `active`.")
+    w("- **oneDNN tensors end to end** (`to_mkldnn` input and weights, batch norm folded): "
+      "best-of-10 prediction 58.6 ms against about 50 ms plain, batch 4 206 against 187-189 "
+      "ms channels-last. Not kept.\n")
+    w("Not measured (so no claim either way): flush-denormal settings, other resize "
+      "libraries, other JPEG decoders.\n")
     w("## Reproduce\n")
     w("```\nmake bench\n```\n")
     w("It builds the release binaries (`cargo build --release --locked`), installs the "
