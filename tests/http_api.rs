@@ -556,15 +556,7 @@ fn sigterm_finishes_in_flight_work_then_exits_zero() {
     let mut server = Server::start(&["--input-size", "512"]);
     let url = server.url.clone();
     let in_flight = std::thread::spawn(move || {
-        let form = reqwest::blocking::multipart::Form::new().part(
-            "image",
-            reqwest::blocking::multipart::Part::bytes(png(64, 64)).file_name("a.png"),
-        );
-        client()
-            .post(format!("{url}/explain"))
-            .multipart(form)
-            .send()
-            .map(|r| r.status().as_u16())
+        common::upload(&url, "", png(64, 64), "a.png").map(|r| r.status().as_u16())
     });
     std::thread::sleep(Duration::from_millis(300));
     server.signal("TERM");

@@ -8,7 +8,7 @@ use std::io::{Cursor, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{client, jpeg, png, png_claiming, Server};
+use common::{client, jpeg, png, png_claiming, send_raw, upload, Server};
 use gradcam_serve::explanation::Explanation;
 use image::{DynamicImage, ImageFormat, RgbImage};
 
@@ -149,24 +149,6 @@ fn upload_corpus() -> Vec<(&'static str, Vec<u8>, &'static str, &'static str, u1
         ("alpha=-0.1", png(32, 32), "a.png", "?alpha=-0.1", 422),
         ("top_k=1e3", png(32, 32), "a.png", "?top_k=1e3", 422),
     ]
-}
-
-fn send_raw(url: &str, request: &[u8]) -> (u16, String) {
-    let address = url.trim_start_matches("http://");
-    let mut stream = TcpStream::connect(address).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let _ = stream.write_all(request);
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    let text = String::from_utf8_lossy(&response).to_string();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, text)
 }
 
 fn multipart_head(length: usize, boundary: &str) -> String {
@@ -336,14 +318,7 @@ fn a_client_that_leaves_while_queued_costs_no_model_time() {
     let before = metric(&server, "gradcam_batched_images_total");
     let url = server.url.clone();
     let first = std::thread::spawn(move || {
-        let form = reqwest::blocking::multipart::Form::new().part(
-            "image",
-            reqwest::blocking::multipart::Part::bytes(png(64, 64)).file_name("a.png"),
-        );
-        client()
-            .post(format!("{url}/explain"))
-            .multipart(form)
-            .send()
+        upload(&url, "", png(64, 64), "a.png")
             .unwrap()
             .status()
             .as_u16()
