@@ -479,6 +479,57 @@ fn bearer_tokens_guard_explain_but_not_health() {
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
 }
 
+/// Sends `head` and an 8 MiB body over a raw socket; the whole body must be taken before
+/// the answer (no reset under a client or proxy still sending). Returns the answer.
+fn send_all_then_read(url: &str, head: &str, body: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(url.trim_start_matches("http://")).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    stream
+        .write_all(body)
+        .expect("the whole upload is taken before the refusal");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+#[test]
+fn refusals_before_the_upload_is_read_still_take_it_whole() {
+    let server = Server::start(&[]);
+    let big = vec![b'x'; 8 << 20];
+    let head = |path: &str, content_type: &str, length: usize| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: {content_type}\r\n\
+             Content-Length: {length}\r\nConnection: close\r\n\r\n"
+        )
+    };
+    let multipart = "multipart/form-data; boundary=b";
+    // A bad query option, a wrong content type, no boundary: refused before any part.
+    for (path, content_type, status) in [
+        ("/explain?top_k=0", multipart, "422"),
+        ("/explain", "application/octet-stream", "415"),
+        ("/explain", "multipart/form-data", "400"),
+    ] {
+        let answer = send_all_then_read(&server.url, &head(path, content_type, big.len()), &big);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{path} {content_type}: {answer}"
+        );
+    }
+    // A bad option field first, then a large part: refused after the first part.
+    let mut body = b"--b\r\nContent-Disposition: form-data; name=\"alpha\"\r\n\r\n7\r\n\
+        --b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\n"
+        .to_vec();
+    body.extend(&big);
+    body.extend(b"\r\n--b--\r\n");
+    let answer = send_all_then_read(&server.url, &head("/explain", multipart, body.len()), &body);
+    assert!(answer.starts_with("HTTP/1.1 422"), "{answer}");
+    assert!(answer.contains("alpha"), "{answer}");
+}
+
 #[test]
 fn health_ready_metrics_and_request_ids() {
     let server = Server::start(&[]);

@@ -7,6 +7,8 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use std::time::Duration;
+
 use super::problem::ApiError;
 
 /// The accepted tokens, kept as SHA-256 digests: comparing digests in constant time
@@ -61,11 +63,12 @@ pub async fn require_token(State(keys): State<ApiKeys>, request: Request, next: 
         Some(_) => ApiError::Unauthorized("the bearer token is not valid"),
         None => ApiError::Unauthorized("this endpoint needs `Authorization: Bearer <token>`"),
     };
-    // A proxy in front (nginx) that is still sending the upload takes an answer followed
-    // by a closed connection for a broken replica, and after a few marks every replica
-    // down: read what the upload limit allows first, briefly, then refuse.
-    let drain = axum::body::to_bytes(request.into_body(), keys.drain_limit);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), drain).await;
+    super::drain_body(
+        request.into_body(),
+        keys.drain_limit,
+        Duration::from_secs(10),
+    )
+    .await;
     refusal.into_response()
 }
 

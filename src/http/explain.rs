@@ -187,19 +187,29 @@ pub async fn explain(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if !content_type
-        .to_ascii_lowercase()
-        .starts_with("multipart/form-data")
-    {
+    // Refusals before the upload is read drain it first (see `drain_body`), except an
+    // upload over the limit, which is never read.
+    let refuse = |request: Request, error: ApiError| async move {
+        let within = deadline.saturating_duration_since(Instant::now());
+        super::drain_body(request.into_body(), limit, within).await;
+        Err(error)
+    };
+    let lowered = content_type.to_ascii_lowercase();
+    if !lowered.starts_with("multipart/form-data") {
         let shown = if content_type.is_empty() {
             "none"
         } else {
             content_type
         };
-        return Err(ApiError::UnsupportedMediaType(format!(
+        let error = ApiError::UnsupportedMediaType(format!(
             "send the image as multipart/form-data with a file part named `image` \
              (Content-Type was {shown})"
-        )));
+        ));
+        return refuse(request, error).await;
+    }
+    if !lowered.contains("boundary=") {
+        let error = ApiError::BadMultipart("the multipart Content-Type has no boundary".into());
+        return refuse(request, error).await;
     }
     if let Some(length) = headers
         .get(header::CONTENT_LENGTH)
@@ -224,19 +234,36 @@ pub async fn explain(
         seen: HashSet::new(),
     };
     if let Some(query) = request.uri().query() {
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
-            .map_err(|e| ApiError::invalid("query", query, e.to_string()))?;
-        for (name, value) in pairs {
-            parser.set(&name, &value)?;
+        let parsed = serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+            .map_err(|e| ApiError::invalid("query", query, e.to_string()))
+            .and_then(|pairs| {
+                pairs
+                    .iter()
+                    .try_for_each(|(name, value)| parser.set(name, value))
+            });
+        if let Err(error) = parsed {
+            return refuse(request, error).await;
         }
     }
 
-    let multipart = Multipart::from_request(request, &state)
+    let mut multipart = Multipart::from_request(request, &state)
         .await
         .map_err(|e| ApiError::BadMultipart(e.body_text()))?;
-    let image = timeout_at(deadline, read_upload(multipart, &mut parser, limit))
-        .await
-        .map_err(|_| ApiError::UploadTimeout(timeout_secs))??;
+    let image = match timeout_at(deadline, read_upload(&mut multipart, &mut parser, limit)).await {
+        Err(_) => return Err(ApiError::UploadTimeout(timeout_secs)),
+        Ok(Err(error @ ApiError::TooLarge(_))) => return Err(error),
+        Ok(Err(error)) => {
+            // Whatever parts are left, read and dropped (within the body limit).
+            let _ = timeout_at(deadline, async {
+                while let Ok(Some(mut field)) = multipart.next_field().await {
+                    while let Ok(Some(_)) = field.chunk().await {}
+                }
+            })
+            .await;
+            return Err(error);
+        }
+        Ok(Ok(image)) => image,
+    };
     let options = parser.options;
 
     if !state.workers.is_ready() {
@@ -347,7 +374,7 @@ enum Body {
 
 /// Reads the parts: exactly one `image`, and option fields.
 async fn read_upload(
-    mut multipart: Multipart,
+    multipart: &mut Multipart,
     parser: &mut OptionParser,
     limit: usize,
 ) -> Result<Bytes, ApiError> {

@@ -169,6 +169,15 @@ async fn method_not_allowed(request: Request) -> Response {
     r
 }
 
+/// Reads and discards what is left of a refused request's body, up to `limit` bytes and
+/// for at most `within`. Answering before the upload is through makes the server close the
+/// connection under a client still sending: the client sees a reset instead of the answer,
+/// and a proxy in front (nginx) a broken pipe, which it turns into a 502 and counts
+/// against the replica.
+pub async fn drain_body(body: axum::body::Body, limit: usize, within: Duration) {
+    let _ = tokio::time::timeout(within, axum::body::to_bytes(body, limit)).await;
+}
+
 pub fn router(state: Arc<AppState>) -> Router {
     let server = &state.config.server;
     let keys = ApiKeys::new(&server.api_keys, server.max_upload_bytes);
