@@ -458,28 +458,17 @@ fn bearer_tokens_guard_explain_but_not_health() {
     // A refused upload is read before the 401, so a client (or a proxy such as nginx)
     // still sending it is not cut off with a reset and takes the answer, not a broken
     // pipe (which nginx turns into a 502 and counts against the replica).
-    use std::io::{Read, Write};
     let body = vec![b'x'; 8 << 20];
     let head = format!(
         "POST /explain HTTP/1.1\r\nHost: t\r\nContent-Type: multipart/form-data; boundary=b\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    let mut stream =
-        std::net::TcpStream::connect(server.url.trim_start_matches("http://")).unwrap();
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
-        .unwrap();
-    stream.write_all(head.as_bytes()).unwrap();
-    stream
-        .write_all(&body)
-        .expect("the whole unauthenticated upload is accepted before the refusal");
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
+    let answer = send_all_then_read(&server.url, &head, &body);
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
 }
 
-/// Sends `head` and an 8 MiB body over a raw socket; the whole body must be taken before
+/// Sends `head` and `body` over a raw socket; the whole body must be taken before
 /// the answer (no reset under a client or proxy still sending). Returns the answer.
 fn send_all_then_read(url: &str, head: &str, body: &[u8]) -> String {
     use std::io::{Read, Write};

@@ -1,13 +1,13 @@
 //! Optional bearer-token authentication.
 
+use std::time::Duration;
+
 use axum::extract::{Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-
-use std::time::Duration;
 
 use super::problem::ApiError;
 
@@ -16,7 +16,7 @@ use super::problem::ApiError;
 #[derive(Clone, Default)]
 pub struct ApiKeys {
     digests: Vec<[u8; 32]>,
-    /// How much of a refused request's body to read before answering (see below).
+    /// How much of a refused request's body to read before answering (see `drain_body`).
     drain_limit: usize,
 }
 
