@@ -350,6 +350,20 @@ def plots(results):
     m = results["machine"]
     caption = f"{m['nproc']} cores, {m['cpu']}; `make bench`, {m['date']}"
 
+    def finish(fig, ax, ylabel, what, name):
+        """The axes, caption and file both plots share: clients on a log2 axis."""
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(CONCURRENCY, [str(c) for c in CONCURRENCY])
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"POST /explain {what} vs concurrency")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.text(0.01, 0.01, caption, fontsize=7, color="grey")
+        fig.tight_layout(rect=(0, 0.03, 1, 1))
+        fig.savefig(os.path.join(ROOT, "bench", name), dpi=110)
+        plt.close(fig)
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, levels in results["http"].items():
         cs = [lv["concurrency"] for lv in levels]
@@ -357,17 +371,7 @@ def plots(results):
                 label=f"{label} p50")
         ax.plot(cs, [lv["latency_ms"]["p99"] for lv in levels], "s--", color=colours[label],
                 label=f"{label} p99")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(CONCURRENCY, [str(c) for c in CONCURRENCY])
-    ax.set_xlabel("concurrent clients")
-    ax.set_ylabel("latency per explanation (ms)")
-    ax.set_title("POST /explain latency vs concurrency")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.text(0.01, 0.01, caption, fontsize=7, color="grey")
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    fig.savefig(os.path.join(ROOT, "bench", "latency.png"), dpi=110)
-    plt.close(fig)
+    finish(fig, ax, "latency per explanation (ms)", "latency", "latency.png")
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, levels in results["http"].items():
@@ -378,18 +382,8 @@ def plots(results):
                label="engine in process (best of batch 1, 4)")
     ax.axhline(results["baseline"]["gradcam_per_s"], color="tab:red", linestyle=":",
                label="pytorch-grad-cam in process")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(CONCURRENCY, [str(c) for c in CONCURRENCY])
     ax.set_ylim(bottom=0)
-    ax.set_xlabel("concurrent clients")
-    ax.set_ylabel("explanations per second")
-    ax.set_title("POST /explain throughput vs concurrency")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.text(0.01, 0.01, caption, fontsize=7, color="grey")
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    fig.savefig(os.path.join(ROOT, "bench", "throughput.png"), dpi=110)
-    plt.close(fig)
+    finish(fig, ax, "explanations per second", "throughput", "throughput.png")
 
 
 def verdict(ok):

@@ -538,12 +538,7 @@ fn health_ready_metrics_and_request_ids() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-request-id"], "trace-me-42");
-    let metrics = client()
-        .get(format!("{}/metrics", server.url))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = server.metrics();
     for needle in [
         "gradcam_requests_total{endpoint=\"/explain\",status=\"200\"} 1",
         "gradcam_stage_duration_seconds_count{stage=\"forward\"} 1",

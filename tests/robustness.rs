@@ -8,7 +8,7 @@ use std::io::{Cursor, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{client, jpeg, png, png_claiming, send_raw, upload, Server};
+use common::{jpeg, png, png_claiming, send_raw, upload, Server};
 use gradcam_serve::explanation::Explanation;
 use image::{DynamicImage, ImageFormat, RgbImage};
 
@@ -159,13 +159,9 @@ fn multipart_head(length: usize, boundary: &str) -> String {
 }
 
 fn metric(server: &Server, name: &str) -> f64 {
-    let text = client()
-        .get(format!("{}/metrics", server.url))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    text.lines()
+    server
+        .metrics()
+        .lines()
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
         .unwrap_or_else(|| panic!("no metric {name}"))
 }

@@ -67,6 +67,15 @@ impl Server {
         upload(&self.url, query, image, file_name).expect("request completes")
     }
 
+    /// The Prometheus text of `/metrics` (unprotected).
+    pub fn metrics(&self) -> String {
+        client()
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .and_then(|r| r.text())
+            .expect("metrics answer")
+    }
+
     pub fn signal(&self, signal: &str) {
         Command::new("kill")
             .args([&format!("-{signal}"), &self.child.id().to_string()])
