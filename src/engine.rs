@@ -5,7 +5,6 @@
 
 use std::time::Instant;
 
-use base64::Engine as _;
 use image::RgbImage;
 use tch::Tensor;
 
@@ -136,7 +135,7 @@ fn batch_tensor(inputs: &[&ModelInput]) -> Tensor {
 
 /// Turns the network's answer into the explanation (classes with labels, the raw map as
 /// rows) and, when asked for, the overlay PNG at the picture's own size. The PNG comes back
-/// as bytes: the JSON answer embeds it with [`Explanation::embed_overlay`], the CLI and
+/// as bytes: the JSON answer embeds it with [`Explanation::to_json_with_overlay`], the CLI and
 /// `Accept: image/png` send it as it is.
 pub fn finish(
     picture: &RgbImage,
@@ -174,20 +173,13 @@ pub fn finish(
             height: raw.height,
             data: raw.cam.chunks(raw.width).map(<[f32]>::to_vec).collect(),
         },
-        overlay_png: None,
         image: ImageSize {
             width: picture.width(),
             height: picture.height(),
         },
         model,
         timing_ms: timing,
+        overlay_png: None,
     };
     (explanation, overlay_png)
-}
-
-impl Explanation {
-    /// Puts the overlay PNG into the answer, base64-encoded.
-    pub fn embed_overlay(&mut self, png: &[u8]) {
-        self.overlay_png = Some(base64::engine::general_purpose::STANDARD.encode(png));
-    }
 }

@@ -326,14 +326,10 @@ pub async fn explain(
         match png {
             Some(png) if want_png => (explanation, Body::Png(png)),
             png => {
-                if let Some(png) = png.filter(|_| options.overlay) {
-                    explanation.embed_overlay(&png);
-                }
-                // Sized once: growing a multi-megabyte buffer by doubling copies it over
-                // and over.
-                let base64 = explanation.overlay_png.as_ref().map_or(0, String::len);
-                let mut json = Vec::with_capacity(base64 + 16 * 1024);
-                serde_json::to_writer(&mut json, &explanation).expect("an explanation serialises");
+                let json = match png.filter(|_| options.overlay) {
+                    Some(png) => explanation.to_json_with_overlay(&png),
+                    None => serde_json::to_vec(&explanation).expect("an explanation serialises"),
+                };
                 (explanation, Body::Json(json))
             }
         }
