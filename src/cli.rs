@@ -95,9 +95,9 @@ pub struct ModelArgs {
     /// Fold batch norm into the convolutions at load [model.fold_batch_norm]
     #[arg(long, env = "GRADCAM_FOLD_BATCH_NORM", num_args = 0..=1, default_missing_value = "true")]
     pub fold_batch_norm: Option<bool>,
-    /// Run batches channels-last (faster under load, +100 MB) [model.channels_last_batches]
-    #[arg(long, env = "GRADCAM_CHANNELS_LAST_BATCHES", num_args = 0..=1, default_missing_value = "true")]
-    pub channels_last_batches: Option<bool>,
+    /// Keep the folded weights in oneDNN's layout (faster) [model.onednn_weights]
+    #[arg(long, env = "GRADCAM_ONEDNN_WEIGHTS", num_args = 0..=1, default_missing_value = "true")]
+    pub onednn_weights: Option<bool>,
     /// libtorch intra-op threads per worker, 0 = default [model.threads]
     #[arg(long, env = "GRADCAM_THREADS")]
     pub threads: Option<usize>,
@@ -177,7 +177,7 @@ impl ModelArgs {
                 input_size,
                 resize,
                 fold_batch_norm,
-                channels_last_batches,
+                onednn_weights,
                 threads
             ]
         );

@@ -30,9 +30,9 @@ pub struct ModelConfig {
     pub resize: ResizeMode,
     /// Fold batch norm into the convolutions at load time (exact, faster).
     pub fold_batch_norm: bool,
-    /// Run batches of two or more in channels-last memory format (faster under load; one
-    /// more copy of the convolution weights, about 100 MB per worker).
-    pub channels_last_batches: bool,
+    /// Reorder the folded convolution weights once into oneDNN's own layout and keep the
+    /// trunk's activations in it (about 0.9 of the time; needs `fold_batch_norm`).
+    pub onednn_weights: bool,
     /// libtorch intra-op threads per worker; 0 leaves libtorch's default (one per core).
     pub threads: usize,
 }
@@ -85,7 +85,7 @@ impl Default for ModelConfig {
             input_size: 224,
             resize: ResizeMode::Stretch,
             fold_batch_norm: true,
-            channels_last_batches: true,
+            onednn_weights: true,
             threads: 0,
         }
     }

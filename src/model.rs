@@ -24,9 +24,9 @@ const EXPANSION: i64 = 4;
 /// A convolution followed by eval-mode batch norm, or one convolution with a bias once the
 /// batch norm has been folded into it.
 struct ConvBn {
+    /// A plain tensor, or after `use_onednn_weights` a oneDNN (mkldnn) tensor already in the
+    /// blocked layout its kernels use.
     weight: Tensor,
-    /// The same weight laid out channels-last, for batches (see `keep_channels_last`).
-    weight_channels_last: Option<Tensor>,
     bias: Option<Tensor>,
     bn: Option<BatchNorm>,
     stride: i64,
@@ -41,13 +41,20 @@ struct BatchNorm {
 }
 
 impl ConvBn {
-    fn forward(&self, x: &Tensor, channels_last: bool) -> Tensor {
-        let weight = match (&self.weight_channels_last, channels_last) {
-            (Some(w), true) => w,
-            _ => &self.weight,
-        };
+    fn forward(&self, x: &Tensor) -> Tensor {
+        if self.weight.is_mkldnn() {
+            // Input and output stay oneDNN tensors (see `ResNet50::trunk`).
+            return x.mkldnn_convolution(
+                &self.weight,
+                self.bias.as_ref(),
+                [self.padding, self.padding],
+                [self.stride, self.stride],
+                [1, 1],
+                1,
+            );
+        }
         let y = x.conv2d(
-            weight,
+            &self.weight,
             self.bias.as_ref(),
             [self.stride, self.stride],
             [self.padding, self.padding],
@@ -76,17 +83,29 @@ impl ConvBn {
             let scale = &bn.weight / (&bn.running_var + BN_EPS).sqrt();
             self.weight = &self.weight * scale.view([-1, 1, 1, 1]);
             self.bias = Some(&bn.bias - &bn.running_mean * &scale);
-            if self.weight_channels_last.is_some() {
-                self.weight_channels_last = Some(to_channels_last(&self.weight));
-            }
         }
     }
-}
 
-/// The same tensor with NHWC strides (its shape stays NCHW): what libtorch calls
-/// channels-last memory format.
-fn to_channels_last(t: &Tensor) -> Tensor {
-    t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+    /// The weight reordered into oneDNN's blocked layout for an input of `input` shape
+    /// (the layout depends on the channels and the CPU far more than on the batch).
+    fn onednn_weight(&self, input: [i64; 4]) -> Result<Tensor, tch::TchError> {
+        self.weight
+            .f_to_mkldnn(None)?
+            .f_mkldnn_reorder_conv2d_weight(
+                [self.padding, self.padding],
+                [self.stride, self.stride],
+                [1, 1],
+                1,
+                Some(input.as_slice()),
+            )
+    }
+
+    /// Output height and width for an input of `h` x `w`.
+    fn output_size(&self, h: i64, w: i64) -> (i64, i64) {
+        let kernel = self.weight.size()[2];
+        let out = |n: i64| (n + 2 * self.padding - kernel) / self.stride + 1;
+        (out(h), out(w))
+    }
 }
 
 struct Bottleneck {
@@ -100,14 +119,14 @@ impl Bottleneck {
     /// In place where torchvision is (`relu(inplace=True)`, `out += identity`): each
     /// block then allocates three tensors fewer. The trunk runs without autograd, so
     /// nothing needs the overwritten values.
-    fn forward(&self, x: &Tensor, channels_last: bool) -> Tensor {
-        let mut y = self.conv1.forward(x, channels_last);
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let mut y = self.conv1.forward(x);
         let _ = y.relu_();
-        let mut y = self.conv2.forward(&y, channels_last);
+        let mut y = self.conv2.forward(&y);
         let _ = y.relu_();
-        let mut y = self.conv3.forward(&y, channels_last);
+        let mut y = self.conv3.forward(&y);
         match &self.downsample {
-            Some(d) => y += d.forward(x, channels_last),
+            Some(d) => y += d.forward(x),
             None => y += x,
         };
         let _ = y.relu_();
@@ -212,7 +231,6 @@ impl ResNet50 {
         let mut take = |name: String| t.remove(&name).expect("checked by from_tensors");
         let mut conv_bn = |conv: &str, bn: &str, stride: i64, padding: i64| ConvBn {
             weight: take(format!("{conv}.weight")),
-            weight_channels_last: None,
             bias: None,
             bn: Some(BatchNorm {
                 weight: take(format!("{bn}.weight")),
@@ -263,39 +281,72 @@ impl ResNet50 {
         });
     }
 
-    /// Also keeps a channels-last copy of every convolution weight (about 100 MB), used for
-    /// batches of two or more: on a 2-core CPU, oneDNN's channels-last kernels run a batch
-    /// of 4 in about 0.8 of the time, but a single image about 1.15 times slower.
-    pub fn keep_channels_last(&mut self) {
-        tch::no_grad(|| {
-            let convs = std::iter::once(&mut self.stem).chain(
-                self.layers
-                    .iter_mut()
-                    .flatten()
-                    .flat_map(Bottleneck::convs_mut),
-            );
-            for conv in convs {
-                conv.weight_channels_last = Some(to_channels_last(&conv.weight));
+    /// Reorders every (folded) convolution weight once into oneDNN's blocked layout for
+    /// `input_size` images; the trunk then keeps its activations in oneDNN tensors too.
+    /// Eager libtorch reorders the plain weights on every call; on 2 cores this runs a
+    /// single image or a batch of 4 in about 0.9 of the time, with the same results at
+    /// batch 1 to the bit. The plain weights are let go, so it costs no memory. Batch norm
+    /// must be folded first: the oneDNN path has convolutions only.
+    pub fn use_onednn_weights(&mut self, input_size: i64) -> Result<(), tch::TchError> {
+        assert!(
+            self.stem.bn.is_none(),
+            "batch norm is folded before the weights are reordered"
+        );
+        // Reorder everything first and swap only if all succeeded (a libtorch built
+        // without oneDNN refuses the first one), so that a failure leaves the model whole.
+        let mut reordered = Vec::new();
+        tch::no_grad(|| -> Result<(), tch::TchError> {
+            let (h, w) = self.stem.output_size(input_size, input_size);
+            reordered.push(self.stem.onednn_weight([1, 3, input_size, input_size])?);
+            // After the 3x3, stride 2 max pool.
+            let (mut h, mut w) = ((h + 1) / 2, (w + 1) / 2);
+            let mut channels = self.stem.weight.size()[0];
+            for block in self.layers.iter().flatten() {
+                let input = [1, channels, h, w];
+                let width = block.conv1.weight.size()[0];
+                reordered.push(block.conv1.onednn_weight(input)?);
+                reordered.push(block.conv2.onednn_weight([1, width, h, w])?);
+                (h, w) = block.conv2.output_size(h, w);
+                reordered.push(block.conv3.onednn_weight([1, width, h, w])?);
+                if let Some(d) = &block.downsample {
+                    reordered.push(d.onednn_weight(input)?);
+                }
+                channels = block.conv3.weight.size()[0];
             }
-        });
+            Ok(())
+        })?;
+        let convs = std::iter::once(&mut self.stem).chain(
+            self.layers
+                .iter_mut()
+                .flatten()
+                .flat_map(Bottleneck::convs_mut),
+        );
+        for (conv, weight) in convs.zip(reordered) {
+            conv.weight = weight;
+        }
+        Ok(())
     }
 
     /// conv1 .. layer4: [N, 3, H, W] normalised images to the layer4 activation
     /// [N, 2048, H/32, W/32] (after the last block's ReLU), contiguous.
     pub fn trunk(&self, x: &Tensor) -> Tensor {
-        let channels_last = x.size()[0] >= 2 && self.stem.weight_channels_last.is_some();
-        let x = if channels_last {
-            to_channels_last(x)
+        let onednn = self.stem.weight.is_mkldnn();
+        let x = if onednn {
+            x.g_to_mkldnn(None)
         } else {
             x.shallow_clone()
         };
-        let mut x = self.stem.forward(&x, channels_last);
+        let mut x = self.stem.forward(&x);
         let _ = x.relu_();
         let mut x = x.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         for block in self.layers.iter().flatten() {
-            x = block.forward(&x, channels_last);
+            x = block.forward(&x);
         }
-        x.contiguous()
+        if onednn {
+            x.to_dense(None, false)
+        } else {
+            x.contiguous()
+        }
     }
 
     /// Global average pool and the classifier: layer4 activation to raw logits [N, 1000].

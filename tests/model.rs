@@ -94,35 +94,43 @@ fn folding_batch_norm_keeps_logits_and_maps() {
 }
 
 #[test]
-fn channels_last_batches_give_the_same_maps() {
-    // Batches of two or more run channels-last when kept; the maps must not change beyond
-    // float rounding, with batch norm folded or not, and single images take the plain path.
-    for fold in [false, true] {
-        let mut plain = demo_model();
-        let mut channels_last = demo_model();
-        if fold {
-            plain.fold_batch_norm();
-            channels_last.fold_batch_norm();
-        }
-        channels_last.keep_channels_last();
-        let x = input(6, 3);
-        let targets = [None, Some(7), Some(400)];
+fn onednn_weights_give_the_same_maps() {
+    // The folded weights reordered into oneDNN's layout, activations kept in it: the same
+    // maps and probabilities as plain tensors up to float rounding, at any batch size.
+    let mut plain = demo_model();
+    plain.fold_batch_norm();
+    let mut onednn = demo_model();
+    onednn.fold_batch_norm();
+    onednn.use_onednn_weights(224).unwrap();
+    for (seed, n, targets) in [
+        (6, 3, vec![None, Some(7), Some(400)]),
+        (8, 1, vec![None]),
+        (9, 4, vec![None; 4]),
+    ] {
+        let x = input(seed, n);
         let (a, _) = gradcam::explain(&plain, &x, &targets).unwrap();
-        let (b, _) = gradcam::explain(&channels_last, &x, &targets).unwrap();
+        let (b, _) = gradcam::explain(&onednn, &x, &targets).unwrap();
         for (a, b) in a.iter().zip(&b) {
             assert_eq!(a.target, b.target);
             let scale = a.cam.iter().copied().fold(1e-12f32, f32::max);
             for (x, y) in a.cam.iter().zip(&b.cam) {
-                assert!((x - y).abs() / scale < 1e-4, "fold {fold}: {x} vs {y}");
+                assert!((x - y).abs() / scale < 1e-4, "batch {n}: {x} vs {y}");
             }
             for (p, q) in a.probabilities.iter().zip(&b.probabilities) {
-                assert!((p - q).abs() < 1e-5, "fold {fold}: {p} vs {q}");
+                assert!((p - q).abs() < 1e-5, "batch {n}: {p} vs {q}");
             }
         }
-        let one = input(8, 1);
-        let (a, _) = gradcam::explain(&plain, &one, &[None]).unwrap();
-        let (b, _) = gradcam::explain(&channels_last, &one, &[None]).unwrap();
-        assert_eq!(a[0].cam, b[0].cam, "a single image takes the same path");
+    }
+    // Another input size than the one the layout was chosen for still computes right.
+    let x = model::seeded_normal(&[2, 3, 320, 256], 10, 1.0);
+    let (a, _) = gradcam::explain(&plain, &x, &[None, None]).unwrap();
+    let (b, _) = gradcam::explain(&onednn, &x, &[None, None]).unwrap();
+    assert_eq!((b[0].width, b[0].height), (8, 10));
+    for (a, b) in a.iter().zip(&b) {
+        let scale = a.cam.iter().copied().fold(1e-12f32, f32::max);
+        for (x, y) in a.cam.iter().zip(&b.cam) {
+            assert!((x - y).abs() / scale < 1e-4, "320x256: {x} vs {y}");
+        }
     }
 }
 

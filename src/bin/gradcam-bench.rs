@@ -6,6 +6,12 @@
 //! - `engine`: in process, one thread setting: forward-only prediction (`Engine::predict`)
 //!   against explanation (`Engine::run`), batch-norm folding on and off, batch 1 and 4, and
 //!   the whole in-process pipeline (decode, network, overlay, JSON) per image size.
+//! - `engine-loop`: the engine with the shipped settings, driven over stdin: each line
+//!   "BATCH RUNS" runs that many explanations of that batch size and answers one JSON line
+//!   of their latencies. bench/run.py alternates short bursts of it with the figure it is
+//!   compared with (PyTorch's forward, the server over HTTP), so that both sides of a
+//!   target ratio see the same machine: on a shared 2-core machine the speed drifts by
+//!   +-15 % within minutes.
 //! - `http`: a closed-loop load generator over loopback against a running server: one
 //!   keep-alive connection per simulated client, plain HTTP/1.1 over std's TcpStream, so the
 //!   client costs next to nothing beside the server on the same cores.
@@ -65,6 +71,18 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         threads: usize,
     },
+    /// The engine with the shipped settings, driven over stdin ("BATCH RUNS" per line,
+    /// one JSON line of latencies back per line).
+    EngineLoop {
+        #[arg(long)]
+        weights: PathBuf,
+        /// The input-size image (224x224).
+        #[arg(long)]
+        image: PathBuf,
+        /// libtorch intra-op threads; 0 leaves libtorch's default.
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
     /// Load generator: closed loop at each concurrency, against a running server.
     Http {
         /// Base URL, e.g. http://127.0.0.1:8080
@@ -105,6 +123,14 @@ fn main() -> anyhow::Result<()> {
             warmup,
             threads,
         )?,
+        Command::EngineLoop {
+            weights,
+            image,
+            threads,
+        } => {
+            engine_loop(&weights, &image, threads)?;
+            return Ok(());
+        }
         Command::Http {
             url,
             image,
@@ -266,21 +292,21 @@ fn engine_bench(
     let prepared = engine::prepare(&bytes, limits, input_size, ResizeMode::Stretch)?;
     let input = &prepared.input;
     let mut configs = Vec::new();
-    // Folding off first, then on (the default): the default's figures come last, when
-    // allocator and caches are as warm as they will be.
-    for fold in [false, true] {
+    // Folding off, folding on with plain weights, then the default (folded, oneDNN weights):
+    // the default's figures come last, when allocator and caches are as warm as they get.
+    for (fold, onednn) in [(false, false), (true, false), (true, true)] {
         let config = ModelConfig {
             weights: weights.to_path_buf(),
             demo_weights: false,
             input_size,
             resize: ResizeMode::Stretch,
             fold_batch_norm: fold,
-            channels_last_batches: true,
+            onednn_weights: onednn,
             threads,
         };
         let engine = Engine::load(&config)?;
         eprintln!(
-            "engine: fold_batch_norm={fold}, {} libtorch threads, {runs} runs",
+            "engine: fold_batch_norm={fold}, onednn_weights={onednn}, {} libtorch threads, {runs} runs",
             tch::get_num_threads()
         );
         for _ in 0..warmup {
@@ -320,6 +346,7 @@ fn engine_bench(
         let (p, e, b4) = (summarise(&predict), summarise(&explain), summarise(&batch4));
         configs.push(json!({
             "fold_batch_norm": fold,
+            "onednn_weights": onednn,
             "predict_ms": p,
             "explain_ms": e,
             "explain_forward_ms": summarise(&fwd),
@@ -364,7 +391,7 @@ fn engine_bench(
                 overlay: true,
                 resize: ResizeMode::Stretch,
             };
-            let (mut explanation, png) = engine::finish(
+            let (explanation, png) = engine::finish(
                 &prepared.picture,
                 prepared.input.region,
                 &raw.remove(0),
@@ -373,10 +400,10 @@ fn engine_bench(
                 Timing::default(),
             );
             let t = Instant::now();
-            if let Some(png) = png {
-                explanation.embed_overlay(&png);
-            }
-            let body = serde_json::to_vec(&explanation)?;
+            let body = match png {
+                Some(png) => explanation.to_json_with_overlay(&png),
+                None => serde_json::to_vec(&explanation)?,
+            };
             let json_time = ms_since(t);
             let total_ms = ms_since(start);
             std::hint::black_box(body);
@@ -409,6 +436,39 @@ fn engine_bench(
         "configs": configs,
         "pipeline": pipeline,
     }))
+}
+
+fn engine_loop(weights: &Path, image: &Path, threads: usize) -> anyhow::Result<()> {
+    let bytes = std::fs::read(image).with_context(|| format!("reading {}", image.display()))?;
+    let prepared = engine::prepare(&bytes, DecodeLimits::default(), 224, ResizeMode::Stretch)?;
+    let engine = Engine::load(&ModelConfig {
+        weights: weights.to_path_buf(),
+        threads,
+        ..ModelConfig::default()
+    })?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", json!({"threads": tch::get_num_threads()}))?;
+    out.flush()?;
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        let mut words = line.split_whitespace().map(str::parse::<usize>);
+        let (Some(Ok(batch @ 1..)), Some(Ok(runs)), None) =
+            (words.next(), words.next(), words.next())
+        else {
+            bail!("expected a line \"BATCH RUNS\", got {line:?}");
+        };
+        let inputs: Vec<_> = std::iter::repeat_n(&prepared.input, batch).collect();
+        let targets = vec![None; batch];
+        let mut ms = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let t = Instant::now();
+            std::hint::black_box(engine.run(&inputs, &targets)?);
+            ms.push(ms_since(t));
+        }
+        writeln!(out, "{}", json!({ "ms": ms }))?;
+        out.flush()?;
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
