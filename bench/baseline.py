@@ -7,10 +7,13 @@ Measures, batch 1, 224x224, after warm-up:
   forward   model(x) under torch.no_grad(), eval mode: PyTorch's eager forward-only prediction
 
 Usage: python baseline.py --weights W.safetensors --image IMG.jpg --threads N [--runs R]
+       python baseline.py ... --forward-loop   (forward-only on request, for bench/run.py's
+       paired rounds: each stdin line "1 RUNS" is answered by one JSON line of latencies)
 Prints one JSON document on stdout.
 """
 import argparse
 import json
+import sys
 import time
 
 import numpy as np
@@ -74,16 +77,29 @@ def main():
     p.add_argument("--threads", type=int, required=True)
     p.add_argument("--runs", type=int, default=40)
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--forward-loop", action="store_true")
     a = p.parse_args()
 
     torch.set_num_threads(a.threads)
-    model = load_model(a.weights)
+    # Two copies: GradCAM hooks the model it wraps, and the forward-only figure is of a model
+    # without hooks, as a plain prediction service would run it.
+    plain = load_model(a.weights)
     x = load_input(a.image)
 
     def forward():
         with torch.no_grad():
-            return model(x)
+            return plain(x)
 
+    if a.forward_loop:
+        print(json.dumps({"threads": torch.get_num_threads()}), flush=True)
+        for line in sys.stdin:
+            batch, runs = map(int, line.split())
+            if batch != 1:
+                raise SystemExit(f"only batch 1 is measured here, got {line!r}")
+            print(json.dumps({"ms": timed(forward, runs, 0)}), flush=True)
+        return
+
+    model = load_model(a.weights)
     cam = GradCAM(model=model, target_layers=[model.layer4[-1]])
 
     def gradcam():
