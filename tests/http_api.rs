@@ -496,17 +496,24 @@ fn refusals_before_the_upload_is_read_still_take_it_whole() {
         )
     };
     let multipart = "multipart/form-data; boundary=b";
-    // A bad query option, a wrong content type, no boundary: refused before any part.
-    for (path, content_type, status) in [
-        ("/explain?top_k=0", multipart, "422"),
-        ("/explain", "application/octet-stream", "415"),
-        ("/explain", "multipart/form-data", "400"),
+    // Refused before any part: a bad query option, a wrong content type, no boundary, a
+    // boundary the multipart parser refuses, a path that does not exist, a wrong method.
+    for (method, path, content_type, status) in [
+        ("POST", "/explain?top_k=0", multipart, "422"),
+        ("POST", "/explain", "application/octet-stream", "415"),
+        ("POST", "/explain", "multipart/form-data", "400"),
+        ("POST", "/explain", "multipart/form-data; boundary=", "400"),
+        ("POST", "/explian", multipart, "404"),
+        ("PUT", "/explain", multipart, "405"),
+        ("POST", "/health", multipart, "405"),
     ] {
-        let answer = send_all_then_read(&server.url, &head(path, content_type, big.len()), &big);
+        let request = head(path, content_type, big.len()).replacen("POST", method, 1);
+        let answer = send_all_then_read(&server.url, &request, &big);
         assert!(
             answer.starts_with(&format!("HTTP/1.1 {status}")),
-            "{path} {content_type}: {answer}"
+            "{method} {path} {content_type}: {answer}"
         );
+        assert!(answer.contains("application/problem+json"), "{answer}");
     }
     // A bad option field first, then a large part: refused after the first part.
     let mut body = b"--b\r\nContent-Disposition: form-data; name=\"alpha\"\r\n\r\n7\r\n\

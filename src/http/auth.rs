@@ -1,7 +1,5 @@
 //! Optional bearer-token authentication.
 
-use std::time::Duration;
-
 use axum::extract::{Request, State};
 use axum::http::header;
 use axum::middleware::Next;
@@ -16,15 +14,12 @@ use super::problem::ApiError;
 #[derive(Clone, Default)]
 pub struct ApiKeys {
     digests: Vec<[u8; 32]>,
-    /// How much of a refused request's body to read before answering (see `drain_body`).
-    drain_limit: usize,
 }
 
 impl ApiKeys {
-    pub fn new(keys: &[String], drain_limit: usize) -> Self {
+    pub fn new(keys: &[String]) -> Self {
         Self {
             digests: keys.iter().map(|k| digest(k.trim())).collect(),
-            drain_limit,
         }
     }
 
@@ -58,18 +53,13 @@ pub async fn require_token(State(keys): State<ApiKeys>, request: Request, next: 
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         });
-    let refusal = match token {
-        Some(t) if keys.accepts(t.trim()) => return next.run(request).await,
-        Some(_) => ApiError::Unauthorized("the bearer token is not valid"),
-        None => ApiError::Unauthorized("this endpoint needs `Authorization: Bearer <token>`"),
-    };
-    super::drain_body(
-        request.into_body(),
-        keys.drain_limit,
-        Duration::from_secs(10),
-    )
-    .await;
-    refusal.into_response()
+    // A refused upload is read before the 401 goes out, by `drain::drain_unread`.
+    match token {
+        Some(t) if keys.accepts(t.trim()) => next.run(request).await,
+        Some(_) => ApiError::Unauthorized("the bearer token is not valid").into_response(),
+        None => ApiError::Unauthorized("this endpoint needs `Authorization: Bearer <token>`")
+            .into_response(),
+    }
 }
 
 #[cfg(test)]
@@ -78,7 +68,7 @@ mod tests {
 
     #[test]
     fn accepts_only_configured_tokens() {
-        let keys = ApiKeys::new(&["alpha".into(), "beta".into()], 0);
+        let keys = ApiKeys::new(&["alpha".into(), "beta".into()]);
         assert!(keys.accepts("alpha"));
         assert!(keys.accepts("beta"));
         assert!(!keys.accepts("alph"));

@@ -187,13 +187,8 @@ pub async fn explain(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    // Refusals before the upload is read drain it first (see `drain_body`), except an
-    // upload over the limit, which is never read.
-    let refuse = |request: Request, error: ApiError| async move {
-        let within = deadline.saturating_duration_since(Instant::now());
-        super::drain_body(request.into_body(), limit, within).await;
-        Err(error)
-    };
+    // Refusals may come before the upload is read: `drain::drain_unread` reads what is
+    // left before the answer goes out.
     let lowered = content_type.to_ascii_lowercase();
     if !lowered.starts_with("multipart/form-data") {
         let shown = if content_type.is_empty() {
@@ -201,15 +196,15 @@ pub async fn explain(
         } else {
             content_type
         };
-        let error = ApiError::UnsupportedMediaType(format!(
+        return Err(ApiError::UnsupportedMediaType(format!(
             "send the image as multipart/form-data with a file part named `image` \
              (Content-Type was {shown})"
-        ));
-        return refuse(request, error).await;
+        )));
     }
     if !lowered.contains("boundary=") {
-        let error = ApiError::BadMultipart("the multipart Content-Type has no boundary".into());
-        return refuse(request, error).await;
+        return Err(ApiError::BadMultipart(
+            "the multipart Content-Type has no boundary".into(),
+        ));
     }
     if let Some(length) = headers
         .get(header::CONTENT_LENGTH)
@@ -234,16 +229,13 @@ pub async fn explain(
         seen: HashSet::new(),
     };
     if let Some(query) = request.uri().query() {
-        let parsed = serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+        serde_urlencoded::from_str::<Vec<(String, String)>>(query)
             .map_err(|e| ApiError::invalid("query", query, e.to_string()))
             .and_then(|pairs| {
                 pairs
                     .iter()
                     .try_for_each(|(name, value)| parser.set(name, value))
-            });
-        if let Err(error) = parsed {
-            return refuse(request, error).await;
-        }
+            })?;
     }
 
     let mut multipart = Multipart::from_request(request, &state)
@@ -251,17 +243,7 @@ pub async fn explain(
         .map_err(|e| ApiError::BadMultipart(e.body_text()))?;
     let image = match timeout_at(deadline, read_upload(&mut multipart, &mut parser, limit)).await {
         Err(_) => return Err(ApiError::UploadTimeout(timeout_secs)),
-        Ok(Err(error @ ApiError::TooLarge(_))) => return Err(error),
-        Ok(Err(error)) => {
-            // Whatever parts are left, read and dropped (within the body limit).
-            let _ = timeout_at(deadline, async {
-                while let Ok(Some(mut field)) = multipart.next_field().await {
-                    while let Ok(Some(_)) = field.chunk().await {}
-                }
-            })
-            .await;
-            return Err(error);
-        }
+        Ok(Err(error)) => return Err(error),
         Ok(Ok(image)) => image,
     };
     let options = parser.options;

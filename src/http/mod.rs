@@ -2,6 +2,7 @@
 //! through `Workers`.
 
 pub mod auth;
+pub mod drain;
 pub mod explain;
 pub mod metrics;
 pub mod problem;
@@ -28,6 +29,7 @@ use crate::config::Config;
 use crate::explanation::{ClassScore, Explanation, ImageSize, ModelInfo, Saliency, Timing};
 use crate::worker::Workers;
 use auth::ApiKeys;
+use drain::DrainLimits;
 use metrics::Metrics;
 use problem::{ApiError, Problem};
 
@@ -169,18 +171,13 @@ async fn method_not_allowed(request: Request) -> Response {
     r
 }
 
-/// Reads and discards what is left of a refused request's body, up to `limit` bytes and
-/// for at most `within`. Answering before the upload is through makes the server close the
-/// connection under a client still sending: the client sees a reset instead of the answer,
-/// and a proxy in front (nginx) a broken pipe, which it turns into a 502 and counts
-/// against the replica.
-pub async fn drain_body(body: axum::body::Body, limit: usize, within: Duration) {
-    let _ = tokio::time::timeout(within, axum::body::to_bytes(body, limit)).await;
-}
-
 pub fn router(state: Arc<AppState>) -> Router {
     let server = &state.config.server;
-    let keys = ApiKeys::new(&server.api_keys, server.max_upload_bytes);
+    let keys = ApiKeys::new(&server.api_keys);
+    let drain_limits = DrainLimits {
+        max_bytes: server.max_upload_bytes,
+        within: Duration::from_secs(server.request_timeout_secs),
+    };
     let guard = || middleware::from_fn_with_state(keys.clone(), auth::require_token);
 
     let mut explain_routes = Router::new()
@@ -207,6 +204,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), count_responses))
+        .layer(middleware::from_fn_with_state(drain_limits, drain::drain_unread))
         .layer(CompressionLayer::new())
         .layer(cors(&server.cors_origins))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))

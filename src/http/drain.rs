@@ -1,0 +1,106 @@
+//! Reads what a request's handler left of its body before the answer goes out.
+//!
+//! An answer sent while the client is still uploading makes the server close the connection
+//! under it: the client sees a reset instead of the answer, and a proxy in front (nginx) a
+//! broken pipe, which it turns into a 502 and counts against the replica. Any refusal can
+//! come before the upload is through: 401, 404, 405, 415, 422, a malformed multipart
+//! body. So this middleware, outside every route, wraps the body; whatever the handler
+//! drops unread comes back to it, and is read and thrown away (within the upload limit and
+//! the request's time) before the answer is sent. An upload announced over the limit is
+//! not read: it is answered 413 at once.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::Response;
+use http_body::{Frame, SizeHint};
+
+/// How much may be read, and for how long, per request.
+#[derive(Clone, Copy)]
+pub struct DrainLimits {
+    pub max_bytes: usize,
+    pub within: Duration,
+}
+
+pub async fn drain_unread(
+    State(limits): State<DrainLimits>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limits.max_bytes as u64) {
+        return next.run(request).await;
+    }
+    let unread = Arc::new(Mutex::new(None));
+    let request = request.map(|body| {
+        Body::new(Returning {
+            inner: Some(body),
+            read: 0,
+            unread: unread.clone(),
+        })
+    });
+    let response = next.run(request).await;
+    let rest = unread.lock().expect("never poisoned").take();
+    if let Some((body, read)) = rest {
+        let budget = limits.max_bytes.saturating_sub(read);
+        let within = limits.within.saturating_sub(started.elapsed());
+        let _ = tokio::time::timeout(within, axum::body::to_bytes(body, budget)).await;
+    }
+    response
+}
+
+/// The request body as the handler sees it; dropped before its end, it hands the rest
+/// (and how much was read) back to `drain_unread`.
+struct Returning {
+    inner: Option<Body>,
+    read: usize,
+    unread: Arc<Mutex<Option<(Body, usize)>>>,
+}
+
+impl HttpBody for Returning {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = Pin::new(inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &frame {
+            self.read += frame.data_ref().map_or(0, Bytes::len);
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+impl Drop for Returning {
+    fn drop(&mut self) {
+        if let Some(body) = self.inner.take().filter(|b| !b.is_end_stream()) {
+            *self.unread.lock().expect("never poisoned") = Some((body, self.read));
+        }
+    }
+}
