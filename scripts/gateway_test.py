@@ -266,6 +266,11 @@ def start_nginx(procs, tmp, replica_ports):
     raise SystemExit(f"nginx did not start; see {tmp}/log/error.log")
 
 
+def error_log_time(line):
+    """The Unix time (whole seconds) of an nginx error log line, which is in local time."""
+    return int(time.mktime(time.strptime(line[:19], "%Y/%m/%d %H:%M:%S")))
+
+
 def access_log(tmp):
     """Parsed lines of the gateway's access log (the log_format `gateway`)."""
     entries = []
@@ -425,9 +430,15 @@ def check_kill(gw, a, b, b_proc, b_port, image, tmp, after_kill_s, concurrency):
             if tries and e["start"] < t_kill and e["upstreams"][0] == dead:
                 cut_off += 1
     tries_on_dead.sort()
-    # nginx marks it down at its max_fails-th failure (max_fails=3 in nginx.conf).
-    max_fails = int(re.search(r"server gradcam:8080 .*max_fails=(\d+)", open(CONF).read())[1])
-    t_down = tries_on_dead[max_fails - 1] if len(tries_on_dead) >= max_fails else None
+    # nginx marks it down at its max_fails-th failure within fail_timeout, counting the 503s
+    # of (b) if they are recent enough, so the count of tries says nothing by itself. Its
+    # error log says when ("temporarily disabled", to the second), and a replica marked
+    # down is not tried again for fail_timeout (5 s, longer than after_kill_s): the last
+    # try on the dead replica is the mark-down.
+    disabled = [line for line in open(os.path.join(tmp, "log", "error.log"))
+                if "temporarily disabled" in line and dead in line
+                and error_log_time(line) >= int(t_kill)]
+    t_down = tries_on_dead[-1] if disabled and tries_on_dead else None
     in_flight = [r for r in results if r[0] < t_kill < r[1]]
     failed = [r for r in results if r[2] != 200]
     window = [r for r in results if r[1] >= t_kill and (t_down is None or r[0] < t_down)]
