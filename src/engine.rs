@@ -94,6 +94,7 @@ impl Engine {
                     "running with plain weights: reordering them for oneDNN failed: {e}"
                 );
             }
+            release_freed_memory();
         }
         Ok(Self {
             model,
@@ -125,6 +126,22 @@ impl Engine {
     /// A plain prediction, without explanation (to compare costs).
     pub fn predict(&self, inputs: &[&ModelInput]) -> Result<Vec<f32>, GradCamError> {
         gradcam::predict(&self.model, &batch_tensor(inputs))
+    }
+}
+
+/// Hands the heap's free memory back to the system. The plain weights freed after the
+/// reorder (about 90 MB, in many blocks under the heap's top) would otherwise stay resident:
+/// 336 MB after loading instead of 227 MB.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> std::ffi::c_int;
+        }
+        // SAFETY: malloc_trim only returns free pages to the system, under glibc's lock.
+        unsafe {
+            malloc_trim(0);
+        }
     }
 }
 
