@@ -19,6 +19,7 @@ use axum::extract::{Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::Response;
+use futures_util::StreamExt;
 use http_body::{Frame, SizeHint};
 
 /// How much may be read, and for how long, per request.
@@ -55,9 +56,20 @@ pub async fn drain_unread(
     if let Some((body, read)) = rest {
         let budget = limits.max_bytes.saturating_sub(read);
         let within = limits.within.saturating_sub(started.elapsed());
-        let _ = tokio::time::timeout(within, axum::body::to_bytes(body, budget)).await;
+        let _ = tokio::time::timeout(within, discard(body, budget)).await;
     }
     response
+}
+
+/// Reads `body` to its end, keeping nothing, unless it holds more than `budget` bytes.
+async fn discard(body: Body, mut budget: usize) {
+    let mut chunks = body.into_data_stream();
+    while let Some(Ok(chunk)) = chunks.next().await {
+        match budget.checked_sub(chunk.len()) {
+            Some(left) => budget = left,
+            None => return,
+        }
+    }
 }
 
 /// The request body as the handler sees it; dropped before its end, it hands the rest
