@@ -7,7 +7,10 @@
 //! body. So this middleware, outside every route, wraps the body; whatever the handler
 //! drops unread comes back to it, and is read and thrown away (within the upload limit and
 //! the request's time) before the answer is sent. An upload announced over the limit is
-//! not read: it is answered 413 at once.
+//! not read: it is answered 413 at once. Nor is one whose client asked `Expect:
+//! 100-continue` (curl does for bodies over 1 MB) when the handler never touched the body:
+//! that client waits for the go-ahead, which it never gets, and takes the answer instead
+//! of sending its upload in vain.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -43,17 +46,25 @@ pub async fn drain_unread(
     if announced.is_some_and(|n| n > limits.max_bytes as u64) {
         return next.run(request).await;
     }
+    let waits_for_go_ahead = request
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let unread = Arc::new(Mutex::new(None));
     let request = request.map(|body| {
         Body::new(Returning {
             inner: Some(body),
+            polled: false,
             read: 0,
             unread: unread.clone(),
         })
     });
     let response = next.run(request).await;
     let rest = unread.lock().expect("never poisoned").take();
-    if let Some((body, read)) = rest {
+    if let Some(Unread { body, polled, read }) = rest {
+        if waits_for_go_ahead && !polled {
+            return response;
+        }
         let budget = limits.max_bytes.saturating_sub(read);
         let within = limits.within.saturating_sub(started.elapsed());
         let _ = tokio::time::timeout(within, discard(body, budget)).await;
@@ -73,11 +84,20 @@ async fn discard(body: Body, mut budget: usize) {
 }
 
 /// The request body as the handler sees it; dropped before its end, it hands the rest
-/// (and how much was read) back to `drain_unread`.
+/// back to `drain_unread`.
 struct Returning {
     inner: Option<Body>,
+    polled: bool,
     read: usize,
-    unread: Arc<Mutex<Option<(Body, usize)>>>,
+    unread: Arc<Mutex<Option<Unread>>>,
+}
+
+/// What the handler left of the body, whether it asked for any of it (hyper sends `100
+/// Continue` on the first read), and how many bytes it read.
+struct Unread {
+    body: Body,
+    polled: bool,
+    read: usize,
 }
 
 impl HttpBody for Returning {
@@ -88,6 +108,7 @@ impl HttpBody for Returning {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        self.polled = true;
         let Some(inner) = self.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -112,7 +133,11 @@ impl HttpBody for Returning {
 impl Drop for Returning {
     fn drop(&mut self) {
         if let Some(body) = self.inner.take().filter(|b| !b.is_end_stream()) {
-            *self.unread.lock().expect("never poisoned") = Some((body, self.read));
+            *self.unread.lock().expect("never poisoned") = Some(Unread {
+                body,
+                polled: self.polled,
+                read: self.read,
+            });
         }
     }
 }
