@@ -241,11 +241,9 @@ pub async fn explain(
     let mut multipart = Multipart::from_request(request, &state)
         .await
         .map_err(|e| ApiError::BadMultipart(e.body_text()))?;
-    let image = match timeout_at(deadline, read_upload(&mut multipart, &mut parser, limit)).await {
-        Err(_) => return Err(ApiError::UploadTimeout(timeout_secs)),
-        Ok(Err(error)) => return Err(error),
-        Ok(Ok(image)) => image,
-    };
+    let image = timeout_at(deadline, read_upload(&mut multipart, &mut parser, limit))
+        .await
+        .map_err(|_| ApiError::UploadTimeout(timeout_secs))??;
     let options = parser.options;
 
     if !state.workers.is_ready() {
