@@ -844,7 +844,13 @@ def report(results):
       "reorders the weights. Not kept; the reorder at load above is what helps.")
     w("- **Base64 straight into the JSON buffer** (`Explanation::to_json_with_overlay`, SIMD "
       "base64 from `base64-simd`): at 1920x1080 base64 2.3 ms + JSON string escaping 2.8-3.7 "
-      "ms -> 0.4 ms, the same bytes (a unit test compares them with serde's). Kept.\n")
+      "ms -> 0.4 ms, the same bytes (a unit test compares them with serde's). Kept.")
+    w("- **Overlay's last pass by runs of one heat level** (one table per run instead of per "
+      "pixel), 1920x1080, p50 of 100: 9.3-9.6 ms per pixel against 10.2-11.2 ms by runs (the "
+      "runs are short). Not kept.")
+    w("- **Fusing ReLU and the residual add into the convolutions** (oneDNN post-ops, which "
+      "tch does not expose): the most it could save, measured by leaving them out altogether "
+      "(wrong answers, timing only), is 2-3 ms of about 50 (5 %). Not done.\n")
     w("Not measured (so no claim either way): flush-denormal settings, other resize "
       "libraries, other JPEG decoders.\n")
     w("## Reproduce\n")
