@@ -38,12 +38,7 @@ pub async fn drain_unread(
     next: Next,
 ) -> Response {
     let started = Instant::now();
-    let announced = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if announced.is_some_and(|n| n > limits.max_bytes as u64) {
+    if super::announced_length(request.headers()).is_some_and(|n| n > limits.max_bytes as u64) {
         return next.run(request).await;
     }
     let waits_for_go_ahead = request

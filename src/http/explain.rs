@@ -206,11 +206,7 @@ pub async fn explain(
             "the multipart Content-Type has no boundary".into(),
         ));
     }
-    if let Some(length) = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
+    if let Some(length) = super::announced_length(&headers) {
         if length > limit as u64 {
             return Err(ApiError::TooLarge(format!(
                 "the body is {length} bytes; the limit is {limit} bytes"

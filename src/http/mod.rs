@@ -171,6 +171,14 @@ async fn method_not_allowed(request: Request) -> Response {
     r
 }
 
+/// The body size a request announces in Content-Length, when it announces one.
+pub fn announced_length(headers: &axum::http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
 pub fn router(state: Arc<AppState>) -> Router {
     let server = &state.config.server;
     let keys = ApiKeys::new(&server.api_keys);
