@@ -530,7 +530,6 @@ fn refusals_before_the_upload_is_read_still_take_it_whole() {
 fn a_client_waiting_for_100_continue_gets_the_refusal_without_sending() {
     // curl asks `Expect: 100-continue` for bodies over 1 MB. Refused before its body is
     // needed, it must get the final answer (no 100 Continue first), without uploading.
-    use std::io::{Read, Write};
     let server = Server::start(&["--api-keys", "k1"]);
     let auth = "Authorization: Bearer k1\r\n";
     for (path, headers, status) in [
@@ -538,20 +537,12 @@ fn a_client_waiting_for_100_continue_gets_the_refusal_without_sending() {
         ("/explain?top_k=0", auth, "422"),
         ("/explain", "", "401"),
     ] {
-        let mut stream =
-            std::net::TcpStream::connect(server.url.trim_start_matches("http://")).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        write!(
-            stream,
+        let head = format!(
             "POST {path} HTTP/1.1\r\nHost: t\r\n{headers}Content-Type: multipart/form-data; \
-             boundary=b\r\nContent-Length: 8000000\r\nExpect: 100-continue\r\n\r\n"
-        )
-        .unwrap();
-        let mut answer = vec![0u8; 4096];
-        let n = stream.read(&mut answer).expect("answered without the body");
-        let answer = String::from_utf8_lossy(&answer[..n]);
+             boundary=b\r\nContent-Length: 8000000\r\nExpect: 100-continue\r\n\
+             Connection: close\r\n\r\n"
+        );
+        let (_, answer) = common::send_raw(&server.url, head.as_bytes());
         assert!(
             answer.starts_with(&format!("HTTP/1.1 {status}")),
             "{path}: {answer}"
