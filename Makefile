@@ -43,7 +43,7 @@ bench:
 
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --release --locked --all-targets -- -D warnings
+	cargo clippy --release --locked --workspace --all-targets -- -D warnings
 
 clean-cache:
 	rm -rf $(HOME)/.cache/gradcam-serve

@@ -6,6 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 LIBTORCH="${LIBTORCH:-$(scripts/setup-libtorch.sh)}"
 export LIBTORCH
-cargo build --release --locked --bins
+cargo build --release --locked --workspace --bins
 PY=$(scripts/setup-pyref.sh)
 exec "$PY" bench/run.py

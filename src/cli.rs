@@ -4,12 +4,13 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
-use crate::engine::{self, Engine, Options};
-use crate::explanation::Timing;
+use crate::engine::{self, Engine};
+use crate::model::Layer;
+use crate::options::{Defaults, ExplainOptions};
 use crate::preprocess::{DecodeLimits, ResizeMode};
 use crate::weights;
 
@@ -17,7 +18,8 @@ use crate::weights;
 #[command(
     name = "gradcam-serve",
     version,
-    about = "Grad-CAM explanations of a ResNet-50's predictions: an HTTP service and a CLI"
+    about = "Grad-CAM explanations of a ResNet-family image classifier's predictions: an HTTP \
+             service and a CLI"
 )]
 pub struct Cli {
     /// Settings file. Without this flag, ./config.toml is read when it exists.
@@ -45,10 +47,7 @@ pub enum Command {
         #[command(flatten)]
         model: ModelArgs,
         #[command(flatten)]
-        defaults: ExplainArgs,
-        /// Class index to explain (0..999); default: the top-1 class.
-        #[arg(long)]
-        target: Option<usize>,
+        options: ExplainOptions,
         /// Write the overlay PNG here (the JSON then leaves the base64 PNG out).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -59,16 +58,29 @@ pub enum Command {
         #[arg(long, env = "GRADCAM_MAX_PIXELS")]
         max_pixels: Option<u64>,
     },
+    /// Load the model and print what GET /model answers: architecture, classes, labels,
+    /// layers, input size, normalisation, weights digest (JSON).
+    Model {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        defaults: ExplainArgs,
+    },
     /// Print the OpenAPI spec of the HTTP API (as committed in openapi/openapi.json).
     Openapi,
-    /// Download the official torchvision ImageNet ResNet-50 weights (safetensors), check
-    /// their SHA-256, and write them where the config points.
+    /// Download torchvision's official ImageNet weights of an architecture (safetensors),
+    /// check their SHA-256, and write them where the config points.
     FetchWeights {
         /// Where to write them; default: the configured weights path.
         #[arg(long, env = "GRADCAM_WEIGHTS")]
         weights: Option<PathBuf>,
-        #[arg(long, default_value = weights::OFFICIAL_WEIGHTS_URL)]
-        url: String,
+        /// torchvision's name of the architecture (resnet18 .. resnet152, wide_resnet50_2,
+        /// wide_resnet101_2, resnext50_32x4d, resnext101_32x8d, resnext101_64x4d).
+        #[arg(long, default_value = "resnet50")]
+        architecture: String,
+        /// Download from here instead of the architecture's published file.
+        #[arg(long)]
+        url: Option<String>,
         /// Expected SHA-256 (hex); default: the digest the hub publishes for the file.
         #[arg(long)]
         sha256: Option<String>,
@@ -80,15 +92,27 @@ pub enum Command {
 
 #[derive(Args, Debug, Default)]
 pub struct ModelArgs {
-    /// Safetensors weights of a torchvision ResNet-50 [config: model.weights]
+    /// Safetensors weights of a torchvision ResNet-family model [config: model.weights]
     #[arg(long, env = "GRADCAM_WEIGHTS")]
     pub weights: Option<PathBuf>,
+    /// The architecture the weights must be, e.g. resnet18 [model.architecture]
+    #[arg(long, env = "GRADCAM_ARCHITECTURE")]
+    pub architecture: Option<String>,
+    /// Class names: one per line, or a JSON array of strings [model.labels]
+    #[arg(long, env = "GRADCAM_LABELS")]
+    pub labels: Option<PathBuf>,
     /// Use seeded random weights when the weights file is missing [model.demo_weights]
     #[arg(long, env = "GRADCAM_DEMO_WEIGHTS", num_args = 0..=1, default_missing_value = "true")]
     pub demo_weights: Option<bool>,
     /// Side of the square model input, a multiple of 32 [model.input_size]
     #[arg(long, env = "GRADCAM_INPUT_SIZE")]
     pub input_size: Option<u32>,
+    /// Per-channel input mean, R,G,B [model.mean]
+    #[arg(long, env = "GRADCAM_MEAN", value_parser = parse_rgb)]
+    pub mean: Option<[f32; 3]>,
+    /// Per-channel input standard deviation, R,G,B [model.std]
+    #[arg(long, env = "GRADCAM_STD", value_parser = parse_rgb)]
+    pub std: Option<[f32; 3]>,
     /// stretch or crop [model.resize]
     #[arg(long, env = "GRADCAM_RESIZE")]
     pub resize: Option<ResizeMode>,
@@ -156,6 +180,22 @@ pub struct ExplainArgs {
     /// Heat-map opacity in the overlay, 0..1 [explain.alpha]
     #[arg(long, env = "GRADCAM_ALPHA")]
     pub alpha: Option<f32>,
+    /// Layer explained when a request does not say: layer1..layer4 or a block, layer3.1
+    /// [explain.layer]
+    #[arg(long = "default-layer", env = "GRADCAM_LAYER")]
+    pub layer: Option<Layer>,
+}
+
+/// Three comma-separated numbers.
+fn parse_rgb(text: &str) -> Result<[f32; 3], String> {
+    let values: Vec<f32> = text
+        .split(',')
+        .map(|v| v.trim().parse::<f32>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("`{text}`: {e}"))?;
+    values
+        .try_into()
+        .map_err(|_| format!("`{text}`: three comma-separated numbers, R,G,B"))
 }
 
 /// Sets `$target = value` for each flag that was given.
@@ -175,12 +215,20 @@ impl ModelArgs {
                 weights,
                 demo_weights,
                 input_size,
+                mean,
+                std,
                 resize,
                 fold_batch_norm,
                 onednn_weights,
                 threads
             ]
         );
+        if let Some(a) = &self.architecture {
+            m.architecture = Some(a.clone());
+        }
+        if let Some(l) = &self.labels {
+            m.labels = Some(l.clone());
+        }
     }
 }
 
@@ -211,7 +259,7 @@ impl ServerArgs {
 impl ExplainArgs {
     pub fn apply(&self, config: &mut Config) {
         let e = &mut config.explain;
-        override_with!(self, e, [top_k, alpha]);
+        override_with!(self, e, [top_k, alpha, layer]);
     }
 }
 
@@ -239,19 +287,25 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Explain {
             image,
             model,
-            defaults,
-            target,
+            options,
             out,
             json,
             max_pixels,
         } => {
             model.apply(&mut config);
-            defaults.apply(&mut config);
             if let Some(m) = max_pixels {
                 config.server.max_pixels = m;
             }
             config.validate()?;
-            explain_file(&config, &image, target, out.as_deref(), json)
+            explain_file(&config, &image, &options, out.as_deref(), json)
+        }
+        Command::Model { model, defaults } => {
+            model.apply(&mut config);
+            defaults.apply(&mut config);
+            config.validate()?;
+            let engine = Engine::load(&config.model, config.explain.layer)?;
+            println!("{}", serde_json::to_string_pretty(engine.description())?);
+            Ok(())
         }
         Command::Openapi => {
             print!("{}", crate::http::openapi_json());
@@ -259,10 +313,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::FetchWeights {
             weights: dest,
+            architecture,
             url,
             sha256,
             force,
         } => {
+            crate::model::Architecture::named(&architecture, 1000)?;
+            let url = url.unwrap_or_else(|| weights::official_weights_url(&architecture));
             let dest = dest.unwrap_or(config.model.weights);
             if dest.exists() && !force {
                 println!(
@@ -272,7 +329,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 return Ok(());
             }
             eprintln!("downloading {url}\n  to {}", dest.display());
-            let digest = weights::fetch(&url, &dest, sha256.as_deref())?;
+            let digest = weights::fetch(&url, &dest, sha256.as_deref(), Some(&architecture))?;
             println!("wrote {} (sha256 {digest})", dest.display());
             Ok(())
         }
@@ -282,55 +339,30 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 fn explain_file(
     config: &Config,
     image: &std::path::Path,
-    target: Option<usize>,
+    options: &ExplainOptions,
     out: Option<&std::path::Path>,
     json: bool,
 ) -> anyhow::Result<()> {
-    if let Some(t) = target {
-        if t >= crate::model::NUM_CLASSES {
-            bail!("--target {t} is out of range (0..999)");
-        }
-    }
-    let started = std::time::Instant::now();
-    let engine = Engine::load(&config.model)?;
-    if engine.is_demo() {
+    let engine = Engine::load(&config.model, config.explain.layer)?;
+    let model = engine.description();
+    let mut options = options.clone();
+    options.overlay = Some(out.is_some() || json);
+    let options = options
+        .resolve(&Defaults::from_config(config), &model.limits())
+        .map_err(|e| anyhow::anyhow!("--{}: {e}", e.name.replace('_', "-")))?;
+    if model.is_demo() {
         eprintln!(
             "WARNING: no weights at {}: using seeded RANDOM demo weights; the labels below \
              mean nothing",
             config.model.weights.display()
         );
     }
-    let load_ms = started.elapsed().as_secs_f64() * 1e3;
     let bytes = std::fs::read(image).with_context(|| format!("reading {}", image.display()))?;
-    let options = Options {
-        target,
-        top_k: config.explain.top_k,
-        alpha: config.explain.alpha,
-        overlay: out.is_some() || json,
-        resize: config.model.resize,
-    };
     let limits = DecodeLimits {
         max_pixels: config.server.max_pixels,
     };
-    let prepared = engine::prepare(&bytes, limits, config.model.input_size, options.resize)
+    let (mut explanation, png) = engine::explain_now(&engine, model, &bytes, limits, &options)
         .with_context(|| format!("{}", image.display()))?;
-    let (mut raw, passes) = engine.run(&[&prepared.input], &[target])?;
-    let timing = Timing {
-        decode: prepared.decode_ms,
-        queue: 0.0,
-        forward: passes.forward_ms,
-        backward: passes.backward_ms,
-        ..Timing::default()
-    };
-    let (mut explanation, png) = engine::finish(
-        &prepared.picture,
-        prepared.input.region,
-        &raw.remove(0),
-        &options,
-        engine.info().clone(),
-        timing,
-    );
-    explanation.timing_ms.total = started.elapsed().as_secs_f64() * 1e3 - load_ms;
     match (out, png) {
         (Some(path), Some(png)) => {
             std::fs::write(path, png).with_context(|| format!("writing {}", path.display()))?
@@ -365,8 +397,12 @@ fn explain_file(
     }
     writeln!(
         stdout,
-        "Grad-CAM of class {} ({}) at layer4, {}x{} (raw):",
-        e.target.class_index, e.target.label, e.saliency.width, e.saliency.height
+        "Grad-CAM of class {} ({}) at {}, {}x{} (raw):",
+        e.target.class_index,
+        e.target.label,
+        e.model.target_layer,
+        e.saliency.width,
+        e.saliency.height
     )?;
     for row in &e.saliency.data {
         let cells: Vec<String> = row.iter().map(|v| format!("{v:8.4}")).collect();

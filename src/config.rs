@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::preprocess::ResizeMode;
+use crate::model::{self, Layer};
+use crate::preprocess::{InputSpec, ResizeMode, MEAN, STD};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -18,14 +19,23 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
-    /// Safetensors file with a torchvision ResNet-50 state dict. A relative path is taken
-    /// from the config file's folder.
+    /// Safetensors file with a torchvision ResNet-family state dict. A relative path is
+    /// taken from the config file's folder.
     pub weights: PathBuf,
+    /// The architecture the weights must be (`resnet18`, `resnext50_32x4d`, ...); None:
+    /// whatever the file's tensors say. Also the architecture of demo weights.
+    pub architecture: Option<String>,
+    /// Class names, one per line or a JSON array of strings; None: ImageNet's for 1000
+    /// classes, else `class N`. A relative path is taken from the config file's folder.
+    pub labels: Option<PathBuf>,
     /// Run with seeded random weights when the weights file is missing (labels are then
     /// meaningless, and every answer says `"weights": "demo-random"`).
     pub demo_weights: bool,
     /// Side of the square model input, in pixels (a multiple of 32).
     pub input_size: u32,
+    /// Per-channel (RGB) mean and standard deviation the model was trained with.
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
     /// `stretch` (whole image to the input size) or `crop` (torchvision's resize + centre crop).
     pub resize: ResizeMode,
     /// Fold batch norm into the convolutions at load time (exact, faster).
@@ -75,14 +85,20 @@ pub struct ExplainDefaults {
     pub top_k: usize,
     /// Heat-map opacity in the overlay when a request does not say.
     pub alpha: f32,
+    /// The layer explained when a request does not say.
+    pub layer: Layer,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
         Self {
             weights: PathBuf::from("weights/resnet50.safetensors"),
+            architecture: None,
+            labels: None,
             demo_weights: false,
             input_size: 224,
+            mean: MEAN,
+            std: STD,
             resize: ResizeMode::Stretch,
             fold_batch_norm: true,
             onednn_weights: true,
@@ -115,6 +131,7 @@ impl Default for ExplainDefaults {
         Self {
             top_k: 5,
             alpha: 0.5,
+            layer: Layer::LAST,
         }
     }
 }
@@ -154,9 +171,12 @@ impl Config {
             path: path.into(),
             source,
         })?;
+        let base = path.parent().unwrap_or(Path::new("."));
         if config.model.weights.is_relative() {
-            let base = path.parent().unwrap_or(Path::new("."));
             config.model.weights = base.join(&config.model.weights);
+        }
+        if let Some(labels) = config.model.labels.as_mut().filter(|l| l.is_relative()) {
+            *labels = base.join(&*labels);
         }
         Ok(config)
     }
@@ -169,6 +189,19 @@ impl Config {
             return bad(format!(
                 "model.input_size = {} (a multiple of 32 in 32..=1024)",
                 m.input_size
+            ));
+        }
+        if let Some(name) = &m.architecture {
+            if let Err(e) = model::Architecture::named(name, 1) {
+                return bad(format!("model.architecture: {e}"));
+            }
+        }
+        if m.std.iter().any(|s| !(s.is_finite() && *s > 0.0))
+            || m.mean.iter().any(|v| !v.is_finite())
+        {
+            return bad(format!(
+                "model.mean = {:?}, model.std = {:?} (finite numbers, std above 0)",
+                m.mean, m.std
             ));
         }
         let s = &self.server;
@@ -191,13 +224,24 @@ impl Config {
             return bad("server.api_keys holds an empty key".into());
         }
         let e = &self.explain;
-        if !(1..=crate::model::NUM_CLASSES).contains(&e.top_k) {
-            return bad(format!("explain.top_k = {} (1..=1000)", e.top_k));
+        // Its upper end, the class count, is checked once the model is loaded.
+        if e.top_k == 0 {
+            return bad("explain.top_k must be at least 1".into());
         }
         if !(0.0..=1.0).contains(&e.alpha) {
             return bad(format!("explain.alpha = {} (0..=1)", e.alpha));
         }
         Ok(())
+    }
+}
+
+impl ModelConfig {
+    pub fn input_spec(&self) -> InputSpec {
+        InputSpec {
+            size: self.input_size,
+            mean: self.mean,
+            std: self.std,
+        }
     }
 }
 

@@ -1,33 +1,110 @@
 //! One explanation, end to end, in three steps that can run on different threads:
-//! `prepare` (decode + resize, CPU), `Engine::run` (the network, owned by one thread,
-//! batched), `finish` (overlay + answer, CPU). The CLI calls them in a row; the server
-//! runs the middle one on its model workers.
+//! `prepare` (decode + resize, CPU), [`Explainer::explain`] (the network, owned by one
+//! thread, batched), `finish` (overlay + answer, CPU). The CLI and the benchmark call them
+//! in a row ([`explain_now`]); the server runs the middle one on its model workers.
+//!
+//! The workers see the network only through the [`Explainer`] trait, so that the worker
+//! pool, the queue and the HTTP layer can be tested with a stand-in that the test controls.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use image::RgbImage;
+use serde::{Deserialize, Serialize};
 use tch::Tensor;
+use utoipa::ToSchema;
 
 use crate::config::ModelConfig;
 use crate::explanation::{ClassScore, Explanation, ImageSize, ModelInfo, Saliency, Timing};
-use crate::gradcam::{self, GradCamError, PassTimings, RawExplanation};
-use crate::labels::label;
-use crate::model::ResNet50;
-use crate::preprocess::{self, DecodeError, DecodeLimits, ModelInput, Region, ResizeMode};
+use crate::gradcam::{self, Ask, GradCamError, PassTimings, RawExplanation};
+use crate::labels::{Labels, LabelsError};
+use crate::model::{Layer, ModelError, ResNet};
+use crate::options::{Limits, Options};
+use crate::preprocess::{
+    self, DecodeError, DecodeLimits, InputSpec, ModelInput, Region, ResizeMode,
+};
 use crate::render;
 use crate::weights::{self, WeightsError};
 
-/// What a caller may choose per explanation.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Options {
-    /// Class to explain; None: the top-1 class.
-    pub target: Option<usize>,
-    pub top_k: usize,
-    /// Heat-map opacity in the overlay, 0..1.
-    pub alpha: f32,
-    /// Whether to draw the overlay at all.
-    pub overlay: bool,
-    pub resize: ResizeMode,
+/// What runs the network: the real [`Engine`], or a stand-in in tests. Each model worker
+/// thread owns one (libtorch tensors are not `Sync`).
+pub trait Explainer: Send {
+    /// Runs a batch of prepared inputs (all of one size): one answer per input, in order.
+    fn explain(
+        &self,
+        inputs: &[&ModelInput],
+        asks: &[Ask],
+    ) -> Result<(Vec<RawExplanation>, PassTimings), GradCamError>;
+
+    /// A first pass before the worker reports ready, so that the first request does not
+    /// pay for libtorch's lazy set-up.
+    fn warm_up(&self) {}
+}
+
+/// Everything a client may want to know about the loaded model (`GET /model`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "architecture": "resnet18", "num_classes": 3, "labels": ["normal", "pneumonia", "other"],
+    "labels_source": "labels.txt", "layers": ["layer1", "layer2", "layer3", "layer4",
+    "layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer3.1", "layer4.0",
+    "layer4.1"], "default_layer": "layer4", "input_size": 224,
+    "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "weights": "demo-random"}))]
+pub struct ModelDescription {
+    /// torchvision's name of the architecture (`resnet50`, `resnext50_32x4d`, ...).
+    pub architecture: String,
+    pub num_classes: usize,
+    /// Class names, in the classifier's order.
+    pub labels: Vec<String>,
+    /// Where the labels came from: a file, `imagenet`, or `generated` (`class N`).
+    pub labels_source: String,
+    /// The layers `layer` may name: each stage (its last block), then every block.
+    #[schema(value_type = Vec<String>)]
+    pub layers: Vec<Layer>,
+    /// The layer explained when a request does not say.
+    #[schema(value_type = String)]
+    pub default_layer: Layer,
+    /// Side of the square model input, in pixels.
+    pub input_size: u32,
+    /// The per-channel (RGB) normalisation of the input.
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    /// SHA-256 of the weights file, or "demo-random" for seeded random demo weights.
+    pub weights: String,
+}
+
+impl ModelDescription {
+    pub fn is_demo(&self) -> bool {
+        self.weights == weights::DEMO_ID
+    }
+
+    pub fn label(&self, class: usize) -> &str {
+        self.labels.get(class).map_or("unknown", String::as_str)
+    }
+
+    pub fn input_spec(&self) -> InputSpec {
+        InputSpec {
+            size: self.input_size,
+            mean: self.mean,
+            std: self.std,
+        }
+    }
+
+    /// What request options are checked against.
+    pub fn limits(&self) -> Limits<'_> {
+        Limits {
+            classes: self.num_classes,
+            layers: &self.layers,
+        }
+    }
+
+    /// How an answer names the model and the layer it explained.
+    pub fn info(&self, layer: Layer) -> ModelInfo {
+        ModelInfo {
+            name: self.architecture.clone(),
+            target_layer: layer.to_string(),
+            weights: self.weights.clone(),
+        }
+    }
 }
 
 /// A decoded upload and the model input made from it.
@@ -40,12 +117,12 @@ pub struct Prepared {
 pub fn prepare(
     bytes: &[u8],
     limits: DecodeLimits,
-    input_size: u32,
+    spec: &InputSpec,
     resize: ResizeMode,
 ) -> Result<Prepared, DecodeError> {
     let start = Instant::now();
     let picture = preprocess::decode(bytes, limits)?;
-    let input = preprocess::prepare(&picture, input_size, resize);
+    let input = preprocess::prepare(&picture, spec, resize);
     Ok(Prepared {
         picture,
         input,
@@ -53,37 +130,56 @@ pub fn prepare(
     })
 }
 
-/// The loaded network. Not `Sync` (libtorch tensors): each worker thread owns one.
+/// The loaded network.
 pub struct Engine {
-    model: ResNet50,
-    info: ModelInfo,
+    model: ResNet,
+    description: ModelDescription,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(transparent)]
     Weights(#[from] WeightsError),
+    #[error("demo weights: {0}")]
+    Demo(ModelError),
+    #[error(transparent)]
+    Labels(#[from] LabelsError),
     #[error(
         "no weights file at {0}: run `gradcam-serve fetch-weights` to download the official \
          ones, point --weights at a safetensors file, or pass --demo-weights to run with \
          random weights"
     )]
-    NoWeights(std::path::PathBuf),
+    NoWeights(PathBuf),
+    #[error("{0}")]
+    Setting(String),
 }
 
 impl Engine {
-    pub fn load(config: &ModelConfig) -> Result<Self, LoadError> {
+    /// Loads the weights the config names (or demo weights), its labels, and checks the
+    /// default layer and top_k against the model.
+    pub fn load(config: &ModelConfig, default_layer: Layer) -> Result<Self, LoadError> {
         if config.threads > 0 {
             tch::set_num_threads(config.threads as i32);
         }
-        let loaded = if config.weights.exists() {
-            weights::load_file(&config.weights)?
+        let architecture = config.architecture.as_deref();
+        let (mut model, weights_id) = if config.weights.exists() {
+            weights::load_file(&config.weights, architecture)?
         } else if config.demo_weights {
-            weights::demo()
+            let file = weights::demo(architecture).map_err(LoadError::Demo)?;
+            let model = ResNet::from_tensors(file.tensors, None).map_err(LoadError::Demo)?;
+            (model, file.id)
         } else {
             return Err(LoadError::NoWeights(config.weights.clone()));
         };
-        let mut model = loaded.model;
+        let arch = model.architecture().clone();
+        let labels = Labels::load(config.labels.as_deref(), arch.num_classes)?;
+        let layers = arch.layers();
+        if !layers.contains(&default_layer) {
+            return Err(LoadError::Setting(format!(
+                "explain.layer = {default_layer}: a {} has no such layer",
+                arch.name()
+            )));
+        }
         if config.fold_batch_norm {
             model.fold_batch_norm();
         }
@@ -96,31 +192,23 @@ impl Engine {
             }
             release_freed_memory();
         }
-        Ok(Self {
-            model,
-            info: ModelInfo {
-                name: "resnet50".into(),
-                target_layer: "layer4".into(),
-                weights: loaded.weights_id,
-            },
-        })
+        let description = ModelDescription {
+            architecture: arch.name(),
+            num_classes: arch.num_classes,
+            labels_source: labels.source.clone(),
+            labels: labels.names().to_vec(),
+            layers,
+            default_layer,
+            input_size: config.input_size,
+            mean: config.mean,
+            std: config.std,
+            weights: weights_id,
+        };
+        Ok(Self { model, description })
     }
 
-    pub fn info(&self) -> &ModelInfo {
-        &self.info
-    }
-
-    pub fn is_demo(&self) -> bool {
-        self.info.weights == weights::DEMO_ID
-    }
-
-    /// Runs the network and Grad-CAM on a batch of prepared inputs (all the same size).
-    pub fn run(
-        &self,
-        inputs: &[&ModelInput],
-        targets: &[Option<usize>],
-    ) -> Result<(Vec<RawExplanation>, PassTimings), GradCamError> {
-        gradcam::explain(&self.model, &batch_tensor(inputs), targets)
+    pub fn description(&self) -> &ModelDescription {
+        &self.description
     }
 
     /// A plain prediction, without explanation (to compare costs).
@@ -129,9 +217,40 @@ impl Engine {
     }
 }
 
+impl Explainer for Engine {
+    fn explain(
+        &self,
+        inputs: &[&ModelInput],
+        asks: &[Ask],
+    ) -> Result<(Vec<RawExplanation>, PassTimings), GradCamError> {
+        gradcam::explain(&self.model, &batch_tensor(inputs), asks)
+    }
+
+    fn warm_up(&self) {
+        let size = self.description.input_size;
+        let blank = ModelInput {
+            chw: vec![0.0; (3 * size * size) as usize],
+            size,
+            region: preprocess::Region {
+                x: 0,
+                y: 0,
+                width: size,
+                height: size,
+            },
+        };
+        let ask = Ask {
+            target: None,
+            layer: self.description.default_layer,
+        };
+        if let Err(e) = self.explain(&[&blank], &[ask]) {
+            tracing::error!("warm-up pass failed: {e}");
+        }
+    }
+}
+
 /// Hands the heap's free memory back to the system. The plain weights freed after the
-/// reorder (about 90 MB, in many blocks under the heap's top) would otherwise stay resident:
-/// 336 MB after loading instead of 227 MB.
+/// reorder (about 90 MB for a ResNet-50, in many blocks under the heap's top) would
+/// otherwise stay resident: 336 MB after loading instead of 227 MB.
 fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -164,13 +283,13 @@ pub fn finish(
     region: Region,
     raw: &RawExplanation,
     options: &Options,
-    model: ModelInfo,
+    model: &ModelDescription,
     mut timing: Timing,
 ) -> (Explanation, Option<Vec<u8>>) {
     let start = Instant::now();
     let score = |i: usize| ClassScore {
         class_index: i,
-        label: label(i).to_string(),
+        label: model.label(i).to_string(),
         score: raw.probabilities[i],
     };
     let top = gradcam::top_k(&raw.probabilities, options.top_k.max(1));
@@ -199,9 +318,43 @@ pub fn finish(
             width: picture.width(),
             height: picture.height(),
         },
-        model,
+        model: model.info(raw.layer),
         timing_ms: timing,
         overlay_png: None,
     };
     (explanation, overlay_png)
+}
+
+/// The whole pipeline in a row on this thread, for the CLI and the benchmark: the
+/// explanation (timing filled in, total included) and the overlay PNG when asked for.
+pub fn explain_now(
+    explainer: &dyn Explainer,
+    model: &ModelDescription,
+    bytes: &[u8],
+    limits: DecodeLimits,
+    options: &Options,
+) -> anyhow::Result<(Explanation, Option<Vec<u8>>)> {
+    let started = Instant::now();
+    let prepared = prepare(bytes, limits, &model.input_spec(), options.resize)?;
+    let ask = Ask {
+        target: options.target,
+        layer: options.layer,
+    };
+    let (mut raw, passes) = explainer.explain(&[&prepared.input], &[ask])?;
+    let timing = Timing {
+        decode: prepared.decode_ms,
+        forward: passes.forward_ms,
+        backward: passes.backward_ms,
+        ..Timing::default()
+    };
+    let (mut explanation, png) = finish(
+        &prepared.picture,
+        prepared.input.region,
+        &raw.remove(0),
+        options,
+        model,
+        timing,
+    );
+    explanation.timing_ms.total = started.elapsed().as_secs_f64() * 1e3;
+    Ok((explanation, png))
 }

@@ -1,24 +1,37 @@
-//! Grad-CAM at layer4, computed the way pytorch-grad-cam computes it
+//! Grad-CAM at any block of a ResNet, computed the way pytorch-grad-cam computes it
 //! (`GradCAM(model, target_layers=[model.layer4[-1]])`), for a batch of images.
 //!
-//! The trunk runs without autograd: nothing before layer4 needs a gradient. The layer4
-//! activation becomes the only leaf that does, the head (pool + fc) runs with autograd,
-//! and the backward pass of the target logits reaches that leaf and nothing else: no
-//! parameter gradients, no graph through the 49 convolutions. An explanation thus costs a
-//! forward pass plus a few microseconds.
+//! Everything up to the target layer runs without autograd, on the fast paths (folded
+//! batch norm, oneDNN weights). That layer's output becomes the only leaf that needs a
+//! gradient, the blocks after it and the head run with autograd, and the backward pass of
+//! the target logits reaches that leaf and nothing else: no parameter gradients, no graph
+//! before the layer. At layer4 an explanation thus costs a forward pass plus a few
+//! microseconds.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use tch::{Kind, Tensor};
 
-use crate::model::{ResNet50, NUM_CLASSES};
+use crate::model::{Layer, ResNet};
+
+/// What to explain in one image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ask {
+    /// The class whose raw logit is differentiated; None: the top-1 class.
+    pub target: Option<usize>,
+    pub layer: Layer,
+}
 
 /// What the network says about one image.
+#[derive(Debug, Clone)]
 pub struct RawExplanation {
-    /// Softmax over the 1000 classes.
+    /// Softmax over the classes.
     pub probabilities: Vec<f32>,
     /// The class whose raw logit was differentiated.
     pub target: usize,
+    /// The layer explained.
+    pub layer: Layer,
     /// ReLU(sum_k w_k A_k), unnormalised, row-major `height` x `width`.
     pub cam: Vec<f32>,
     pub width: usize,
@@ -34,75 +47,100 @@ pub struct PassTimings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum GradCamError {
-    #[error("target class {0} is out of range (0..{NUM_CLASSES})")]
-    TargetOutOfRange(usize),
+    #[error("target class {target} is out of range (0..={})", classes - 1)]
+    TargetOutOfRange { target: usize, classes: usize },
+    #[error("this {architecture} has no layer {layer}")]
+    NoSuchLayer { layer: Layer, architecture: String },
     #[error("libtorch failed: {0}")]
     Torch(#[from] tch::TchError),
 }
 
-/// Explains a batch: `input` is [N, 3, S, S] normalised, `targets[i]` the class to explain
-/// for image i (None: its top-1 class).
+/// Explains a batch: `input` is [N, 3, S, S] normalised, `asks[i]` what to explain in
+/// image i. Images may ask for different layers: the network runs without autograd up to
+/// the earliest one, and with it from there, keeping the output of each layer asked for.
 pub fn explain(
-    model: &ResNet50,
+    model: &ResNet,
     input: &Tensor,
-    targets: &[Option<usize>],
+    asks: &[Ask],
 ) -> Result<(Vec<RawExplanation>, PassTimings), GradCamError> {
     let n = input.size()[0] as usize;
-    assert_eq!(n, targets.len(), "one target per image");
-    if let Some(&bad) = targets.iter().flatten().find(|&&t| t >= NUM_CLASSES) {
-        return Err(GradCamError::TargetOutOfRange(bad));
+    assert_eq!(n, asks.len(), "one ask per image");
+    let architecture = model.architecture();
+    let classes = architecture.num_classes;
+    if let Some(target) = asks.iter().filter_map(|a| a.target).find(|&t| t >= classes) {
+        return Err(GradCamError::TargetOutOfRange { target, classes });
     }
+    let blocks: Vec<usize> = asks
+        .iter()
+        .map(|a| {
+            architecture
+                .block_index(a.layer)
+                .ok_or(GradCamError::NoSuchLayer {
+                    layer: a.layer,
+                    architecture: architecture.name(),
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    let first = *blocks.iter().min().expect("a batch is not empty");
+
     let start = Instant::now();
-    let activation = tch::no_grad(|| model.trunk(input))
+    let leaf = model
+        .features(input, first)
         .detach()
         .set_requires_grad(true);
-    let logits = model.head(&activation);
+    let (last, mut kept) = model.blocks_with_grad(&leaf, first + 1, &blocks);
+    kept.insert(first, leaf);
+    let logits = model.head(&last);
     let forward_ms = start.elapsed().as_secs_f64() * 1e3;
 
     let start = Instant::now();
     let chosen: Vec<i64> = {
         let top1 = Vec::<i64>::try_from(logits.detach().argmax(1, false))?;
-        targets
-            .iter()
+        asks.iter()
             .zip(top1)
-            .map(|(t, top)| t.map_or(top, |t| t as i64))
+            .map(|(a, top)| a.target.map_or(top, |t| t as i64))
             .collect()
     };
-    // Each image's score depends only on its own activation, so the gradient of the sum is
-    // every image's own gradient at once.
+    // Each image's score depends only on its own activations, so the gradient of the sum
+    // is every image's own gradient at once.
     let index = Tensor::from_slice(&chosen).unsqueeze(1);
     let score = logits.gather(1, &index, false).sum(Kind::Float);
-    let gradient = Tensor::f_run_backward(&[score], &[&activation], false, false)?
-        .pop()
-        .expect("one input, one gradient");
-    let probabilities = logits.detach().softmax(-1, Kind::Float);
-    let (channels, height, width) = {
+    let mut layers: Vec<usize> = kept.keys().copied().collect();
+    layers.sort_unstable();
+    let activations: Vec<&Tensor> = layers.iter().map(|b| &kept[b]).collect();
+    let gradients = Tensor::f_run_backward(&[score], &activations, false, false)?;
+    let mut values: HashMap<usize, LayerValues> = HashMap::new();
+    for ((&block, activation), gradient) in layers.iter().zip(&activations).zip(gradients) {
         let size = activation.size();
-        (size[1] as usize, size[2] as usize, size[3] as usize)
-    };
-    let activation = Vec::<f32>::try_from(activation.detach().contiguous().view([-1]))?;
-    let gradient = Vec::<f32>::try_from(gradient.contiguous().view([-1]))?;
+        values.insert(
+            block,
+            LayerValues {
+                activation: Vec::try_from(activation.detach().contiguous().view([-1]))?,
+                gradient: Vec::try_from(gradient.contiguous().view([-1]))?,
+                channels: size[1] as usize,
+                height: size[2] as usize,
+                width: size[3] as usize,
+            },
+        );
+    }
+    let probabilities = logits.detach().softmax(-1, Kind::Float);
     let probabilities = Vec::<f32>::try_from(probabilities.contiguous().view([-1]))?;
-    let per_image = channels * height * width;
-    let cams: Vec<Vec<f32>> = (0..n)
+    let out = (0..n)
         .map(|i| {
+            let v = &values[&blocks[i]];
+            let per_image = v.channels * v.height * v.width;
             let range = i * per_image..(i + 1) * per_image;
-            cam_from(&activation[range.clone()], &gradient[range], channels)
+            RawExplanation {
+                probabilities: probabilities[i * classes..(i + 1) * classes].to_vec(),
+                target: chosen[i] as usize,
+                layer: asks[i].layer,
+                cam: cam_from(&v.activation[range.clone()], &v.gradient[range], v.channels),
+                width: v.width,
+                height: v.height,
+            }
         })
         .collect();
     let backward_ms = start.elapsed().as_secs_f64() * 1e3;
-
-    let out = cams
-        .into_iter()
-        .enumerate()
-        .map(|(i, cam)| RawExplanation {
-            probabilities: probabilities[i * NUM_CLASSES..(i + 1) * NUM_CLASSES].to_vec(),
-            target: chosen[i] as usize,
-            cam,
-            width,
-            height,
-        })
-        .collect();
     Ok((
         out,
         PassTimings {
@@ -110,6 +148,15 @@ pub fn explain(
             backward_ms,
         },
     ))
+}
+
+/// A layer's output and its gradient for the whole batch, flat, [N, channels, h, w].
+struct LayerValues {
+    activation: Vec<f32>,
+    gradient: Vec<f32>,
+    channels: usize,
+    height: usize,
+    width: usize,
 }
 
 /// The map from one image's activation and gradient ([channels, positions] each):
@@ -161,8 +208,8 @@ fn numpy_sum(a: &[f32]) -> f32 {
     }
 }
 
-/// Plain prediction (no explanation), for comparing costs: softmax [N, 1000].
-pub fn predict(model: &ResNet50, input: &Tensor) -> Result<Vec<f32>, GradCamError> {
+/// Plain prediction (no explanation), for comparing costs: softmax [N, classes].
+pub fn predict(model: &ResNet, input: &Tensor) -> Result<Vec<f32>, GradCamError> {
     let probabilities = tch::no_grad(|| model.head(&model.trunk(input)).softmax(-1, Kind::Float));
     Ok(Vec::<f32>::try_from(probabilities.view([-1]))?)
 }

@@ -1,8 +1,10 @@
-//! gradcam-serve: Grad-CAM explanations of a ResNet-50's predictions.
+//! gradcam-serve: Grad-CAM explanations of a ResNet-family classifier's predictions.
 //!
-//! Layers, from the bottom: `model` (the network), `gradcam` (the explanation math),
-//! `preprocess` and `render` (images in and out), `engine` (one explanation end to end),
-//! `worker` (model threads behind a bounded queue), `server` + `http` (the HTTP API).
+//! Layers, from the bottom: `model` (the network, read from a state dict), `weights` and
+//! `labels` (what it is loaded from), `gradcam` (the explanation math), `preprocess` and
+//! `render` (images in and out), `options` (what a request may choose), `engine` (the
+//! `Explainer` trait and one explanation end to end), `worker` (model threads behind a
+//! bounded queue), `server` + `http` (the HTTP API).
 
 pub mod cli;
 pub mod colormap;
@@ -13,6 +15,7 @@ pub mod gradcam;
 pub mod http;
 pub mod labels;
 pub mod model;
+pub mod options;
 pub mod preprocess;
 pub mod render;
 pub mod server;

@@ -1,25 +1,367 @@
-//! ResNet-50, written out as a trunk (conv1 .. layer4) and a head (average pool, fc).
+//! The torchvision ResNet family (resnet18 .. resnet152, wide_resnet, resnext), written out
+//! block by block so that any block's output (the Grad-CAM target) is within reach.
 //!
-//! `tch::vision::resnet` is one opaque closure, so layer4's output (the Grad-CAM target)
-//! would be out of reach. The tensors keep torchvision's names (`layer4.0.downsample.1.
-//! running_var`, `fc.weight`, ...), so a torchvision or timm state dict saved as safetensors
-//! loads as is. Inference only: batch norm uses its running statistics, and can be folded
-//! into the convolution before it when the weights load.
+//! `tch::vision::resnet` is one opaque closure, so a stage's output would be out of reach.
+//! The architecture is read from a state dict's tensor names and shapes (basic or
+//! bottleneck blocks, blocks per stage, width, groups, class count), and the tensors keep
+//! torchvision's names (`layer4.0.downsample.1.running_var`, `fc.weight`, ...), so a
+//! torchvision or timm state dict saved as safetensors loads as is. Inference only: batch
+//! norm uses its running statistics, and can be folded into the convolution before it.
 
+use std::cell::OnceCell;
 use std::collections::HashMap;
-use std::path::Path;
+use std::fmt;
+use std::str::FromStr;
 
 use tch::{Kind, Tensor};
 
-use crate::weights::WeightsError;
-
-pub const NUM_CLASSES: usize = 1000;
-/// Channels of layer4's output, the activation Grad-CAM weighs.
-pub const FEATURE_CHANNELS: i64 = 2048;
 const BN_EPS: f64 = 1e-5;
-/// (blocks, bottleneck width, first stride) of layer1..layer4.
-const STAGES: [(usize, i64, i64); 4] = [(3, 64, 1), (4, 128, 2), (6, 256, 2), (3, 512, 2)];
-const EXPANSION: i64 = 4;
+/// Planes of layer1..layer4 (torchvision's `_make_layer(block, 64 * 2^i, ...)`).
+const PLANES: [i64; 4] = [64, 128, 256, 512];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockKind {
+    /// Two 3x3 convolutions (resnet18, resnet34).
+    Basic,
+    /// 1x1, 3x3 (strided, grouped), 1x1 with 4x expansion (resnet50 and larger).
+    Bottleneck,
+}
+
+impl BlockKind {
+    fn expansion(self) -> i64 {
+        match self {
+            BlockKind::Basic => 1,
+            BlockKind::Bottleneck => 4,
+        }
+    }
+}
+
+/// What a ResNet is made of: everything torchvision's `ResNet(block, layers, num_classes,
+/// groups, width_per_group)` takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Architecture {
+    pub block: BlockKind,
+    /// Blocks in layer1..layer4.
+    pub blocks: [usize; 4],
+    pub groups: i64,
+    pub width_per_group: i64,
+    pub num_classes: usize,
+}
+
+/// torchvision's constructors: (name, block, blocks per stage, groups, width per group).
+const KNOWN: [(&str, BlockKind, [usize; 4], i64, i64); 10] = [
+    ("resnet18", BlockKind::Basic, [2, 2, 2, 2], 1, 64),
+    ("resnet34", BlockKind::Basic, [3, 4, 6, 3], 1, 64),
+    ("resnet50", BlockKind::Bottleneck, [3, 4, 6, 3], 1, 64),
+    ("resnet101", BlockKind::Bottleneck, [3, 4, 23, 3], 1, 64),
+    ("resnet152", BlockKind::Bottleneck, [3, 8, 36, 3], 1, 64),
+    (
+        "wide_resnet50_2",
+        BlockKind::Bottleneck,
+        [3, 4, 6, 3],
+        1,
+        128,
+    ),
+    (
+        "wide_resnet101_2",
+        BlockKind::Bottleneck,
+        [3, 4, 23, 3],
+        1,
+        128,
+    ),
+    (
+        "resnext50_32x4d",
+        BlockKind::Bottleneck,
+        [3, 4, 6, 3],
+        32,
+        4,
+    ),
+    (
+        "resnext101_32x8d",
+        BlockKind::Bottleneck,
+        [3, 4, 23, 3],
+        32,
+        8,
+    ),
+    (
+        "resnext101_64x4d",
+        BlockKind::Bottleneck,
+        [3, 4, 23, 3],
+        64,
+        4,
+    ),
+];
+
+/// The names of torchvision's ResNet-family constructors this crate reads.
+pub fn known_architectures() -> impl Iterator<Item = &'static str> {
+    KNOWN.iter().map(|k| k.0)
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ModelError {
+    #[error("no tensor `{0}`: is it a torchvision ResNet-family state dict?")]
+    MissingTensor(String),
+    #[error("tensor `{name}` has shape {found:?}, this {architecture} needs {expected:?}")]
+    WrongShape {
+        name: String,
+        architecture: String,
+        expected: Vec<i64>,
+        found: Vec<i64>,
+    },
+    #[error(
+        "{count} tensor(s) that a {architecture} does not have, e.g. `{name}`: is it another \
+         architecture?"
+    )]
+    UnexpectedTensor {
+        name: String,
+        architecture: String,
+        count: usize,
+    },
+    #[error("the weights are a {found}, but the `architecture` setting says {expected}")]
+    ArchitectureMismatch { expected: String, found: String },
+    #[error(
+        "unknown architecture `{0}`: the ResNet family names are resnet18, resnet34, resnet50, \
+         resnet101, resnet152, wide_resnet50_2, wide_resnet101_2, resnext50_32x4d, \
+         resnext101_32x8d, resnext101_64x4d"
+    )]
+    UnknownArchitecture(String),
+}
+
+impl Architecture {
+    /// torchvision's architecture of that name, with `num_classes` outputs.
+    pub fn named(name: &str, num_classes: usize) -> Result<Self, ModelError> {
+        KNOWN
+            .iter()
+            .find(|k| k.0 == name)
+            .map(
+                |&(_, block, blocks, groups, width_per_group)| Architecture {
+                    block,
+                    blocks,
+                    groups,
+                    width_per_group,
+                    num_classes,
+                },
+            )
+            .ok_or_else(|| ModelError::UnknownArchitecture(name.to_string()))
+    }
+
+    /// torchvision's name for it (`resnext50_32x4d`), or a description of an unusual one.
+    pub fn name(&self) -> String {
+        let known = KNOWN.iter().find(|&&(_, block, blocks, groups, width)| {
+            (block, blocks, groups, width)
+                == (self.block, self.blocks, self.groups, self.width_per_group)
+        });
+        match known {
+            Some(k) => k.0.to_string(),
+            None => {
+                let [a, b, c, d] = self.blocks;
+                let kind = match self.block {
+                    BlockKind::Basic => "basic",
+                    BlockKind::Bottleneck => "bottleneck",
+                };
+                format!(
+                    "resnet-{kind}-{a}-{b}-{c}-{d}-{}x{}d",
+                    self.groups, self.width_per_group
+                )
+            }
+        }
+    }
+
+    /// Reads the architecture off a state dict's tensor names and shapes. Only what
+    /// decides the architecture is looked at here; [`ResNet::from_tensors`] then checks
+    /// every tensor against it.
+    pub fn infer(shapes: &HashMap<String, Vec<i64>>) -> Result<Self, ModelError> {
+        let shape = |name: &str| {
+            shapes
+                .get(name)
+                .ok_or_else(|| ModelError::MissingTensor(name.to_string()))
+        };
+        let fc = shape("fc.weight")?;
+        let block = if shapes.contains_key("layer1.0.conv3.weight") {
+            BlockKind::Bottleneck
+        } else {
+            BlockKind::Basic
+        };
+        let mut blocks = [0; 4];
+        for (stage, count) in blocks.iter_mut().enumerate() {
+            while shapes.contains_key(&format!("layer{}.{}.conv1.weight", stage + 1, *count)) {
+                *count += 1;
+            }
+            if *count == 0 {
+                return Err(ModelError::MissingTensor(format!(
+                    "layer{}.0.conv1.weight",
+                    stage + 1
+                )));
+            }
+        }
+        // The first 3x3 convolution is [width, width / groups, 3, 3], width being
+        // planes * width_per_group / 64 * groups (torchvision's Bottleneck).
+        let conv2 = shape("layer1.0.conv2.weight")?;
+        let (groups, width_per_group) = match (block, conv2.as_slice()) {
+            (BlockKind::Bottleneck, &[width, per_group, _, _]) if per_group > 0 => {
+                let groups = (width / per_group).max(1);
+                (groups, width / groups * 64 / PLANES[0])
+            }
+            _ => (1, 64),
+        };
+        let architecture = Architecture {
+            block,
+            blocks,
+            groups,
+            width_per_group,
+            num_classes: fc.first().copied().unwrap_or(0).max(0) as usize,
+        };
+        if architecture.num_classes == 0 {
+            return Err(ModelError::WrongShape {
+                name: "fc.weight".into(),
+                architecture: architecture.name(),
+                expected: vec![1, architecture.feature_channels()],
+                found: fc.clone(),
+            });
+        }
+        Ok(architecture)
+    }
+
+    /// Channels out of a block of `stage` (0-based).
+    fn channels(&self, stage: usize) -> i64 {
+        PLANES[stage] * self.block.expansion()
+    }
+
+    /// Channels of layer4's output, the classifier's input.
+    pub fn feature_channels(&self) -> i64 {
+        self.channels(3)
+    }
+
+    /// Every tensor name and shape a torchvision state dict of this architecture holds
+    /// (without the `num_batches_tracked` counters, which inference does not use).
+    pub fn expected_tensors(&self) -> Vec<(String, Vec<i64>)> {
+        let mut out = Vec::new();
+        let mut conv_bn = |conv: &str, bn: &str, c_out: i64, c_in: i64, k: i64| {
+            out.push((format!("{conv}.weight"), vec![c_out, c_in, k, k]));
+            for p in ["weight", "bias", "running_mean", "running_var"] {
+                out.push((format!("{bn}.{p}"), vec![c_out]));
+            }
+        };
+        conv_bn("conv1", "bn1", 64, 3, 7);
+        let mut c_in = 64;
+        for (stage, &blocks) in self.blocks.iter().enumerate() {
+            let planes = PLANES[stage];
+            let c_out = self.channels(stage);
+            for b in 0..blocks {
+                let p = format!("layer{}.{b}", stage + 1);
+                let conv = |i: usize| (format!("{p}.conv{i}"), format!("{p}.bn{i}"));
+                match self.block {
+                    BlockKind::Basic => {
+                        let (c, n) = conv(1);
+                        conv_bn(&c, &n, planes, c_in, 3);
+                        let (c, n) = conv(2);
+                        conv_bn(&c, &n, planes, planes, 3);
+                    }
+                    BlockKind::Bottleneck => {
+                        let width = planes * self.width_per_group / 64 * self.groups;
+                        let (c, n) = conv(1);
+                        conv_bn(&c, &n, width, c_in, 1);
+                        let (c, n) = conv(2);
+                        conv_bn(&c, &n, width, width / self.groups, 3);
+                        let (c, n) = conv(3);
+                        conv_bn(&c, &n, c_out, width, 1);
+                    }
+                }
+                if b == 0 && (stage > 0 || c_in != c_out) {
+                    let (c, n) = (format!("{p}.downsample.0"), format!("{p}.downsample.1"));
+                    conv_bn(&c, &n, c_out, c_in, 1);
+                }
+                c_in = c_out;
+            }
+        }
+        let classes = self.num_classes as i64;
+        out.push(("fc.weight".into(), vec![classes, c_in]));
+        out.push(("fc.bias".into(), vec![classes]));
+        out
+    }
+
+    /// The layers Grad-CAM may target, in network order: `layer1` .. `layer4` (a stage's
+    /// last block, pytorch-grad-cam's `model.layerN[-1]`), then each block `layerN.B`.
+    pub fn layers(&self) -> Vec<Layer> {
+        let stages = (1..=4).map(|stage| Layer { stage, block: None });
+        let blocks = self.blocks.iter().enumerate().flat_map(|(s, &n)| {
+            (0..n).map(move |b| Layer {
+                stage: s + 1,
+                block: Some(b),
+            })
+        });
+        stages.chain(blocks).collect()
+    }
+
+    /// Where `layer`'s output comes from, as an index into the blocks in network order;
+    /// None when this architecture has no such block.
+    pub fn block_index(&self, layer: Layer) -> Option<usize> {
+        let count = *self.blocks.get(layer.stage.checked_sub(1)?)?;
+        let block = layer.block.unwrap_or(count - 1);
+        (block < count).then(|| self.blocks[..layer.stage - 1].iter().sum::<usize>() + block)
+    }
+}
+
+/// A target layer: a stage's last block (`layer3`) or one block (`layer3.1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Layer {
+    /// 1..=4
+    pub stage: usize,
+    pub block: Option<usize>,
+}
+
+impl Layer {
+    pub const LAST: Layer = Layer {
+        stage: 4,
+        block: None,
+    };
+}
+
+impl fmt::Display for Layer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.block {
+            None => write!(f, "layer{}", self.stage),
+            Some(b) => write!(f, "layer{}.{b}", self.stage),
+        }
+    }
+}
+
+impl FromStr for Layer {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}` is not a layer name (layer1 .. layer4, or a block: layer3.1)");
+        let rest = s.trim().strip_prefix("layer").ok_or_else(bad)?;
+        let (stage, block) = match rest.split_once('.') {
+            Some((stage, block)) => (stage, Some(block)),
+            None => (rest, None),
+        };
+        let digits =
+            |t: &str| !t.is_empty() && t.len() <= 3 && t.bytes().all(|b| b.is_ascii_digit());
+        if !digits(stage) || !block.is_none_or(digits) {
+            return Err(bad());
+        }
+        let stage: usize = stage.parse().map_err(|_| bad())?;
+        if !(1..=4).contains(&stage) {
+            return Err(bad());
+        }
+        let block = block.map(|b| b.parse().map_err(|_| bad())).transpose()?;
+        Ok(Layer { stage, block })
+    }
+}
+
+impl serde::Serialize for Layer {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Layer {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
 
 /// A convolution followed by eval-mode batch norm, or one convolution with a bias once the
 /// batch norm has been folded into it.
@@ -27,10 +369,15 @@ struct ConvBn {
     /// A plain tensor, or after `use_onednn_weights` a oneDNN (mkldnn) tensor already in the
     /// blocked layout its kernels use.
     weight: Tensor,
+    /// The plain weight again, made from the oneDNN one the first time a gradient has to
+    /// flow through this convolution (a target layer before it): autograd runs on plain
+    /// tensors only. Layer4 explanations never need it, so it costs no memory for them.
+    plain_weight: OnceCell<Tensor>,
     bias: Option<Tensor>,
     bn: Option<BatchNorm>,
     stride: i64,
     padding: i64,
+    groups: i64,
 }
 
 struct BatchNorm {
@@ -41,25 +388,41 @@ struct BatchNorm {
 }
 
 impl ConvBn {
+    /// Without autograd: oneDNN tensors in and out when the weights are oneDNN's.
     fn forward(&self, x: &Tensor) -> Tensor {
         if self.weight.is_mkldnn() {
-            // Input and output stay oneDNN tensors (see `ResNet50::trunk`).
+            // Input and output stay oneDNN tensors (see `ResNet::features`).
             return x.mkldnn_convolution(
                 &self.weight,
                 self.bias.as_ref(),
                 [self.padding, self.padding],
                 [self.stride, self.stride],
                 [1, 1],
-                1,
+                self.groups,
             );
         }
+        self.forward_plain(x, &self.weight)
+    }
+
+    /// On plain tensors, differentiable with respect to `x`.
+    fn forward_with_grad(&self, x: &Tensor) -> Tensor {
+        if self.weight.is_mkldnn() {
+            let weight = self
+                .plain_weight
+                .get_or_init(|| tch::no_grad(|| self.weight.to_dense(None, false)));
+            return self.forward_plain(x, weight);
+        }
+        self.forward_plain(x, &self.weight)
+    }
+
+    fn forward_plain(&self, x: &Tensor, weight: &Tensor) -> Tensor {
         let y = x.conv2d(
-            &self.weight,
+            weight,
             self.bias.as_ref(),
             [self.stride, self.stride],
             [self.padding, self.padding],
             [1, 1],
-            1,
+            self.groups,
         );
         match &self.bn {
             None => y,
@@ -95,7 +458,7 @@ impl ConvBn {
                 [self.padding, self.padding],
                 [self.stride, self.stride],
                 [1, 1],
-                1,
+                self.groups,
                 Some(input.as_slice()),
             )
     }
@@ -106,25 +469,31 @@ impl ConvBn {
         let out = |n: i64| (n + 2 * self.padding - kernel) / self.stride + 1;
         (out(h), out(w))
     }
+
+    fn out_channels(&self) -> i64 {
+        self.weight.size()[0]
+    }
 }
 
-struct Bottleneck {
-    conv1: ConvBn,
-    conv2: ConvBn,
-    conv3: ConvBn,
+/// A residual block: its convolutions in order (two for a basic block, three for a
+/// bottleneck), a ReLU after each but the last, the shortcut added, a final ReLU.
+struct Block {
+    convs: Vec<ConvBn>,
     downsample: Option<ConvBn>,
 }
 
-impl Bottleneck {
-    /// In place where torchvision is (`relu(inplace=True)`, `out += identity`): each
-    /// block then allocates three tensors fewer. The trunk runs without autograd, so
-    /// nothing needs the overwritten values.
+impl Block {
+    /// Without autograd, in place where torchvision is (`relu(inplace=True)`, `out +=
+    /// identity`): each block then allocates three tensors fewer.
     fn forward(&self, x: &Tensor) -> Tensor {
-        let mut y = self.conv1.forward(x);
-        let _ = y.relu_();
-        let mut y = self.conv2.forward(&y);
-        let _ = y.relu_();
-        let mut y = self.conv3.forward(&y);
+        let mut y = x.shallow_clone();
+        let last = self.convs.len() - 1;
+        for (i, conv) in self.convs.iter().enumerate() {
+            y = conv.forward(&y);
+            if i < last {
+                let _ = y.relu_();
+            }
+        }
         match &self.downsample {
             Some(d) => y += d.forward(x),
             None => y += x,
@@ -133,104 +502,93 @@ impl Bottleneck {
         y
     }
 
+    /// The same, out of place on plain tensors, so that autograd can go back through it.
+    fn forward_with_grad(&self, x: &Tensor) -> Tensor {
+        let mut y = x.shallow_clone();
+        let last = self.convs.len() - 1;
+        for (i, conv) in self.convs.iter().enumerate() {
+            y = conv.forward_with_grad(&y);
+            if i < last {
+                y = y.relu();
+            }
+        }
+        let shortcut = match &self.downsample {
+            Some(d) => d.forward_with_grad(x),
+            None => x.shallow_clone(),
+        };
+        (y + shortcut).relu()
+    }
+
     fn convs_mut(&mut self) -> impl Iterator<Item = &mut ConvBn> {
-        [&mut self.conv1, &mut self.conv2, &mut self.conv3]
-            .into_iter()
-            .chain(self.downsample.as_mut())
+        self.convs.iter_mut().chain(self.downsample.as_mut())
     }
 }
 
-pub struct ResNet50 {
+pub struct ResNet {
+    architecture: Architecture,
     stem: ConvBn,
-    layers: Vec<Vec<Bottleneck>>,
+    /// layer1.0 .. layer4.N, in network order.
+    blocks: Vec<Block>,
     fc_weight: Tensor,
     fc_bias: Tensor,
 }
 
-/// Every tensor name and shape a torchvision ResNet-50 state dict holds (without the
-/// `num_batches_tracked` counters, which inference does not use).
-pub fn expected_tensors() -> Vec<(String, Vec<i64>)> {
-    let mut out = Vec::new();
-    let mut conv_bn = |conv: &str, bn: &str, c_out: i64, c_in: i64, k: i64| {
-        out.push((format!("{conv}.weight"), vec![c_out, c_in, k, k]));
-        for p in ["weight", "bias", "running_mean", "running_var"] {
-            out.push((format!("{bn}.{p}"), vec![c_out]));
-        }
-    };
-    conv_bn("conv1", "bn1", 64, 3, 7);
-    let mut c_in = 64;
-    for (stage, &(blocks, width, _)) in STAGES.iter().enumerate() {
-        for b in 0..blocks {
-            let p = format!("layer{}.{b}", stage + 1);
-            conv_bn(&format!("{p}.conv1"), &format!("{p}.bn1"), width, c_in, 1);
-            conv_bn(&format!("{p}.conv2"), &format!("{p}.bn2"), width, width, 3);
-            conv_bn(
-                &format!("{p}.conv3"),
-                &format!("{p}.bn3"),
-                width * EXPANSION,
-                width,
-                1,
-            );
-            if b == 0 {
-                let (c, n) = (format!("{p}.downsample.0"), format!("{p}.downsample.1"));
-                conv_bn(&c, &n, width * EXPANSION, c_in, 1);
-            }
-            c_in = width * EXPANSION;
-        }
-    }
-    out.push((
-        "fc.weight".into(),
-        vec![NUM_CLASSES as i64, FEATURE_CHANNELS],
-    ));
-    out.push(("fc.bias".into(), vec![NUM_CLASSES as i64]));
-    out
-}
-
-impl ResNet50 {
-    /// Builds the network from named tensors, checking that every expected tensor is there
-    /// with the right shape and that nothing foreign is (another architecture's file).
+impl ResNet {
+    /// Builds the network from named tensors: the architecture is read from them, must
+    /// equal `expected` when given, and then every tensor it needs must be there with its
+    /// shape, and nothing else (another architecture's file).
     pub fn from_tensors(
-        source: &Path,
         tensors: Vec<(String, Tensor)>,
-    ) -> Result<Self, WeightsError> {
+        expected: Option<&str>,
+    ) -> Result<Self, ModelError> {
         let mut map: HashMap<String, Tensor> = tensors
             .into_iter()
             .filter(|(name, _)| !name.ends_with("num_batches_tracked"))
             .collect();
+        let shapes = map.iter().map(|(n, t)| (n.clone(), t.size())).collect();
+        let architecture = Architecture::infer(&shapes)?;
+        let name = architecture.name();
+        if let Some(expected) = expected {
+            Architecture::named(expected, architecture.num_classes)?;
+            if expected != name {
+                return Err(ModelError::ArchitectureMismatch {
+                    expected: expected.to_string(),
+                    found: name,
+                });
+            }
+        }
         let mut checked = HashMap::new();
-        for (name, shape) in expected_tensors() {
+        for (tensor, shape) in architecture.expected_tensors() {
             let t = map
-                .remove(&name)
-                .ok_or_else(|| WeightsError::MissingTensor {
-                    path: source.to_path_buf(),
-                    name: name.clone(),
-                })?;
+                .remove(&tensor)
+                .ok_or_else(|| ModelError::MissingTensor(tensor.clone()))?;
             if t.size() != shape {
-                return Err(WeightsError::WrongShape {
-                    path: source.to_path_buf(),
-                    name,
+                return Err(ModelError::WrongShape {
+                    name: tensor,
+                    architecture: name,
                     expected: shape,
                     found: t.size(),
                 });
             }
             // Half-precision files are fine; the network runs in f32.
             let t = t.to_kind(Kind::Float).set_requires_grad(false);
-            checked.insert(name, t);
+            checked.insert(tensor, t);
         }
         if let Some(extra) = map.keys().min() {
-            return Err(WeightsError::UnexpectedTensor {
-                path: source.to_path_buf(),
+            return Err(ModelError::UnexpectedTensor {
                 name: extra.clone(),
+                architecture: name,
                 count: map.len(),
             });
         }
-        Ok(Self::assemble(&mut checked))
+        Ok(Self::assemble(architecture, &mut checked))
     }
 
-    fn assemble(t: &mut HashMap<String, Tensor>) -> Self {
+    fn assemble(architecture: Architecture, t: &mut HashMap<String, Tensor>) -> Self {
         let mut take = |name: String| t.remove(&name).expect("checked by from_tensors");
-        let mut conv_bn = |conv: &str, bn: &str, stride: i64, padding: i64| ConvBn {
+        let mut conv_bn = |conv: &str, bn: &str, stride: i64, padding: i64, groups: i64| ConvBn {
             weight: take(format!("{conv}.weight")),
+            plain_weight: OnceCell::new(),
             bias: None,
             bn: Some(BatchNorm {
                 weight: take(format!("{bn}.weight")),
@@ -240,49 +598,68 @@ impl ResNet50 {
             }),
             stride,
             padding,
+            groups,
         };
-        let stem = conv_bn("conv1", "bn1", 2, 3);
-        let mut layers = Vec::new();
-        for (stage, &(blocks, _, first_stride)) in STAGES.iter().enumerate() {
-            let mut layer = Vec::new();
-            for b in 0..blocks {
+        let stem = conv_bn("conv1", "bn1", 2, 3, 1);
+        let mut blocks = Vec::new();
+        let mut c_in = 64;
+        for (stage, &count) in architecture.blocks.iter().enumerate() {
+            let c_out = architecture.channels(stage);
+            for b in 0..count {
                 let p = format!("layer{}.{b}", stage + 1);
-                // torchvision's ResNet v1.5: the stride sits on the 3x3 convolution.
-                let stride = if b == 0 { first_stride } else { 1 };
-                layer.push(Bottleneck {
-                    conv1: conv_bn(&format!("{p}.conv1"), &format!("{p}.bn1"), 1, 0),
-                    conv2: conv_bn(&format!("{p}.conv2"), &format!("{p}.bn2"), stride, 1),
-                    conv3: conv_bn(&format!("{p}.conv3"), &format!("{p}.bn3"), 1, 0),
-                    downsample: (b == 0).then(|| {
-                        let (c, n) = (format!("{p}.downsample.0"), format!("{p}.downsample.1"));
-                        conv_bn(&c, &n, stride, 0)
-                    }),
+                let stride = if b == 0 && stage > 0 { 2 } else { 1 };
+                let mut conv = |i: usize, stride: i64, padding: i64, groups: i64| {
+                    conv_bn(
+                        &format!("{p}.conv{i}"),
+                        &format!("{p}.bn{i}"),
+                        stride,
+                        padding,
+                        groups,
+                    )
+                };
+                // torchvision's ResNet v1.5: a bottleneck's stride sits on its 3x3.
+                let convs = match architecture.block {
+                    BlockKind::Basic => vec![conv(1, stride, 1, 1), conv(2, 1, 1, 1)],
+                    BlockKind::Bottleneck => vec![
+                        conv(1, 1, 0, 1),
+                        conv(2, stride, 1, architecture.groups),
+                        conv(3, 1, 0, 1),
+                    ],
+                };
+                let downsample = (b == 0 && (stage > 0 || c_in != c_out)).then(|| {
+                    let (c, n) = (format!("{p}.downsample.0"), format!("{p}.downsample.1"));
+                    conv_bn(&c, &n, stride, 0, 1)
                 });
+                blocks.push(Block { convs, downsample });
+                c_in = c_out;
             }
-            layers.push(layer);
         }
         let fc_weight = take("fc.weight".into());
         let fc_bias = take("fc.bias".into());
-        ResNet50 {
+        ResNet {
+            architecture,
             stem,
-            layers,
+            blocks,
             fc_weight,
             fc_bias,
         }
     }
 
+    pub fn architecture(&self) -> &Architecture {
+        &self.architecture
+    }
+
+    fn convs_mut(&mut self) -> impl Iterator<Item = &mut ConvBn> {
+        std::iter::once(&mut self.stem).chain(self.blocks.iter_mut().flat_map(Block::convs_mut))
+    }
+
     /// Folds every batch norm into its convolution (exact up to float rounding).
     pub fn fold_batch_norm(&mut self) {
-        tch::no_grad(|| {
-            self.stem.fold();
-            for block in self.layers.iter_mut().flatten() {
-                block.convs_mut().for_each(ConvBn::fold);
-            }
-        });
+        tch::no_grad(|| self.convs_mut().for_each(ConvBn::fold));
     }
 
     /// Reorders every (folded) convolution weight once into oneDNN's blocked layout for
-    /// `input_size` images; the trunk then keeps its activations in oneDNN tensors too.
+    /// `input_size` images; the network then keeps its activations in oneDNN tensors too.
     /// Eager libtorch reorders the plain weights on every call; on 2 cores this runs a
     /// single image or a batch of 4 in about 0.9 of the time, with the same results at
     /// batch 1 to the bit. The plain weights are let go, so it costs no memory. Batch norm
@@ -300,56 +677,83 @@ impl ResNet50 {
             reordered.push(self.stem.onednn_weight([1, 3, input_size, input_size])?);
             // After the 3x3, stride 2 max pool.
             let (mut h, mut w) = ((h + 1) / 2, (w + 1) / 2);
-            let mut channels = self.stem.weight.size()[0];
-            for block in self.layers.iter().flatten() {
+            let mut channels = self.stem.out_channels();
+            for block in &self.blocks {
                 let input = [1, channels, h, w];
-                let width = block.conv1.weight.size()[0];
-                reordered.push(block.conv1.onednn_weight(input)?);
-                reordered.push(block.conv2.onednn_weight([1, width, h, w])?);
-                (h, w) = block.conv2.output_size(h, w);
-                reordered.push(block.conv3.onednn_weight([1, width, h, w])?);
+                let (mut ch, mut cw, mut c) = (h, w, channels);
+                for conv in &block.convs {
+                    reordered.push(conv.onednn_weight([1, c, ch, cw])?);
+                    (ch, cw) = conv.output_size(ch, cw);
+                    c = conv.out_channels();
+                }
                 if let Some(d) = &block.downsample {
                     reordered.push(d.onednn_weight(input)?);
                 }
-                channels = block.conv3.weight.size()[0];
+                (h, w, channels) = (ch, cw, c);
             }
             Ok(())
         })?;
-        let convs = std::iter::once(&mut self.stem).chain(
-            self.layers
-                .iter_mut()
-                .flatten()
-                .flat_map(Bottleneck::convs_mut),
-        );
-        for (conv, weight) in convs.zip(reordered) {
+        for (conv, weight) in self.convs_mut().zip(reordered) {
             conv.weight = weight;
         }
         Ok(())
     }
 
-    /// conv1 .. layer4: [N, 3, H, W] normalised images to the layer4 activation
-    /// [N, 2048, H/32, W/32] (after the last block's ReLU), contiguous.
-    pub fn trunk(&self, x: &Tensor) -> Tensor {
-        let onednn = self.stem.weight.is_mkldnn();
-        let x = if onednn {
-            x.g_to_mkldnn(None)
-        } else {
-            x.shallow_clone()
-        };
-        let mut x = self.stem.forward(&x);
-        let _ = x.relu_();
-        let mut x = x.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
-        for block in self.layers.iter().flatten() {
-            x = block.forward(&x);
-        }
-        if onednn {
-            x.to_dense(None, false)
-        } else {
-            x.contiguous()
-        }
+    /// conv1 up to and including block `last` (an index into the blocks in network order),
+    /// without autograd: [N, 3, H, W] normalised images to that block's output, plain and
+    /// contiguous.
+    pub fn features(&self, x: &Tensor, last: usize) -> Tensor {
+        tch::no_grad(|| {
+            let onednn = self.stem.weight.is_mkldnn();
+            let x = if onednn {
+                x.g_to_mkldnn(None)
+            } else {
+                x.shallow_clone()
+            };
+            let mut x = self.stem.forward(&x);
+            let _ = x.relu_();
+            let mut x = x.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+            for block in &self.blocks[..=last] {
+                x = block.forward(&x);
+            }
+            if onednn {
+                x.to_dense(None, false)
+            } else {
+                x.contiguous()
+            }
+        })
     }
 
-    /// Global average pool and the classifier: layer4 activation to raw logits [N, 1000].
+    /// conv1 .. layer4: the last block's output [N, C, H/32, W/32].
+    pub fn trunk(&self, x: &Tensor) -> Tensor {
+        self.features(x, self.blocks.len() - 1)
+    }
+
+    /// Blocks `first..` on plain tensors with autograd: the output of the last block, and
+    /// the output of each block in `keep` (indices, in any order) as it was computed.
+    pub fn blocks_with_grad(
+        &self,
+        x: &Tensor,
+        first: usize,
+        keep: &[usize],
+    ) -> (Tensor, HashMap<usize, Tensor>) {
+        let mut kept = HashMap::new();
+        let mut x = x.shallow_clone();
+        for (i, block) in self.blocks.iter().enumerate().skip(first) {
+            x = block.forward_with_grad(&x);
+            if keep.contains(&i) {
+                kept.insert(i, x.shallow_clone());
+            }
+        }
+        (x, kept)
+    }
+
+    /// Number of blocks, layer1.0 .. layer4.N.
+    pub fn block_count(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Global average pool and the classifier: layer4 activation to raw logits.
     pub fn head(&self, activation: &Tensor) -> Tensor {
         // adaptive_avg_pool2d as torchvision's head has it (not a mean): the same sums, so
         // the same logits and gradients to the bit.
@@ -359,18 +763,19 @@ impl ResNet50 {
             .linear(&self.fc_weight, Some(&self.fc_bias))
     }
 
-    /// The classifier's weight row for each class: [1000, 2048].
+    /// The classifier's weight row for each class: [classes, channels].
     pub fn fc_weight(&self) -> &Tensor {
         &self.fc_weight
     }
 }
 
-/// Seeded random weights in torchvision's layout, for running without real weights (demo
-/// mode) and for tests. Batch-norm statistics are randomised too, so that code which
-/// ignored them would be caught. Drawn from a generator of our own rather than libtorch's
-/// global one, which any thread may reseed at any moment.
-pub fn random_tensors(seed: u64) -> Vec<(String, Tensor)> {
-    expected_tensors()
+/// Seeded random weights of `architecture` in torchvision's layout, for running without
+/// real weights (demo mode) and for tests. Batch-norm statistics are randomised too, so
+/// that code which ignored them would be caught. Drawn from a generator of our own rather
+/// than libtorch's global one, which any thread may reseed at any moment.
+pub fn random_tensors(architecture: &Architecture, seed: u64) -> Vec<(String, Tensor)> {
+    architecture
+        .expected_tensors()
         .into_iter()
         .enumerate()
         .map(|(i, (name, shape))| {
@@ -429,4 +834,74 @@ pub fn seeded_normal(shape: &[i64], seed: u64, std: f64) -> Tensor {
         })
         .collect();
     Tensor::from_slice(&values).view(shape)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shapes_of(a: &Architecture) -> HashMap<String, Vec<i64>> {
+        a.expected_tensors().into_iter().collect()
+    }
+
+    #[test]
+    fn every_known_architecture_is_read_back_from_its_own_tensors() {
+        for name in known_architectures() {
+            let a = Architecture::named(name, 17).unwrap();
+            let back = Architecture::infer(&shapes_of(&a)).unwrap();
+            assert_eq!(back, a, "{name}");
+            assert_eq!(back.name(), name);
+        }
+    }
+
+    #[test]
+    fn tensor_counts_match_torchvision() {
+        // len(state_dict()) minus the num_batches_tracked counters, from torchvision.
+        let count = |n: &str| {
+            Architecture::named(n, 1000)
+                .unwrap()
+                .expected_tensors()
+                .len()
+        };
+        assert_eq!(count("resnet18"), 122 - 20);
+        assert_eq!(count("resnet50"), 320 - 53);
+        assert_eq!(count("resnext50_32x4d"), 320 - 53);
+    }
+
+    #[test]
+    fn layer_names_parse_print_and_resolve() {
+        let a = Architecture::named("resnet50", 1000).unwrap();
+        for (text, index) in [
+            ("layer1", 2),
+            ("layer2", 6),
+            ("layer3", 12),
+            ("layer4", 15),
+            ("layer3.1", 8),
+            ("layer1.0", 0),
+        ] {
+            let layer: Layer = text.parse().unwrap();
+            assert_eq!(layer.to_string(), text);
+            assert_eq!(a.block_index(layer), Some(index), "{text}");
+        }
+        assert_eq!(a.block_index("layer4.3".parse().unwrap()), None);
+        for bad in [
+            "layer5", "layer0", "layer", "layer3.", "conv1", "layer3.x", "layer+3",
+        ] {
+            assert!(bad.parse::<Layer>().is_err(), "{bad}");
+        }
+        let names: Vec<String> = a.layers().iter().map(Layer::to_string).collect();
+        assert_eq!(names.len(), 4 + 16);
+        assert_eq!(
+            names[..5],
+            ["layer1", "layer2", "layer3", "layer4", "layer1.0"]
+        );
+    }
+
+    #[test]
+    fn an_unusual_shape_gets_a_descriptive_name() {
+        let mut a = Architecture::named("resnet50", 3).unwrap();
+        a.blocks = [1, 1, 1, 1];
+        let back = Architecture::infer(&shapes_of(&a)).unwrap();
+        assert_eq!(back.name(), "resnet-bottleneck-1-1-1-1-1x64d");
+    }
 }

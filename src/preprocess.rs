@@ -11,6 +11,26 @@ use serde::Deserialize;
 pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const STD: [f32; 3] = [0.229, 0.224, 0.225];
 
+/// The model's input: a square of `size` pixels, each channel scaled to 0..1, then
+/// `(v - mean) / std` (torchvision's `ToTensor` + `Normalize`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InputSpec {
+    pub size: u32,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl InputSpec {
+    /// ImageNet's normalisation at `size`.
+    pub fn imagenet(size: u32) -> Self {
+        InputSpec {
+            size,
+            mean: MEAN,
+            std: STD,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum DecodeError {
     #[error("the upload is empty")]
@@ -151,7 +171,8 @@ pub struct ModelInput {
 /// Longest aspect ratio `ResizeMode::Crop` resizes whole (see `prepare`).
 const MAX_CROP_ASPECT: u64 = 16;
 
-pub fn prepare(image: &RgbImage, size: u32, mode: ResizeMode) -> ModelInput {
+pub fn prepare(image: &RgbImage, spec: &InputSpec, mode: ResizeMode) -> ModelInput {
+    let size = spec.size;
     let (w, h) = image.dimensions();
     let whole = Region {
         x: 0,
@@ -161,12 +182,12 @@ pub fn prepare(image: &RgbImage, size: u32, mode: ResizeMode) -> ModelInput {
     };
     match mode {
         ResizeMode::Stretch if (w, h) == (size, size) => ModelInput {
-            chw: normalise(image.as_raw(), size),
+            chw: normalise(image.as_raw(), spec),
             size,
             region: whole,
         },
         ResizeMode::Stretch => ModelInput {
-            chw: normalise(&resize(image, size, size), size),
+            chw: normalise(&resize(image, size, size), spec),
             size,
             region: whole,
         },
@@ -185,7 +206,7 @@ pub fn prepare(image: &RgbImage, size: u32, mode: ResizeMode) -> ModelInput {
             };
             let (x, y) = ((w - cw) / 2, (h - ch) / 2);
             let centre = image::imageops::crop_imm(image, x, y, cw, ch).to_image();
-            let mut input = prepare(&centre, size, mode);
+            let mut input = prepare(&centre, spec, mode);
             input.region.x += x;
             input.region.y += y;
             input
@@ -215,7 +236,7 @@ pub fn prepare(image: &RgbImage, size: u32, mode: ResizeMode) -> ModelInput {
                 height: ((size as f64 * sy).round() as u32).clamp(1, h),
             };
             ModelInput {
-                chw: normalise(&cropped, size),
+                chw: normalise(&cropped, spec),
                 size,
                 region,
             }
@@ -251,16 +272,17 @@ fn resize_raw(rgb: &[u8], w: u32, h: u32, width: u32, height: u32) -> Vec<u8> {
     dst.into_vec()
 }
 
-/// Interleaved RGB bytes (size x size) to planar, ImageNet-normalised floats.
+/// Interleaved RGB bytes (size x size) to planar, normalised floats.
 ///
 /// Each byte maps through a table made with the very float operations torchvision's
 /// `ToTensor` + `Normalize` do (`(v / 255 - mean) / std` in f32), so inputs agree with the
 /// reference to the bit; a fused `v * a - b` differs in the last bit and moves the map.
-fn normalise(rgb: &[u8], size: u32) -> Vec<f32> {
-    let plane = (size * size) as usize;
+fn normalise(rgb: &[u8], spec: &InputSpec) -> Vec<f32> {
+    let plane = (spec.size * spec.size) as usize;
     debug_assert_eq!(rgb.len(), plane * 3);
+    let (mean, std) = (spec.mean, spec.std);
     let table: [[f32; 256]; 3] =
-        std::array::from_fn(|c| std::array::from_fn(|v| (v as f32 / 255.0 - MEAN[c]) / STD[c]));
+        std::array::from_fn(|c| std::array::from_fn(|v| (v as f32 / 255.0 - mean[c]) / std[c]));
     let mut out = vec![0f32; plane * 3];
     for (c, lut) in table.iter().enumerate() {
         let dst = &mut out[c * plane..(c + 1) * plane];
@@ -278,7 +300,7 @@ mod tests {
     #[test]
     fn normalise_matches_torchvision_formula() {
         let rgb = [0u8, 128, 255];
-        let out = normalise(&rgb, 1);
+        let out = normalise(&rgb, &InputSpec::imagenet(1));
         for c in 0..3 {
             let want = (rgb[c] as f32 / 255.0 - MEAN[c]) / STD[c];
             assert_eq!(out[c], want, "channel {c}");
@@ -288,15 +310,18 @@ mod tests {
     #[test]
     fn input_size_image_is_not_resampled() {
         let img = RgbImage::from_fn(224, 224, |x, y| image::Rgb([x as u8, y as u8, 7]));
-        let input = prepare(&img, 224, ResizeMode::Stretch);
-        assert_eq!(input.chw, normalise(img.as_raw(), 224));
+        let input = prepare(&img, &InputSpec::imagenet(224), ResizeMode::Stretch);
+        assert_eq!(
+            input.chw,
+            normalise(img.as_raw(), &InputSpec::imagenet(224))
+        );
         assert_eq!(input.region.width, 224);
     }
 
     #[test]
     fn stretch_covers_the_whole_image() {
         let img = RgbImage::from_pixel(640, 480, image::Rgb([200, 10, 10]));
-        let input = prepare(&img, 224, ResizeMode::Stretch);
+        let input = prepare(&img, &InputSpec::imagenet(224), ResizeMode::Stretch);
         assert_eq!(input.chw.len(), 3 * 224 * 224);
         assert_eq!(
             input.region,
@@ -320,7 +345,7 @@ mod tests {
         // (58, 16) there (58.5 rounds to even), which is (109, 30) in the original, and
         // 224 * 640 / 341 = 420 pixels wide.
         let img = RgbImage::from_fn(640, 480, |x, _| image::Rgb([(x % 256) as u8, 0, 0]));
-        let input = prepare(&img, 224, ResizeMode::Crop);
+        let input = prepare(&img, &InputSpec::imagenet(224), ResizeMode::Crop);
         assert_eq!(
             input.region,
             Region {

@@ -1,45 +1,125 @@
 //! Start-up and shutdown of the HTTP service: logging, the model workers, the listener,
 //! graceful shutdown on SIGINT/SIGTERM.
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::engine::{Engine, Explainer, ModelDescription};
 use crate::http::{self, metrics::Metrics, AppState};
+use crate::options::Defaults;
 use crate::worker::Workers;
+
+/// The service, built and listening, not yet serving: tests build one in process on port
+/// 0 with any explainer, `run` builds one with the real engine.
+pub struct Application {
+    listener: std::net::TcpListener,
+    state: Arc<AppState>,
+}
+
+impl Application {
+    /// Starts the workers (one per explainer, each running the model `model` describes)
+    /// and binds `config.server.bind`.
+    pub fn build(
+        config: Config,
+        explainers: Vec<Box<dyn Explainer>>,
+        model: ModelDescription,
+    ) -> anyhow::Result<Self> {
+        if config.explain.top_k > model.num_classes {
+            anyhow::bail!(
+                "explain.top_k = {} but the model has {} classes",
+                config.explain.top_k,
+                model.num_classes
+            );
+        }
+        let bind = config.server.bind.clone();
+        let listener = std::net::TcpListener::bind(&bind)
+            .with_context(|| format!("cannot listen on {bind}"))?;
+        listener.set_nonblocking(true)?;
+        let workers = Workers::start(explainers, model, &config.server);
+        let state = Arc::new(AppState {
+            defaults: Defaults::from_config(&config),
+            config,
+            workers,
+            metrics: Metrics::default(),
+        });
+        Ok(Self { listener, state })
+    }
+
+    /// Where it listens (the real port when bound to port 0).
+    pub fn address(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener")
+    }
+
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then answers the requests in flight, stops the
+    /// workers after their queued work, and returns.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let listener = TcpListener::from_std(self.listener)?;
+        let app = http::router(self.state.clone());
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        // In-flight requests are answered; let the workers drain and stop, off the async
+        // threads (joining them blocks).
+        let state = self.state;
+        tokio::task::spawn_blocking(move || match Arc::try_unwrap(state) {
+            Ok(state) => state.workers.shutdown(),
+            Err(_) => tracing::warn!("state still shared at exit; workers stop with the process"),
+        })
+        .await?;
+        Ok(())
+    }
+}
 
 pub fn run(config: Config) -> anyhow::Result<()> {
     limit_malloc_arenas();
     init_logging();
     log_effective_config(&config);
-    let workers = Workers::start(&config)?;
-    if workers.info.weights == crate::weights::DEMO_ID {
+    let mut explainers: Vec<Box<dyn Explainer>> = Vec::new();
+    let mut model = None;
+    for _ in 0..config.server.workers {
+        let engine = Engine::load(&config.model, config.explain.layer)?;
+        model.get_or_insert_with(|| engine.description().clone());
+        explainers.push(Box::new(engine));
+    }
+    let model = model.expect("at least one worker");
+    if model.is_demo() {
         tracing::warn!(
             "no weights at {}: serving seeded RANDOM demo weights; predictions are \
              meaningless and every answer says \"weights\": \"demo-random\"",
             config.model.weights.display()
         );
     } else {
-        tracing::info!(sha256 = %workers.info.weights, "weights loaded");
+        tracing::info!(sha256 = %model.weights, architecture = %model.architecture, "weights loaded");
     }
+    if model.labels_source == "generated" {
+        tracing::warn!(
+            "the model has {} classes and no labels file: classes are named `class 0` .. \
+             `class {}`; set model.labels (--labels, GRADCAM_LABELS) to name them",
+            model.num_classes,
+            model.num_classes - 1
+        );
+    }
+    let app = Application::build(config, explainers, model)?;
+    // Tests and scripts read the real port (bind to port 0) from this line.
+    println!("listening on http://{}", app.address());
+    tracing::info!(address = %app.address(), "listening");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("http")
         .build()?;
-    let state = Arc::new(AppState {
-        config,
-        workers,
-        metrics: Metrics::default(),
-    });
-    runtime.block_on(serve(state.clone()))?;
-    // In-flight requests are answered; let the workers drain and stop.
-    drop(runtime);
-    match Arc::try_unwrap(state) {
-        Ok(state) => state.workers.shutdown(),
-        Err(_) => tracing::warn!("state still shared at exit; workers stop with the process"),
-    }
+    runtime.block_on(app.run_until(shutdown_signal()))?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -61,22 +141,6 @@ fn limit_malloc_arenas() {
             mallopt(M_ARENA_MAX, 2);
         }
     }
-}
-
-async fn serve(state: Arc<AppState>) -> anyhow::Result<()> {
-    let bind = state.config.server.bind.clone();
-    let listener = TcpListener::bind(&bind)
-        .await
-        .with_context(|| format!("cannot listen on {bind}"))?;
-    let address = listener.local_addr()?;
-    // Tests and scripts read the real port (bind to port 0) from this line.
-    println!("listening on http://{address}");
-    tracing::info!(%address, "listening");
-    let app = http::router(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
-    Ok(())
 }
 
 async fn shutdown_signal() {

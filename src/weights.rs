@@ -1,5 +1,5 @@
-//! Where the model's weights come from: a safetensors file (checked tensor by tensor),
-//! seeded random demo weights, or a download of the official torchvision weights.
+//! Where the model's weights come from: a safetensors file, seeded random demo weights, or
+//! a download of the official torchvision weights. `model` checks them tensor by tensor.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -7,17 +7,18 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::model::{self, ResNet50};
+use crate::model::{self, Architecture, ModelError, ResNet};
 
 /// Seed of the demo weights: the same demo model on every machine.
 pub const DEMO_SEED: u64 = 20_260_101;
 /// How explanations name demo weights, so nobody mistakes their labels for predictions.
 pub const DEMO_ID: &str = "demo-random";
 
-/// torchvision's ImageNet ResNet-50 (IMAGENET1K_V1) as timm republished it in safetensors
-/// form, with torchvision's tensor names.
-pub const OFFICIAL_WEIGHTS_URL: &str =
-    "https://huggingface.co/timm/resnet50.tv_in1k/resolve/main/model.safetensors";
+/// torchvision's ImageNet weights (IMAGENET1K_V1) of `architecture` as timm republished
+/// them in safetensors form, with torchvision's tensor names.
+pub fn official_weights_url(architecture: &str) -> String {
+    format!("https://huggingface.co/timm/{architecture}.tv_in1k/resolve/main/model.safetensors")
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
@@ -30,43 +31,24 @@ pub enum WeightsError {
         "weights file {path} is a PyTorch pickle checkpoint (.pth), not safetensors; \
          convert it once with: python -c \"import torch, safetensors.torch as st; \
          sd = torch.load('{path}', map_location='cpu'); \
-         st.save_file({{k: v.contiguous() for k, v in sd.items()}}, 'resnet50.safetensors')\""
+         sd = sd.get('state_dict', sd); \
+         st.save_file({{k: v.contiguous() for k, v in sd.items()}}, 'model.safetensors')\""
     )]
     PickleCheckpoint { path: PathBuf },
     #[error("weights file {path} is not a valid safetensors file: {reason}")]
     Malformed { path: PathBuf, reason: String },
-    #[error(
-        "weights file {path} has no tensor `{name}`: is it a torchvision ResNet-50 state dict?"
-    )]
-    MissingTensor { path: PathBuf, name: String },
-    #[error(
-        "weights file {path}: tensor `{name}` has shape {found:?}, a ResNet-50 needs {expected:?}"
-    )]
-    WrongShape {
-        path: PathBuf,
-        name: String,
-        expected: Vec<i64>,
-        found: Vec<i64>,
-    },
-    #[error(
-        "weights file {path} has {count} tensor(s) a ResNet-50 does not, e.g. `{name}`: \
-         is it another architecture?"
-    )]
-    UnexpectedTensor {
-        path: PathBuf,
-        name: String,
-        count: usize,
-    },
+    #[error("weights file {path}: {source}")]
+    Model { path: PathBuf, source: ModelError },
 }
 
-/// A loaded model and how to name its weights in every answer.
-pub struct LoadedModel {
-    pub model: ResNet50,
-    /// The SHA-256 of the weights file, or [`DEMO_ID`].
-    pub weights_id: String,
+/// The named tensors of a weights file, and how to name them in every answer.
+pub struct WeightsFile {
+    pub tensors: Vec<(String, tch::Tensor)>,
+    /// The SHA-256 of the file, or [`DEMO_ID`].
+    pub id: String,
 }
 
-pub fn load_file(path: &Path) -> Result<LoadedModel, WeightsError> {
+pub fn read_file(path: &Path) -> Result<WeightsFile, WeightsError> {
     let io = |source| WeightsError::Io {
         path: path.to_path_buf(),
         source,
@@ -79,23 +61,35 @@ pub fn load_file(path: &Path) -> Result<LoadedModel, WeightsError> {
             path: path.to_path_buf(),
         });
     }
-    let weights_id = sha256_file(path).map_err(io)?;
+    let id = sha256_file(path).map_err(io)?;
     let tensors = tch::Tensor::read_safetensors(path).map_err(|e| WeightsError::Malformed {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    let model = ResNet50::from_tensors(path, tensors)?;
-    Ok(LoadedModel { model, weights_id })
+    Ok(WeightsFile { tensors, id })
 }
 
-pub fn demo() -> LoadedModel {
-    let tensors = model::random_tensors(DEMO_SEED);
-    let model = ResNet50::from_tensors(Path::new("<demo weights>"), tensors)
-        .expect("random_tensors produces every expected tensor");
-    LoadedModel {
-        model,
-        weights_id: DEMO_ID.to_string(),
-    }
+/// A weights file built into the network, `architecture` (when given) checked.
+pub fn load_file(
+    path: &Path,
+    architecture: Option<&str>,
+) -> Result<(ResNet, String), WeightsError> {
+    let file = read_file(path)?;
+    let network =
+        ResNet::from_tensors(file.tensors, architecture).map_err(|source| WeightsError::Model {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok((network, file.id))
+}
+
+/// Seeded random weights of `architecture` (resnet50 when not given), 1000 classes.
+pub fn demo(architecture: Option<&str>) -> Result<WeightsFile, ModelError> {
+    let architecture = Architecture::named(architecture.unwrap_or("resnet50"), 1000)?;
+    Ok(WeightsFile {
+        tensors: model::random_tensors(&architecture, DEMO_SEED),
+        id: DEMO_ID.to_string(),
+    })
 }
 
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
@@ -109,7 +103,12 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
 /// `expected_sha256` when given, else against the digest the Hugging Face hub publishes for
 /// the file (its `X-Linked-Etag` header). Writes to a temporary file first, so a failed or
 /// mismatched download never leaves a file where the config points.
-pub fn fetch(url: &str, dest: &Path, expected_sha256: Option<&str>) -> anyhow::Result<String> {
+pub fn fetch(
+    url: &str,
+    dest: &Path,
+    expected_sha256: Option<&str>,
+    architecture: Option<&str>,
+) -> anyhow::Result<String> {
     use anyhow::{bail, Context};
     let response = ureq::get(url)
         .timeout(std::time::Duration::from_secs(600))
@@ -167,10 +166,11 @@ pub fn fetch(url: &str, dest: &Path, expected_sha256: Option<&str>) -> anyhow::R
         let _ = std::fs::remove_file(&partial);
         bail!("SHA-256 mismatch for {url}: expected {expected}, got {got}; nothing written");
     }
-    // A file that hashes right must also be a ResNet-50 before it replaces anything.
-    if let Err(e) = load_file(&partial) {
+    // A file that hashes right must also be a ResNet of that kind before it replaces
+    // anything.
+    if let Err(e) = load_file(&partial, architecture) {
         let _ = std::fs::remove_file(&partial);
-        bail!("downloaded file is not a usable ResNet-50: {e}");
+        bail!("downloaded file is not a usable network: {e}");
     }
     std::fs::rename(&partial, dest)
         .with_context(|| format!("moving the download to {}", dest.display()))?;

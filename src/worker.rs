@@ -1,5 +1,6 @@
-//! Model workers: dedicated threads that own a copy of the network each, fed by one
-//! channel, behind a semaphore that bounds how many explanations are admitted at once.
+//! Model workers: dedicated threads that own an [`Explainer`] each (a copy of the network,
+//! or a test's stand-in), fed by one channel, behind a semaphore that bounds how many
+//! explanations are admitted at once.
 //!
 //! libtorch work never runs on the async runtime. A request is admitted only while a
 //! permit is free (else the caller answers 503 at once), so the queue cannot grow without
@@ -8,16 +9,15 @@
 //! already queued, up to `max_batch`, into one pass through the network.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::config::Config;
-use crate::engine::{Engine, LoadError};
-use crate::explanation::ModelInfo;
-use crate::gradcam::RawExplanation;
+use crate::config::ServerConfig;
+use crate::engine::{Explainer, ModelDescription};
+use crate::gradcam::{Ask, RawExplanation};
 use crate::preprocess::ModelInput;
 
 /// One explanation's network result and where its time went.
@@ -43,16 +43,22 @@ pub enum WorkerError {
 
 struct Job {
     input: ModelInput,
-    target: Option<usize>,
+    ask: Ask,
     enqueued: Instant,
     reply: oneshot::Sender<Result<JobOutput, WorkerError>>,
 }
 
-/// Counters the metrics endpoint reads.
+/// Counters and gauges the metrics endpoint reads.
 #[derive(Default)]
 pub struct WorkerStats {
+    /// Jobs sent to the workers and not yet taken into a batch.
+    pub waiting: AtomicUsize,
+    /// Jobs in a batch that a worker is computing.
+    pub running: AtomicUsize,
     pub batches: AtomicU64,
     pub batched_images: AtomicU64,
+    /// Batches by size: `batch_sizes[n - 1]` counts batches of n images.
+    pub batch_sizes: Mutex<Vec<u64>>,
     pub cancelled: AtomicU64,
     pub panics: AtomicU64,
 }
@@ -63,62 +69,70 @@ pub struct Workers {
     capacity: usize,
     ready: watch::Receiver<bool>,
     threads: Vec<std::thread::JoinHandle<()>>,
-    pub info: ModelInfo,
+    pub model: Arc<ModelDescription>,
     pub stats: Arc<WorkerStats>,
+    pub max_batch: usize,
 }
 
 /// Admission to the queue; dropping it frees the place.
 pub struct Admission(#[allow(dead_code)] OwnedSemaphorePermit);
 
 impl Workers {
-    /// Loads the model once per worker (failing fast on bad weights), then warms each one
-    /// up with a pass on a blank image; `ready()` turns true when all have.
-    pub fn start(config: &Config) -> Result<Self, LoadError> {
-        let workers = config.server.workers;
+    /// Starts one thread per explainer (each warms its own up first); `ready()` turns true
+    /// when all have. `model` describes what they run.
+    pub fn start(
+        explainers: Vec<Box<dyn Explainer>>,
+        model: ModelDescription,
+        server: &ServerConfig,
+    ) -> Self {
+        assert!(!explainers.is_empty(), "at least one worker");
+        let workers = explainers.len();
         let (sender, receiver) = crossbeam_channel::unbounded::<Job>();
         let (ready_tx, ready) = watch::channel(false);
         let ready_tx = Arc::new(ready_tx);
-        let warmed = Arc::new(AtomicU64::new(0));
-        let stats = Arc::new(WorkerStats::default());
-        let mut threads = Vec::new();
-        let mut info = None;
-        for id in 0..workers {
-            let engine = Engine::load(&config.model)?;
-            info.get_or_insert_with(|| engine.info().clone());
-            let receiver = receiver.clone();
-            let (ready_tx, warmed, stats) = (ready_tx.clone(), warmed.clone(), stats.clone());
-            let input_size = config.model.input_size;
-            let max_batch = config.server.max_batch;
-            let batch_wait = Duration::from_millis(config.server.batch_wait_ms);
-            let handle = std::thread::Builder::new()
-                .name(format!("model-worker-{id}"))
-                .spawn(move || {
-                    warm_up(&engine, input_size);
-                    if warmed.fetch_add(1, Ordering::SeqCst) + 1 == workers as u64 {
-                        let _ = ready_tx.send(true);
-                    }
-                    work(&engine, &receiver, max_batch, batch_wait, &stats);
-                })
-                .expect("spawning a model worker thread");
-            threads.push(handle);
-        }
-        let capacity = config.server.queue_capacity;
-        Ok(Self {
+        let warmed = Arc::new(AtomicUsize::new(0));
+        let stats = Arc::new(WorkerStats {
+            batch_sizes: Mutex::new(vec![0; server.max_batch]),
+            ..WorkerStats::default()
+        });
+        let max_batch = server.max_batch;
+        let batch_wait = Duration::from_millis(server.batch_wait_ms);
+        let threads = explainers
+            .into_iter()
+            .enumerate()
+            .map(|(id, explainer)| {
+                let receiver = receiver.clone();
+                let (ready_tx, warmed, stats) = (ready_tx.clone(), warmed.clone(), stats.clone());
+                std::thread::Builder::new()
+                    .name(format!("model-worker-{id}"))
+                    .spawn(move || {
+                        explainer.warm_up();
+                        if warmed.fetch_add(1, Ordering::SeqCst) + 1 == workers {
+                            let _ = ready_tx.send(true);
+                        }
+                        work(&*explainer, &receiver, max_batch, batch_wait, &stats);
+                    })
+                    .expect("spawning a model worker thread")
+            })
+            .collect();
+        let capacity = server.queue_capacity;
+        Self {
             sender: Some(sender),
             permits: Arc::new(Semaphore::new(capacity)),
             capacity,
             ready,
             threads,
-            info: info.expect("at least one worker"),
+            model: Arc::new(model),
             stats,
-        })
+            max_batch,
+        }
     }
 
     pub fn is_ready(&self) -> bool {
         *self.ready.borrow()
     }
 
-    /// Explanations admitted and not yet answered (queued or running).
+    /// Explanations admitted and not yet answered: decoding, waiting, running or rendering.
     pub fn in_flight(&self) -> usize {
         self.capacity - self.permits.available_permits()
     }
@@ -138,17 +152,21 @@ impl Workers {
         &self,
         _admission: &Admission,
         input: ModelInput,
-        target: Option<usize>,
+        ask: Ask,
     ) -> Result<JobOutput, WorkerError> {
         let (reply, answer) = oneshot::channel();
         let job = Job {
             input,
-            target,
+            ask,
             enqueued: Instant::now(),
             reply,
         };
         let sender = self.sender.as_ref().ok_or(WorkerError::Stopped)?;
-        sender.send(job).map_err(|_| WorkerError::Stopped)?;
+        self.stats.waiting.fetch_add(1, Ordering::SeqCst);
+        if sender.send(job).is_err() {
+            self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(WorkerError::Stopped);
+        }
         answer.await.map_err(|_| WorkerError::Stopped)?
     }
 
@@ -161,24 +179,8 @@ impl Workers {
     }
 }
 
-fn warm_up(engine: &Engine, size: u32) {
-    let blank = ModelInput {
-        chw: vec![0.0; (3 * size * size) as usize],
-        size,
-        region: crate::preprocess::Region {
-            x: 0,
-            y: 0,
-            width: size,
-            height: size,
-        },
-    };
-    if let Err(e) = engine.run(&[&blank], &[None]) {
-        tracing::error!("warm-up pass failed: {e}");
-    }
-}
-
 fn work(
-    engine: &Engine,
+    explainer: &dyn Explainer,
     receiver: &crossbeam_channel::Receiver<Job>,
     max_batch: usize,
     batch_wait: Duration,
@@ -198,30 +200,49 @@ fn work(
                 None => break,
             }
         }
+        stats.waiting.fetch_sub(batch.len(), Ordering::SeqCst);
         // Nobody waits for these any more: don't spend the model on them.
         let before = batch.len();
         batch.retain(|job| !job.reply.is_closed());
         stats
             .cancelled
-            .fetch_add((before - batch.len()) as u64, Ordering::Relaxed);
+            .fetch_add((before - batch.len()) as u64, Ordering::SeqCst);
         if batch.is_empty() {
             continue;
         }
-        run_batch(engine, batch, stats);
+        stats.running.fetch_add(batch.len(), Ordering::SeqCst);
+        run_batch(explainer, batch, stats);
     }
 }
 
-fn run_batch(engine: &Engine, batch: Vec<Job>, stats: &WorkerStats) {
+fn run_batch(explainer: &dyn Explainer, batch: Vec<Job>, stats: &WorkerStats) {
     let started = Instant::now();
     let inputs: Vec<&ModelInput> = batch.iter().map(|j| &j.input).collect();
-    let targets: Vec<Option<usize>> = batch.iter().map(|j| j.target).collect();
-    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| engine.run(&inputs, &targets)));
+    let asks: Vec<Ask> = batch.iter().map(|j| j.ask).collect();
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| explainer.explain(&inputs, &asks)));
     let size = batch.len();
-    stats.batches.fetch_add(1, Ordering::Relaxed);
+    stats.running.fetch_sub(size, Ordering::SeqCst);
+    stats.batches.fetch_add(1, Ordering::SeqCst);
     stats
         .batched_images
-        .fetch_add(size as u64, Ordering::Relaxed);
+        .fetch_add(size as u64, Ordering::SeqCst);
+    if let Some(n) = stats
+        .batch_sizes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_mut(size - 1)
+    {
+        *n += 1;
+    }
     match outcome {
+        Ok(Ok((raws, _))) if raws.len() != size => {
+            tracing::error!("the explainer answered {} of {size} inputs", raws.len());
+            for job in batch {
+                let _ = job.reply.send(Err(WorkerError::Model(
+                    "the model answered another number of images than it was given".into(),
+                )));
+            }
+        }
         Ok(Ok((raws, timings))) => {
             for (job, raw) in batch.into_iter().zip(raws) {
                 let _ = job.reply.send(Ok(JobOutput {
@@ -240,7 +261,7 @@ fn run_batch(engine: &Engine, batch: Vec<Job>, stats: &WorkerStats) {
             }
         }
         Err(panic) => {
-            stats.panics.fetch_add(1, Ordering::Relaxed);
+            stats.panics.fetch_add(1, Ordering::SeqCst);
             let what = panic
                 .downcast_ref::<String>()
                 .map(String::as_str)

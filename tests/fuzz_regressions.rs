@@ -16,7 +16,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use gradcam_serve::preprocess::{decode, prepare, DecodeLimits, ResizeMode};
+use gradcam_serve::preprocess::{decode, prepare, DecodeLimits, InputSpec, ResizeMode};
 
 const MAX_PIXELS: u64 = 4_000_000;
 const SIZE: u32 = 224;
@@ -60,7 +60,7 @@ fn decode_regressions_neither_panic_nor_blow_up() {
             "{name}: {w}x{h}"
         );
         for mode in [ResizeMode::Stretch, ResizeMode::Crop] {
-            let input = prepare(&img, SIZE, mode);
+            let input = prepare(&img, &InputSpec::imagenet(SIZE), mode);
             assert_eq!(input.size, SIZE, "{name} {mode:?}");
             assert_eq!(
                 input.chw.len(),
@@ -91,7 +91,7 @@ fn crop_of_a_strip_is_its_centre() {
             let t = if w > h { x } else { y };
             image::Rgb([(t % 251) as u8, 0, 0])
         });
-        let crop = prepare(&img, SIZE, ResizeMode::Crop).region;
+        let crop = prepare(&img, &InputSpec::imagenet(SIZE), ResizeMode::Crop).region;
         let (long, start, extent) = if w > h {
             (w, crop.x, crop.width)
         } else {
@@ -103,7 +103,7 @@ fn crop_of_a_strip_is_its_centre() {
             "{w}x{h}: crop region {crop:?} is not centred"
         );
         assert!(extent <= 3, "{w}x{h}: crop region {crop:?}");
-        let stretch = prepare(&img, SIZE, ResizeMode::Stretch).region;
+        let stretch = prepare(&img, &InputSpec::imagenet(SIZE), ResizeMode::Stretch).region;
         assert_eq!((stretch.width, stretch.height), (w, h));
     }
 }

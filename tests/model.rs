@@ -4,13 +4,40 @@ use std::path::Path;
 
 use gradcam_serve::config::ModelConfig;
 use gradcam_serve::engine::{Engine, LoadError};
-use gradcam_serve::gradcam;
-use gradcam_serve::model::{self, ResNet50};
+use gradcam_serve::gradcam::{self, Ask};
+use gradcam_serve::model::{self, Architecture, Layer, ModelError, ResNet};
 use gradcam_serve::weights::{self, WeightsError};
 use tch::{Kind, Tensor};
 
-fn demo_model() -> ResNet50 {
-    ResNet50::from_tensors(Path::new("demo"), model::random_tensors(7)).unwrap()
+fn arch(name: &str, classes: usize) -> Architecture {
+    Architecture::named(name, classes).unwrap()
+}
+
+fn random_model(name: &str, classes: usize, seed: u64) -> ResNet {
+    ResNet::from_tensors(model::random_tensors(&arch(name, classes), seed), None).unwrap()
+}
+
+fn demo_model() -> ResNet {
+    random_model("resnet50", 1000, 7)
+}
+
+fn layer(name: &str) -> Layer {
+    name.parse().unwrap()
+}
+
+/// One ask per target, all at `at`.
+fn asks_at(at: &str, targets: &[Option<usize>]) -> Vec<Ask> {
+    targets
+        .iter()
+        .map(|&target| Ask {
+            target,
+            layer: layer(at),
+        })
+        .collect()
+}
+
+fn asks(targets: &[Option<usize>]) -> Vec<Ask> {
+    asks_at("layer4", targets)
 }
 
 fn input(seed: u64, n: i64) -> Tensor {
@@ -24,12 +51,13 @@ fn layer4_gradcam_equals_the_closed_form() {
     let model = demo_model();
     let x = input(1, 2);
     let targets = [None, Some(123)];
-    let (raws, _) = gradcam::explain(&model, &x, &targets).unwrap();
+    let (raws, _) = gradcam::explain(&model, &x, &asks(&targets)).unwrap();
     let activation = tch::no_grad(|| model.trunk(&x));
     for (i, raw) in raws.iter().enumerate() {
         assert_eq!((raw.width, raw.height), (7, 7));
         let a = activation.get(i as i64); // [2048, 7, 7]
         let w = model.fc_weight().get(raw.target as i64); // [2048]
+        assert_eq!(raw.layer, Layer::LAST);
         let closed = (w.view([2048, 1, 1]) * &a)
             .sum_dim_intlist([0].as_slice(), false, Kind::Float)
             .relu()
@@ -51,7 +79,7 @@ fn layer4_gradcam_equals_the_closed_form() {
 #[test]
 fn explanation_needs_no_parameter_gradients() {
     let model = demo_model();
-    let (raws, _) = gradcam::explain(&model, &input(2, 1), &[None]).unwrap();
+    let (raws, _) = gradcam::explain(&model, &input(2, 1), &asks(&[None])).unwrap();
     assert!(raws[0].cam.iter().any(|v| *v > 0.0));
     // The weights never require gradients: the backward pass stops at layer4.
     assert!(!model.fc_weight().requires_grad());
@@ -61,7 +89,7 @@ fn explanation_needs_no_parameter_gradients() {
 fn probabilities_match_a_plain_prediction() {
     let model = demo_model();
     let x = input(3, 1);
-    let (raws, _) = gradcam::explain(&model, &x, &[None]).unwrap();
+    let (raws, _) = gradcam::explain(&model, &x, &asks(&[None])).unwrap();
     let plain = gradcam::predict(&model, &x).unwrap();
     for (a, b) in raws[0].probabilities.iter().zip(&plain) {
         assert!((a - b).abs() < 1e-6);
@@ -76,8 +104,8 @@ fn folding_batch_norm_keeps_logits_and_maps() {
     let mut folded = demo_model();
     folded.fold_batch_norm();
     let x = input(4, 1);
-    let (a, _) = gradcam::explain(&plain, &x, &[None]).unwrap();
-    let (b, _) = gradcam::explain(&folded, &x, &[None]).unwrap();
+    let (a, _) = gradcam::explain(&plain, &x, &asks(&[None])).unwrap();
+    let (b, _) = gradcam::explain(&folded, &x, &asks(&[None])).unwrap();
     let la = tch::no_grad(|| plain.head(&plain.trunk(&x)));
     let lb = tch::no_grad(|| folded.head(&folded.trunk(&x)));
     let max_logit = la.abs().max().double_value(&[]);
@@ -108,8 +136,8 @@ fn onednn_weights_give_the_same_maps() {
         (9, 4, vec![None; 4]),
     ] {
         let x = input(seed, n);
-        let (a, _) = gradcam::explain(&plain, &x, &targets).unwrap();
-        let (b, _) = gradcam::explain(&onednn, &x, &targets).unwrap();
+        let (a, _) = gradcam::explain(&plain, &x, &asks(&targets)).unwrap();
+        let (b, _) = gradcam::explain(&onednn, &x, &asks(&targets)).unwrap();
         for (a, b) in a.iter().zip(&b) {
             assert_eq!(a.target, b.target);
             let scale = a.cam.iter().copied().fold(1e-12f32, f32::max);
@@ -123,8 +151,8 @@ fn onednn_weights_give_the_same_maps() {
     }
     // Another input size than the one the layout was chosen for still computes right.
     let x = model::seeded_normal(&[2, 3, 320, 256], 10, 1.0);
-    let (a, _) = gradcam::explain(&plain, &x, &[None, None]).unwrap();
-    let (b, _) = gradcam::explain(&onednn, &x, &[None, None]).unwrap();
+    let (a, _) = gradcam::explain(&plain, &x, &asks(&[None, None])).unwrap();
+    let (b, _) = gradcam::explain(&onednn, &x, &asks(&[None, None])).unwrap();
     assert_eq!((b[0].width, b[0].height), (8, 10));
     for (a, b) in a.iter().zip(&b) {
         let scale = a.cam.iter().copied().fold(1e-12f32, f32::max);
@@ -137,70 +165,105 @@ fn onednn_weights_give_the_same_maps() {
 #[test]
 fn out_of_range_target_is_an_error_not_a_crash() {
     let model = demo_model();
-    assert!(gradcam::explain(&model, &input(5, 1), &[Some(1000)]).is_err());
+    assert!(gradcam::explain(&model, &input(5, 1), &asks(&[Some(1000)])).is_err());
+    let no_block = asks_at("layer4.3", &[None]);
+    let err = gradcam::explain(&model, &input(5, 1), &no_block).unwrap_err();
+    assert!(err.to_string().contains("layer4.3"), "{err}");
 }
 
 fn write(path: &Path, tensors: &[(String, Tensor)]) {
     Tensor::write_safetensors(tensors, path).unwrap();
 }
 
+fn r50(seed: u64) -> Vec<(String, Tensor)> {
+    model::random_tensors(&arch("resnet50", 1000), seed)
+}
+
+fn load_error(path: &Path, architecture: Option<&str>) -> WeightsError {
+    weights::load_file(path, architecture).err().unwrap()
+}
+
 #[test]
 fn weights_files_load_and_bad_ones_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.safetensors");
-    write(&good, &model::random_tensors(3));
-    let loaded = weights::load_file(&good).unwrap();
-    assert_eq!(loaded.weights_id, weights::sha256_file(&good).unwrap());
-    assert_eq!(loaded.weights_id.len(), 64);
+    write(&good, &r50(3));
+    let (network, id) = weights::load_file(&good, None).unwrap();
+    assert_eq!(id, weights::sha256_file(&good).unwrap());
+    assert_eq!(id.len(), 64);
+    assert_eq!(network.architecture().name(), "resnet50");
 
     // A torchvision file also holds num_batches_tracked counters: ignored.
-    let mut with_counters = model::random_tensors(3);
+    let mut with_counters = r50(3);
     with_counters.push(("bn1.num_batches_tracked".into(), Tensor::from(0i64)));
     write(&good, &with_counters);
-    assert!(weights::load_file(&good).is_ok());
+    assert!(weights::load_file(&good, Some("resnet50")).is_ok());
+
+    // A ResNet-50 file with a ResNet-18 `architecture` setting: both named.
+    let text = load_error(&good, Some("resnet18")).to_string();
+    assert!(
+        text.contains("resnet50") && text.contains("resnet18") && text.contains("good.safetensors"),
+        "{text}"
+    );
+    let text = load_error(&good, Some("resnet51")).to_string();
+    assert!(text.contains("unknown architecture `resnet51`"), "{text}");
 
     let missing = dir.path().join("missing.safetensors");
-    let mut tensors = model::random_tensors(3);
+    let mut tensors = r50(3);
     tensors.retain(|(n, _)| n != "layer3.2.bn2.running_var");
     write(&missing, &tensors);
-    let err = weights::load_file(&missing).err().unwrap();
-    assert!(matches!(err, WeightsError::MissingTensor { .. }));
+    let err = load_error(&missing, None);
+    assert!(matches!(
+        err,
+        WeightsError::Model {
+            source: ModelError::MissingTensor(_),
+            ..
+        }
+    ));
     let text = err.to_string();
     assert!(
         text.contains("missing.safetensors") && text.contains("layer3.2.bn2.running_var"),
         "{text}"
     );
 
+    // A whole stage missing: the first tensor it needs is named.
+    tensors.retain(|(n, _)| !n.starts_with("layer2."));
+    write(&missing, &tensors);
+    let text = load_error(&missing, None).to_string();
+    assert!(text.contains("layer2.0.conv1.weight"), "{text}");
+
     let shape = dir.path().join("shape.safetensors");
-    let mut tensors = model::random_tensors(3);
+    let mut tensors = r50(3);
     for (n, t) in tensors.iter_mut() {
-        if n == "fc.weight" {
-            *t = Tensor::zeros([10, 2048], (Kind::Float, tch::Device::Cpu));
+        if n == "layer3.0.conv2.weight" {
+            *t = Tensor::zeros([256, 256, 1, 1], (Kind::Float, tch::Device::Cpu));
         }
     }
     write(&shape, &tensors);
-    let text = weights::load_file(&shape).err().unwrap().to_string();
+    let text = load_error(&shape, None).to_string();
     assert!(
-        text.contains("fc.weight") && text.contains("[10, 2048]") && text.contains("[1000, 2048]"),
+        text.contains("layer3.0.conv2.weight")
+            && text.contains("[256, 256, 1, 1]")
+            && text.contains("[256, 256, 3, 3]"),
         "{text}"
     );
 
-    let extra = dir.path().join("resnet101.safetensors");
-    let mut tensors = model::random_tensors(3);
+    let extra = dir.path().join("extra.safetensors");
+    let mut tensors = r50(3);
     tensors.push((
-        "layer3.6.conv1.weight".into(),
-        Tensor::zeros([256, 1024, 1, 1], (Kind::Float, tch::Device::Cpu)),
+        "head.fc2.weight".into(),
+        Tensor::zeros([10, 2048], (Kind::Float, tch::Device::Cpu)),
     ));
     write(&extra, &tensors);
-    let text = weights::load_file(&extra).err().unwrap().to_string();
+    let text = load_error(&extra, None).to_string();
     assert!(
-        text.contains("layer3.6.conv1.weight") && text.contains("another architecture"),
+        text.contains("head.fc2.weight") && text.contains("another architecture"),
         "{text}"
     );
 
     let pth = dir.path().join("resnet50.pth");
     std::fs::write(&pth, b"PK\x03\x04 pretend zip of a pickle").unwrap();
-    let text = weights::load_file(&pth).err().unwrap().to_string();
+    let text = load_error(&pth, None).to_string();
     assert!(
         text.contains("pickle") && text.contains("safetensors"),
         "{text}"
@@ -208,9 +271,140 @@ fn weights_files_load_and_bad_ones_are_named() {
 
     let garbage = dir.path().join("garbage.safetensors");
     std::fs::write(&garbage, b"\x10\0\0\0\0\0\0\0{not json at all").unwrap();
-    let text = weights::load_file(&garbage).err().unwrap().to_string();
+    let text = load_error(&garbage, None).to_string();
     assert!(
         text.contains("garbage.safetensors") && text.contains("not a valid safetensors"),
+        "{text}"
+    );
+
+    // A file cut short (an interrupted copy).
+    let bytes = std::fs::read(&good).unwrap();
+    let truncated = dir.path().join("truncated.safetensors");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let text = load_error(&truncated, None).to_string();
+    assert!(
+        text.contains("truncated.safetensors") && text.contains("not a valid safetensors"),
+        "{text}"
+    );
+}
+
+#[test]
+fn every_resnet_family_architecture_loads_and_explains_every_stage() {
+    // Small inputs keep the big ones quick; the map is input / 4 at layer1, / 32 at layer4.
+    for (name, classes) in [
+        ("resnet18", 10),
+        ("resnet34", 3),
+        ("resnet50", 1000),
+        ("wide_resnet50_2", 5),
+        ("resnext50_32x4d", 7),
+    ] {
+        let mut network = random_model(name, classes, 11);
+        assert_eq!(network.architecture().name(), name);
+        network.fold_batch_norm();
+        network.use_onednn_weights(64).unwrap();
+        let x = model::seeded_normal(&[2, 3, 64, 64], 12, 1.0);
+        for (at, side) in [("layer1", 16), ("layer2", 8), ("layer3", 4), ("layer4", 2)] {
+            let (raws, _) =
+                gradcam::explain(&network, &x, &asks_at(at, &[None, Some(classes - 1)])).unwrap();
+            assert_eq!((raws[0].width, raws[0].height), (side, side), "{name} {at}");
+            assert_eq!(raws[0].probabilities.len(), classes);
+            assert_eq!(raws[1].target, classes - 1);
+            assert_eq!(raws[1].layer, layer(at));
+        }
+    }
+}
+
+#[test]
+fn earlier_layers_agree_with_and_without_onednn_and_in_mixed_batches() {
+    // The gradient runs back through the blocks after the layer on plain tensors; with
+    // oneDNN weights the plain weights are made back from them. Same maps either way, and a
+    // batch mixing layers and targets gives each image what it gives alone.
+    let mut plain = random_model("resnext50_32x4d", 20, 5);
+    plain.fold_batch_norm();
+    let mut onednn = random_model("resnext50_32x4d", 20, 5);
+    onednn.fold_batch_norm();
+    onednn.use_onednn_weights(96).unwrap();
+    let x = model::seeded_normal(&[4, 3, 96, 96], 13, 1.0);
+    let mixed = vec![
+        Ask {
+            target: None,
+            layer: layer("layer3"),
+        },
+        Ask {
+            target: Some(3),
+            layer: layer("layer4"),
+        },
+        Ask {
+            target: None,
+            layer: layer("layer2.1"),
+        },
+        Ask {
+            target: Some(19),
+            layer: layer("layer3.1"),
+        },
+    ];
+    let (batched, _) = gradcam::explain(&onednn, &x, &mixed).unwrap();
+    for (i, ask) in mixed.iter().enumerate() {
+        let one = x.narrow(0, i as i64, 1);
+        let (alone, _) = gradcam::explain(&onednn, &one, &[*ask]).unwrap();
+        let (reference, _) = gradcam::explain(&plain, &one, &[*ask]).unwrap();
+        for other in [&alone[0], &reference[0]] {
+            assert_eq!(batched[i].target, other.target, "image {i}");
+            assert_eq!(
+                (batched[i].width, batched[i].height),
+                (other.width, other.height)
+            );
+            let scale = other.cam.iter().copied().fold(1e-12f32, f32::max);
+            for (a, b) in batched[i].cam.iter().zip(&other.cam) {
+                assert!(
+                    (a - b).abs() / scale < 1e-4,
+                    "image {i} at {}: {a} vs {b}",
+                    ask.layer
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_labels_file_of_the_wrong_length_is_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("r18.safetensors");
+    write(&weights, &model::random_tensors(&arch("resnet18", 10), 1));
+    let labels = dir.path().join("labels.txt");
+    std::fs::write(&labels, "a\nb\nc\n").unwrap();
+    let config = ModelConfig {
+        weights: weights.clone(),
+        labels: Some(labels.clone()),
+        ..ModelConfig::default()
+    };
+    let text = Engine::load(&config, Layer::LAST)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        text.contains("3 labels") && text.contains("10 classes"),
+        "{text}"
+    );
+    std::fs::write(
+        &labels,
+        (0..10)
+            .map(|i| format!("finding {i}\n"))
+            .collect::<String>(),
+    )
+    .unwrap();
+    let engine = Engine::load(&config, Layer::LAST).unwrap();
+    let d = engine.description();
+    assert_eq!((d.architecture.as_str(), d.num_classes), ("resnet18", 10));
+    assert_eq!(d.labels[9], "finding 9");
+    assert_eq!(d.layers.len(), 4 + 8);
+    // A default layer the model lacks is refused too.
+    let text = Engine::load(&config, layer("layer4.2"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        text.contains("layer4.2") && text.contains("resnet18"),
         "{text}"
     );
 }
@@ -221,20 +415,35 @@ fn missing_weights_without_demo_mode_is_a_clear_error() {
         weights: "/nowhere/resnet50.safetensors".into(),
         ..ModelConfig::default()
     };
-    let err = Engine::load(&config).err().unwrap();
+    let err = Engine::load(&config, Layer::LAST).err().unwrap();
     assert!(matches!(err, LoadError::NoWeights(_)));
     let text = err.to_string();
     assert!(
         text.contains("/nowhere/resnet50.safetensors") && text.contains("fetch-weights"),
         "{text}"
     );
-    let demo = Engine::load(&ModelConfig {
-        demo_weights: true,
-        ..config
-    })
+    let demo = Engine::load(
+        &ModelConfig {
+            demo_weights: true,
+            ..config.clone()
+        },
+        Layer::LAST,
+    )
     .unwrap();
-    assert!(demo.is_demo());
-    assert_eq!(demo.info().weights, "demo-random");
+    assert!(demo.description().is_demo());
+    assert_eq!(demo.description().weights, "demo-random");
+    assert_eq!(demo.description().architecture, "resnet50");
+    // Demo weights of another architecture, when the setting names one.
+    let demo18 = Engine::load(
+        &ModelConfig {
+            demo_weights: true,
+            architecture: Some("resnet18".into()),
+            ..config
+        },
+        Layer::LAST,
+    )
+    .unwrap();
+    assert_eq!(demo18.description().architecture, "resnet18");
 }
 
 #[test]

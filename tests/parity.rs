@@ -6,9 +6,11 @@
 use std::path::PathBuf;
 
 use gradcam_serve::config::ModelConfig;
-use gradcam_serve::engine::{self, Engine, Options};
-use gradcam_serve::explanation::Timing;
-use gradcam_serve::preprocess::{DecodeLimits, ResizeMode};
+use gradcam_serve::engine::{self, Engine, Explainer};
+use gradcam_serve::gradcam::Ask;
+use gradcam_serve::model::Layer;
+use gradcam_serve::options::ExplainOptions;
+use gradcam_serve::preprocess::DecodeLimits;
 use gradcam_serve::render;
 use serde::Deserialize;
 
@@ -17,12 +19,27 @@ struct Reference {
     weights: String,
     cases: Vec<Case>,
     jet_rgb: Vec<[u8; 3]>,
+    /// Other architectures, class counts and layers.
+    #[serde(default)]
+    models: Vec<ModelReference>,
+}
+
+#[derive(Deserialize)]
+struct ModelReference {
+    architecture: String,
+    weights: String,
+    labels: Option<String>,
+    num_classes: usize,
+    cases: Vec<Case>,
 }
 
 #[derive(Deserialize)]
 struct Case {
     image: String,
     overlay: String,
+    /// The layer explained; layer4 where not given.
+    #[serde(default)]
+    layer: Option<String>,
     target: Option<usize>,
     explained_class: usize,
     top5: Vec<usize>,
@@ -42,120 +59,126 @@ fn reference() -> (PathBuf, Reference) {
     )
 }
 
-fn engine(dir: &std::path::Path, r: &Reference, fold_batch_norm: bool) -> Engine {
-    Engine::load(&ModelConfig {
-        weights: dir.join(&r.weights),
-        fold_batch_norm,
-        ..ModelConfig::default()
-    })
+fn engine(dir: &std::path::Path, weights: &str, fold_batch_norm: bool) -> Engine {
+    Engine::load(
+        &ModelConfig {
+            weights: dir.join(weights),
+            fold_batch_norm,
+            ..ModelConfig::default()
+        },
+        Layer::LAST,
+    )
     .expect("reference weights load")
 }
 
 fn check_against_reference(fold_batch_norm: bool) {
     let (dir, r) = reference();
-    let engine = engine(&dir, &r, fold_batch_norm);
+    let engine = engine(&dir, &r.weights, fold_batch_norm);
     assert!(!r.cases.is_empty());
     for case in &r.cases {
-        let bytes = std::fs::read(dir.join(&case.image)).unwrap();
-        let prepared =
-            engine::prepare(&bytes, DecodeLimits::default(), 224, ResizeMode::Stretch).unwrap();
-        let (mut raw, _) = engine.run(&[&prepared.input], &[case.target]).unwrap();
-        let raw = raw.remove(0);
-        let options = Options {
-            target: case.target,
-            top_k: 5,
-            alpha: 0.5,
-            overlay: true,
-            resize: ResizeMode::Stretch,
-        };
-        let (explanation, png) = engine::finish(
-            &prepared.picture,
-            prepared.input.region,
-            &raw,
-            &options,
-            engine.info().clone(),
-            Timing::default(),
-        );
-
-        // Same top-1 and top-5, same class explained.
-        let ours: Vec<usize> = explanation.top_k.iter().map(|c| c.class_index).collect();
-        assert_eq!(ours, case.top5, "{}: top-5", case.image);
-        assert_eq!(explanation.target.class_index, case.explained_class);
-        for c in &explanation.top_k {
-            let want = case.probabilities[c.class_index];
-            assert!(
-                (c.score - want).abs() <= 1e-4 * want.max(1e-3),
-                "{}: p",
-                case.image
-            );
-        }
-
-        // Raw map within 1e-4 relative to the map's scale.
-        let want: Vec<f32> = case.raw_map.concat();
-        let got: Vec<f32> = explanation.saliency.data.concat();
-        assert_eq!(
-            (explanation.saliency.width, explanation.saliency.height),
-            (7, 7)
-        );
-        let scale = want.iter().copied().fold(0f32, f32::max).max(1e-12);
-        let worst = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs() / scale)
-            .fold(0f32, f32::max);
-        assert!(
-            worst <= 1e-4,
-            "{} (fold_batch_norm={fold_batch_norm}): raw map off by {worst:e} relative",
-            case.image
-        );
-
-        // Overlay pixels within +-2 levels. One exception, bounded: the colour is
-        // JET[uint8(255 * mask)], a truncation, so where 255 * mask sits within float noise
-        // of a whole number the two sides may pick neighbouring table entries (up to 4
-        // levels apart in a channel). OpenCV's SIMD resize rounds differently from any
-        // scalar code in the last bit (about 1e-7), and a folded batch norm moves the raw
-        // map by about 1e-6, so such pixels exist; they are counted, and held to 4 levels.
-        let ours = image::load_from_memory(&png.unwrap()).unwrap().to_rgb8();
-        let theirs = image::open(dir.join(&case.overlay)).unwrap().to_rgb8();
-        assert_eq!(ours.dimensions(), theirs.dimensions());
-        let mask = render::heat_mask(&got, 7, 7, 224, 224);
-        let noise = 255.0 * (4.0 * worst + 2e-6);
-        let on_boundary = |m: f32| {
-            let level = 255.0 * m;
-            (level - level.round()).abs() <= noise
-        };
-        let (mut max_diff, mut boundary_pixels, mut boundary_max) = (0u8, 0usize, 0u8);
-        for (i, (a, b)) in ours.pixels().zip(theirs.pixels()).enumerate() {
-            let d = (0..3).map(|c| a[c].abs_diff(b[c])).max().unwrap();
-            if d > 2 && on_boundary(mask[i]) {
-                boundary_pixels += 1;
-                boundary_max = boundary_max.max(d);
-            } else {
-                max_diff = max_diff.max(d);
-            }
-        }
-        eprintln!(
-            "{} (fold_batch_norm={fold_batch_norm}): top-5 equal, raw map max rel diff \
-             {worst:.2e}, overlay max diff {max_diff}, {boundary_pixels} colour-boundary \
-             pixel(s) up to {boundary_max}",
-            case.image
-        );
-        assert!(
-            boundary_max <= 4,
-            "{}: boundary pixel off by {boundary_max}",
-            case.image
-        );
-        assert!(
-            boundary_pixels <= 224 * 224 / 1000,
-            "{}: too many boundary pixels",
-            case.image
-        );
-        assert!(
-            max_diff <= 2,
-            "{}: overlay differs by {max_diff} levels",
-            case.image
-        );
+        let what = format!("fold_batch_norm={fold_batch_norm}");
+        check_case(&dir, &engine, case, &what, 1e-4);
     }
+}
+
+/// Explains `case` as a client would (the CLI's pipeline) and compares top-5,
+/// probabilities, the raw map and the overlay with pytorch-grad-cam's.
+fn check_case(dir: &std::path::Path, engine: &Engine, case: &Case, what: &str, tolerance: f32) {
+    let model = engine.description();
+    let mut chosen = ExplainOptions {
+        target: case.target,
+        top_k: Some(5.min(model.num_classes)),
+        alpha: Some(0.5),
+        ..ExplainOptions::default()
+    };
+    if let Some(layer) = &case.layer {
+        chosen.set("layer", layer).unwrap();
+    }
+    let defaults = gradcam_serve::options::Defaults::from_config(&Default::default());
+    let options = chosen.resolve(&defaults, &model.limits()).unwrap();
+    let bytes = std::fs::read(dir.join(&case.image)).unwrap();
+    let (explanation, png) =
+        engine::explain_now(engine, model, &bytes, DecodeLimits::default(), &options).unwrap();
+    let what = format!(
+        "{} {} at {} ({what})",
+        model.architecture, case.image, explanation.model.target_layer
+    );
+
+    // Same top-1 and top-5, same class explained.
+    let ours: Vec<usize> = explanation.top_k.iter().map(|c| c.class_index).collect();
+    assert_eq!(ours, case.top5, "{what}: top-5");
+    assert_eq!(explanation.target.class_index, case.explained_class);
+    assert_eq!(
+        explanation.model.target_layer,
+        case.layer.as_deref().unwrap_or("layer4")
+    );
+    for c in &explanation.top_k {
+        let want = case.probabilities[c.class_index];
+        assert!((c.score - want).abs() <= 1e-4 * want.max(1e-3), "{what}: p");
+    }
+
+    // Raw map within 1e-4 relative to the map's scale.
+    let want: Vec<f32> = case.raw_map.concat();
+    let got: Vec<f32> = explanation.saliency.data.concat();
+    let (w, h) = (case.raw_map[0].len(), case.raw_map.len());
+    assert_eq!(
+        (explanation.saliency.width, explanation.saliency.height),
+        (w, h)
+    );
+    let scale = want.iter().copied().fold(0f32, f32::max).max(1e-12);
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs() / scale)
+        .fold(0f32, f32::max);
+    assert!(
+        worst <= tolerance,
+        "{what}: raw map off by {worst:e} relative (allowed {tolerance:e})"
+    );
+
+    // Overlay pixels within +-2 levels. One exception, bounded: the colour is
+    // JET[uint8(255 * mask)], a truncation, so where 255 * mask sits within float noise
+    // of a whole number the two sides may pick neighbouring table entries (up to 4
+    // levels apart in a channel). OpenCV's SIMD resize rounds differently from any
+    // scalar code in the last bit (about 1e-7), and a folded batch norm moves the raw
+    // map by about 1e-6, so such pixels exist; they are counted, and held to 4 levels.
+    let ours = image::load_from_memory(&png.unwrap()).unwrap().to_rgb8();
+    let theirs = image::open(dir.join(&case.overlay)).unwrap().to_rgb8();
+    assert_eq!(ours.dimensions(), theirs.dimensions());
+    let mask = render::heat_mask(&got, w, h, 224, 224);
+    let noise = 255.0 * (4.0 * worst + 2e-6);
+    let on_boundary = |m: f32| {
+        let level = 255.0 * m;
+        (level - level.round()).abs() <= noise
+    };
+    let (mut max_diff, mut boundary_pixels, mut boundary_max) = (0u8, 0usize, 0u8);
+    for (i, (a, b)) in ours.pixels().zip(theirs.pixels()).enumerate() {
+        let d = (0..3).map(|c| a[c].abs_diff(b[c])).max().unwrap();
+        if d > 2 && on_boundary(mask[i]) {
+            boundary_pixels += 1;
+            boundary_max = boundary_max.max(d);
+        } else {
+            max_diff = max_diff.max(d);
+        }
+    }
+    eprintln!(
+        "{what}: top-5 equal, raw map max rel diff {worst:.2e}, overlay max diff {max_diff}, \
+         {boundary_pixels} colour-boundary pixel(s) up to {boundary_max}"
+    );
+    assert!(
+        boundary_max <= 4,
+        "{what}: boundary pixel off by {boundary_max}"
+    );
+    // The share of pixels whose 255 * mask lies within the map's error of a whole number.
+    let allowed = (224.0 * 224.0 * (1e-3 + 2.0 * 255.0 * worst)) as usize;
+    assert!(
+        boundary_pixels <= allowed,
+        "{what}: {boundary_pixels} boundary pixels, more than {allowed}"
+    );
+    assert!(
+        max_diff <= 2,
+        "{what}: overlay differs by {max_diff} levels"
+    );
 }
 
 #[test]
@@ -168,6 +191,64 @@ fn matches_pytorch_grad_cam() {
 #[ignore = "needs the pytorch-grad-cam reference data: run `make test`"]
 fn matches_pytorch_grad_cam_with_batch_norm_folded() {
     check_against_reference(true);
+}
+
+/// resnet18 (10 classes, a labels file), resnet34, wide_resnet50_2, resnext50_32x4d and
+/// resnet50, each at layer4, layer3, layer2 and layer3.1, top-1 and a forced target.
+///
+/// With batch norm unfolded the network runs pytorch-grad-cam's very operations, and every
+/// map agrees to the bit (measured: 0.0 everywhere). The shipped settings fold batch norm
+/// into the convolutions (faster): the activations then differ from PyTorch's by float
+/// rounding (about 1e-7 relative). At layer4 the map stays within 1.2e-6. At earlier
+/// layers a map is a sum over hundreds of channels whose weights cancel, which magnifies
+/// that rounding: measured up to 3.1e-4 of the map's maximum (resnet50 at layer3.1), 1.4e-4
+/// for wide_resnet50_2 at layer3, invisible in the overlay (within 2 levels, a few hundred
+/// pixels a level further where the colour steps). Those layers are held to 1e-3 with
+/// folding, and to 1e-4 without.
+#[test]
+#[ignore = "needs the pytorch-grad-cam reference data: run `make test`"]
+fn every_architecture_and_layer_matches_pytorch_grad_cam() {
+    let (dir, r) = reference();
+    assert!(
+        r.models.len() >= 5,
+        "reference.json has the other architectures"
+    );
+    for m in &r.models {
+        for fold_batch_norm in [false, true] {
+            let engine = Engine::load(
+                &ModelConfig {
+                    weights: dir.join(&m.weights),
+                    architecture: Some(m.architecture.clone()),
+                    labels: m.labels.as_ref().map(|l| dir.join(l)),
+                    fold_batch_norm,
+                    ..ModelConfig::default()
+                },
+                Layer::LAST,
+            )
+            .unwrap_or_else(|e| panic!("{}: {e}", m.architecture));
+            let model = engine.description();
+            assert_eq!(model.architecture, m.architecture);
+            assert_eq!(model.num_classes, m.num_classes);
+            if let Some(labels) = &m.labels {
+                let text = std::fs::read_to_string(dir.join(labels)).unwrap();
+                let want: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+                assert_eq!(model.labels, want);
+            }
+            let layers: std::collections::HashSet<_> =
+                m.cases.iter().filter_map(|c| c.layer.clone()).collect();
+            assert!(layers.len() >= 4, "{}: {layers:?}", m.architecture);
+            for case in &m.cases {
+                let at_layer4 = case.layer.as_deref().is_none_or(|l| l == "layer4");
+                let tolerance = if fold_batch_norm && !at_layer4 {
+                    1e-3
+                } else {
+                    1e-4
+                };
+                let what = format!("fold_batch_norm={fold_batch_norm}");
+                check_case(&dir, &engine, case, &what, tolerance);
+            }
+        }
+    }
 }
 
 #[test]
@@ -184,20 +265,33 @@ fn colormap_is_opencv_jet() {
 #[ignore = "needs the pytorch-grad-cam reference data: run `make test`"]
 fn batched_run_equals_one_by_one() {
     let (dir, r) = reference();
-    let engine = engine(&dir, &r, true);
+    let engine = engine(&dir, &r.weights, true);
+    let spec = engine.description().input_spec();
     let prepared: Vec<_> = r
         .cases
         .iter()
         .map(|c| {
             let bytes = std::fs::read(dir.join(&c.image)).unwrap();
-            engine::prepare(&bytes, DecodeLimits::default(), 224, ResizeMode::Stretch).unwrap()
+            engine::prepare(&bytes, DecodeLimits::default(), &spec, Default::default()).unwrap()
         })
         .collect();
-    let targets: Vec<Option<usize>> = r.cases.iter().map(|c| c.target).collect();
+    // Every image its own layer and target, mixed in one batch.
+    let layers = [
+        "layer4", "layer3", "layer2.3", "layer4", "layer1", "layer3.1",
+    ];
+    let asks: Vec<Ask> = r
+        .cases
+        .iter()
+        .enumerate()
+        .map(|(i, c)| Ask {
+            target: c.target,
+            layer: layers[i % layers.len()].parse().unwrap(),
+        })
+        .collect();
     let inputs: Vec<_> = prepared.iter().map(|p| &p.input).collect();
-    let (batched, _) = engine.run(&inputs, &targets).unwrap();
+    let (batched, _) = engine.explain(&inputs, &asks).unwrap();
     for (i, p) in prepared.iter().enumerate() {
-        let (single, _) = engine.run(&[&p.input], &[targets[i]]).unwrap();
+        let (single, _) = engine.explain(&[&p.input], &[asks[i]]).unwrap();
         assert_eq!(batched[i].target, single[0].target);
         let scale = single[0].cam.iter().copied().fold(1e-12f32, f32::max);
         for (a, b) in batched[i].cam.iter().zip(&single[0].cam) {

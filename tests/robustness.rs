@@ -8,7 +8,7 @@ use std::io::{Cursor, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{jpeg, png, png_claiming, send_raw, upload, Server};
+use common::{jpeg, png, png_claiming, send_raw, Server};
 use gradcam_serve::explanation::Explanation;
 use image::{DynamicImage, ImageFormat, RgbImage};
 
@@ -304,49 +304,4 @@ fn every_bad_input_gets_its_status_and_the_server_stays_correct() {
     for (what, status) in &table {
         eprintln!("| {what} | {status} |");
     }
-}
-
-#[test]
-fn a_client_that_leaves_while_queued_costs_no_model_time() {
-    // One worker and a slow model (1024 input): the first request holds the worker for
-    // seconds while the second waits in the queue, then leaves.
-    let server = Server::start(&["--input-size", "1024", "--workers", "1", "--max-batch", "1"]);
-    let before = metric(&server, "gradcam_batched_images_total");
-    let url = server.url.clone();
-    let first = std::thread::spawn(move || {
-        upload(&url, "", png(64, 64), "a.png")
-            .unwrap()
-            .status()
-            .as_u16()
-    });
-    std::thread::sleep(Duration::from_millis(500));
-    let address = server.url.trim_start_matches("http://").to_string();
-    let body = {
-        let mut p =
-            b"--B\r\nContent-Disposition: form-data; name=\"image\"; filename=\"b.png\"\r\n\r\n"
-                .to_vec();
-        p.extend(png(64, 64));
-        p.extend(b"\r\n--B--\r\n");
-        p
-    };
-    let head = format!(
-        "POST /explain HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=B\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    let mut leaver = TcpStream::connect(&address).unwrap();
-    leaver.write_all(head.as_bytes()).unwrap();
-    leaver.write_all(&body).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(metric(&server, "gradcam_queue_depth"), 2.0, "both admitted");
-    drop(leaver);
-    assert_eq!(first.join().unwrap(), 200);
-    // Let the worker reach the abandoned job.
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(metric(&server, "gradcam_jobs_cancelled_total"), 1.0);
-    assert_eq!(
-        metric(&server, "gradcam_batched_images_total") - before,
-        1.0,
-        "only the first was computed"
-    );
-    assert_eq!(metric(&server, "gradcam_queue_depth"), 0.0);
 }

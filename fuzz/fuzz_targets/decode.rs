@@ -4,7 +4,7 @@
 //! of the model input (its length, the region it claims to show).
 #![no_main]
 
-use gradcam_serve::preprocess::{decode, prepare, DecodeLimits, ResizeMode};
+use gradcam_serve::preprocess::{decode, prepare, DecodeLimits, InputSpec, ResizeMode};
 use libfuzzer_sys::fuzz_target;
 
 const MAX_PIXELS: u64 = 4_000_000;
@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
         "decode returned {w}x{h}, over the pixel limit"
     );
     for mode in [ResizeMode::Stretch, ResizeMode::Crop] {
-        let input = prepare(&img, SIZE, mode);
+        let input = prepare(&img, &InputSpec::imagenet(SIZE), mode);
         assert_eq!(input.size, SIZE);
         assert_eq!(input.chw.len(), (3 * SIZE * SIZE) as usize, "{mode:?}");
         assert!(input.chw.iter().all(|v| v.is_finite()), "{mode:?}");

@@ -25,7 +25,9 @@ use axum::body::Body;
 use axum::http::{header, HeaderValue, Method, Request};
 use axum::Router;
 use gradcam_serve::config::Config;
+use gradcam_serve::engine::{Engine, Explainer};
 use gradcam_serve::http::{metrics::Metrics, router, AppState};
+use gradcam_serve::options::Defaults;
 use gradcam_serve::worker::Workers;
 use libfuzzer_sys::fuzz_target;
 use tower::ServiceExt;
@@ -49,7 +51,10 @@ fn harness() -> &'static Harness {
         config.server.queue_capacity = 0;
         config.server.max_upload_bytes = MAX_UPLOAD_BYTES;
         config.server.max_pixels = 4_000_000;
-        let workers = Workers::start(&config).expect("demo-weight workers start");
+        let engine = Engine::load(&config.model, config.explain.layer).expect("demo weights load");
+        let model = engine.description().clone();
+        let explainers: Vec<Box<dyn Explainer>> = vec![Box::new(engine)];
+        let workers = Workers::start(explainers, model, &config.server);
         // Past warm-up, a parsed request meets a full queue (503 overloaded); before it,
         // the model loading (503 not ready). Wait, so runs are alike.
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -57,6 +62,7 @@ fn harness() -> &'static Harness {
             std::thread::sleep(Duration::from_millis(20));
         }
         let state = Arc::new(AppState {
+            defaults: Defaults::from_config(&config),
             config,
             workers,
             metrics: Metrics::default(),

@@ -1,6 +1,5 @@
 //! `POST /explain`: multipart upload in, explanation (JSON or PNG) out.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -8,41 +7,21 @@ use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use tokio::time::{timeout_at, Instant};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 
 use super::problem::{ApiError, Problem};
 use super::AppState;
-use crate::engine::{self, Options};
+use crate::engine;
 use crate::explanation::{Explanation, Timing};
-use crate::model::NUM_CLASSES;
-use crate::preprocess::{DecodeLimits, ResizeMode};
+use crate::gradcam::Ask;
+use crate::options::{ExplainOptions, OptionError};
+use crate::preprocess::DecodeLimits;
 use crate::worker::WorkerError;
 
-/// Options, as query parameters or as form fields beside the image.
-#[allow(dead_code)] // documents the options for the OpenAPI spec; parsing is by hand below
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ExplainParams {
-    /// Class index to explain, 0..=999. Default: the top-1 class.
-    #[param(minimum = 0, maximum = 999)]
-    target: Option<u16>,
-    /// How many classes to list in `top_k`, 1..=1000. Default 5.
-    #[param(minimum = 1, maximum = 1000)]
-    top_k: Option<u16>,
-    /// Heat-map opacity in the overlay, 0..=1. Default 0.5.
-    #[param(minimum = 0.0, maximum = 1.0)]
-    alpha: Option<f32>,
-    /// Whether to draw the overlay PNG. Default true.
-    overlay: Option<bool>,
-    /// `stretch` (whole image) or `crop` (centre square, torchvision style). Default: the
-    /// server's setting.
-    #[param(pattern = "^(stretch|crop)$")]
-    resize: Option<String>,
-}
-
 /// The multipart body: the image, and any option as a form field instead of a query
-/// parameter. An option given both ways with different values, or a field not listed
-/// here, gets 422 (a file part other than `image`: 400).
+/// parameter. A form field overrides the same option in the query. A field not listed
+/// here gets 422 (a file part other than `image`: 400). The spec lists the options'
+/// fields beside `image` (from `ExplainOptions`, see `http::openapi_json`).
 #[allow(dead_code)]
 #[derive(ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -50,16 +29,6 @@ pub struct ExplainUpload {
     /// The image: JPEG, PNG, WebP, GIF (first frame), BMP or TIFF.
     #[schema(value_type = String, format = Binary)]
     image: Vec<u8>,
-    #[schema(nullable = false, minimum = 0, maximum = 999)]
-    target: Option<u16>,
-    #[schema(nullable = false, minimum = 1, maximum = 1000)]
-    top_k: Option<u16>,
-    #[schema(nullable = false, minimum = 0.0, maximum = 1.0)]
-    alpha: Option<f32>,
-    #[schema(nullable = false)]
-    overlay: Option<bool>,
-    #[schema(nullable = false, pattern = "^(stretch|crop)$")]
-    resize: Option<String>,
 }
 
 /// The overlay PNG, when asked for with `Accept: image/png`.
@@ -68,90 +37,44 @@ pub struct ExplainUpload {
 #[schema(value_type = String, format = Binary)]
 pub struct PngBytes(Vec<u8>);
 
-const OPTION_NAMES: [&str; 5] = ["target", "top_k", "alpha", "overlay", "resize"];
-
-/// Collects options from the query string and the form, refusing bad values by name.
-struct OptionParser {
-    options: Options,
-    seen: HashSet<String>,
+impl From<OptionError> for ApiError {
+    fn from(e: OptionError) -> Self {
+        ApiError::invalid(&e.name, &e.value, e.reason)
+    }
 }
 
-impl OptionParser {
+/// Options from one source (the query, or the form): each named once; a repeat that says
+/// the same thing (`alpha=0` and `alpha=0.0`) is fine, one that disagrees is refused.
+#[derive(Default)]
+struct OptionSource {
+    options: ExplainOptions,
+    seen: Vec<String>,
+}
+
+impl OptionSource {
     fn set(&mut self, name: &str, value: &str) -> Result<(), ApiError> {
-        if !OPTION_NAMES.contains(&name) {
-            return Err(ApiError::invalid(
-                name,
-                value,
-                format!(
-                    "unknown option; the options are {}",
-                    OPTION_NAMES.join(", ")
-                ),
-            ));
+        if !self.seen.iter().any(|s| s == name) {
+            self.seen.push(name.to_string());
+            return Ok(self.options.set(name, value)?);
         }
-        if self.seen.insert(name.to_string()) {
-            return apply(&mut self.options, name, value);
-        }
-        // Given twice (query and form, or two fields): fine when both say the same thing
-        // (`alpha=0` and `alpha=0.0`), refused when they disagree, as neither can win.
-        let mut again = self.options;
-        apply(&mut again, name, value)?;
+        let mut again = self.options.clone();
+        again.set(name, value)?;
         if again != self.options {
             return Err(ApiError::invalid(
                 name,
                 value,
-                "given more than once, with different values",
+                "given more than once in the same place, with different values",
             ));
         }
         Ok(())
     }
 }
 
-/// Parses one known option's value into `o`.
-fn apply(o: &mut Options, name: &str, value: &str) -> Result<(), ApiError> {
-    let v = value.trim();
-    match name {
-        "target" => match v.parse::<usize>() {
-            Ok(t) if t < NUM_CLASSES => o.target = Some(t),
-            _ => {
-                return Err(ApiError::invalid(
-                    name,
-                    value,
-                    "must be a class index in 0..=999",
-                ))
-            }
-        },
-        "top_k" => match v.parse::<usize>() {
-            Ok(k) if (1..=NUM_CLASSES).contains(&k) => o.top_k = k,
-            _ => {
-                return Err(ApiError::invalid(
-                    name,
-                    value,
-                    "must be an integer in 1..=1000",
-                ))
-            }
-        },
-        "alpha" => match v.parse::<f32>() {
-            Ok(a) if (0.0..=1.0).contains(&a) => o.alpha = a,
-            _ => return Err(ApiError::invalid(name, value, "must be a number in 0..=1")),
-        },
-        "overlay" => match v {
-            "true" | "1" => o.overlay = true,
-            "false" | "0" => o.overlay = false,
-            _ => return Err(ApiError::invalid(name, value, "must be true or false")),
-        },
-        _ => match v.parse::<ResizeMode>() {
-            Ok(mode) => o.resize = mode,
-            Err(_) => return Err(ApiError::invalid(name, value, "must be stretch or crop")),
-        },
-    }
-    Ok(())
-}
-
 #[utoipa::path(
     post,
     path = "/explain",
     tag = "explain",
-    params(ExplainParams),
+    params(ExplainOptions),
     request_body(content = ExplainUpload, content_type = "multipart/form-data"),
     responses(
         (status = 200, description = "The prediction and its Grad-CAM explanation. With \
@@ -214,33 +137,31 @@ pub async fn explain(
         }
     }
 
-    let mut parser = OptionParser {
-        options: Options {
-            target: None,
-            top_k: state.config.explain.top_k,
-            alpha: state.config.explain.alpha,
-            overlay: true,
-            resize: state.config.model.resize,
-        },
-        seen: HashSet::new(),
-    };
-    if let Some(query) = request.uri().query() {
-        serde_urlencoded::from_str::<Vec<(String, String)>>(query)
-            .map_err(|e| ApiError::invalid("query", query, e.to_string()))
+    let mut query = OptionSource::default();
+    if let Some(text) = request.uri().query() {
+        serde_urlencoded::from_str::<Vec<(String, String)>>(text)
+            .map_err(|e| ApiError::invalid("query", text, e.to_string()))
             .and_then(|pairs| {
                 pairs
                     .iter()
-                    .try_for_each(|(name, value)| parser.set(name, value))
+                    .try_for_each(|(name, value)| query.set(name, value))
             })?;
     }
+
+    // A bad query is refused before the upload is read.
+    let model = state.workers.model.clone();
+    query.options.resolve(&state.defaults, &model.limits())?;
 
     let mut multipart = Multipart::from_request(request, &state)
         .await
         .map_err(|e| ApiError::BadMultipart(e.body_text()))?;
-    let image = timeout_at(deadline, read_upload(&mut multipart, &mut parser, limit))
+    let mut form = OptionSource::default();
+    let image = timeout_at(deadline, read_upload(&mut multipart, &mut form, limit))
         .await
         .map_err(|_| ApiError::UploadTimeout(timeout_secs))??;
-    let options = parser.options;
+    let mut chosen = query.options;
+    chosen.override_with(&form.options);
+    let options = chosen.resolve(&state.defaults, &model.limits())?;
 
     if !state.workers.is_ready() {
         return Err(ApiError::NotReady);
@@ -252,12 +173,10 @@ pub async fn explain(
     let limits = DecodeLimits {
         max_pixels: state.config.server.max_pixels,
     };
-    let input_size = state.config.model.input_size;
+    let spec = model.input_spec();
     let prepared = timeout_at(
         deadline,
-        tokio::task::spawn_blocking(move || {
-            engine::prepare(&image, limits, input_size, options.resize)
-        }),
+        tokio::task::spawn_blocking(move || engine::prepare(&image, limits, &spec, options.resize)),
     )
     .await
     .map_err(|_| ApiError::Timeout(timeout_secs))?
@@ -266,11 +185,13 @@ pub async fn explain(
 
     let picture = prepared.picture;
     let region = prepared.input.region;
+    let ask = Ask {
+        target: options.target,
+        layer: options.layer,
+    };
     let output = timeout_at(
         deadline,
-        state
-            .workers
-            .explain(&admission, prepared.input, options.target),
+        state.workers.explain(&admission, prepared.input, ask),
     )
     .await
     .map_err(|_| ApiError::Timeout(timeout_secs))?
@@ -288,16 +209,19 @@ pub async fn explain(
         ..Timing::default()
     };
     let want_png = wants_png(&headers);
-    let render_options = Options {
-        overlay: options.overlay || want_png,
-        ..options
-    };
-    let info = state.workers.info.clone();
+    let mut render_options = options;
+    render_options.overlay = options.overlay || want_png;
     // Drawing, PNG encoding, base64 and JSON all take milliseconds for a large picture
     // (about 35 ms at 1920x1080): off the async threads, which serve every connection.
     let (explanation, body) = tokio::task::spawn_blocking(move || {
-        let (mut explanation, png) =
-            engine::finish(&picture, region, &output.raw, &render_options, info, timing);
+        let (mut explanation, png) = engine::finish(
+            &picture,
+            region,
+            &output.raw,
+            &render_options,
+            &model,
+            timing,
+        );
         explanation.timing_ms.total = started.elapsed().as_secs_f64() * 1e3;
         match png {
             Some(png) if want_png => (explanation, Body::Png(png)),
@@ -347,7 +271,7 @@ enum Body {
 /// Reads the parts: exactly one `image`, and option fields.
 async fn read_upload(
     multipart: &mut Multipart,
-    parser: &mut OptionParser,
+    form: &mut OptionSource,
     limit: usize,
 ) -> Result<Bytes, ApiError> {
     let too_large = || ApiError::TooLarge(format!("the upload is over the limit of {limit} bytes"));
@@ -375,7 +299,7 @@ async fn read_upload(
             )));
         } else {
             let value = field.text().await.map_err(part_error)?;
-            parser.set(&name, &value)?;
+            form.set(&name, &value)?;
         }
     }
     image.ok_or(ApiError::MissingImage)

@@ -106,12 +106,49 @@ impl Metrics {
             );
         }
         let s = &workers.stats;
+        let _ = writeln!(
+            w,
+            "# HELP gradcam_batch_size Images per batch through the network.\n# TYPE gradcam_batch_size histogram"
+        );
+        let sizes = s
+            .batch_sizes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut cumulative = 0;
+        for (i, n) in sizes.iter().enumerate() {
+            cumulative += n;
+            let _ = writeln!(
+                w,
+                "gradcam_batch_size_bucket{{le=\"{}\"}} {cumulative}",
+                i + 1
+            );
+        }
+        let _ = writeln!(w, "gradcam_batch_size_bucket{{le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(
+            w,
+            "gradcam_batch_size_sum {}\ngradcam_batch_size_count {cumulative}",
+            s.batched_images.load(Ordering::SeqCst)
+        );
         let gauges = [
             (
                 "gradcam_queue_depth",
-                "Explanations admitted and not yet answered.",
+                "Explanations admitted and not yet answered (decoding, waiting for a worker, \
+                 running or rendering); past queue_capacity requests get 503.",
                 "gauge",
                 workers.in_flight() as u64,
+            ),
+            (
+                "gradcam_jobs_waiting",
+                "Decoded images waiting for a model worker.",
+                "gauge",
+                s.waiting.load(Ordering::SeqCst) as u64,
+            ),
+            (
+                "gradcam_jobs_running",
+                "Images in a batch a model worker is computing.",
+                "gauge",
+                s.running.load(Ordering::SeqCst) as u64,
             ),
             (
                 "gradcam_queue_capacity",
@@ -123,25 +160,25 @@ impl Metrics {
                 "gradcam_batches_total",
                 "Passes through the network.",
                 "counter",
-                s.batches.load(Ordering::Relaxed),
+                s.batches.load(Ordering::SeqCst),
             ),
             (
                 "gradcam_batched_images_total",
                 "Images put through the network.",
                 "counter",
-                s.batched_images.load(Ordering::Relaxed),
+                s.batched_images.load(Ordering::SeqCst),
             ),
             (
                 "gradcam_jobs_cancelled_total",
                 "Queued jobs dropped because their client left.",
                 "counter",
-                s.cancelled.load(Ordering::Relaxed),
+                s.cancelled.load(Ordering::SeqCst),
             ),
             (
                 "gradcam_worker_panics_total",
                 "Panics caught in model workers.",
                 "counter",
-                s.panics.load(Ordering::Relaxed),
+                s.panics.load(Ordering::SeqCst),
             ),
             (
                 "gradcam_ready",
@@ -156,15 +193,15 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
         }
-        let info = &workers.info;
+        let model = &workers.model;
         let _ = writeln!(
             w,
             "# HELP gradcam_model_info The loaded model.\n# TYPE gradcam_model_info gauge"
         );
         let _ = writeln!(
             w,
-            "gradcam_model_info{{name=\"{}\",target_layer=\"{}\",weights=\"{}\"}} 1",
-            info.name, info.target_layer, info.weights
+            "gradcam_model_info{{name=\"{}\",classes=\"{}\",weights=\"{}\"}} 1",
+            model.architecture, model.num_classes, model.weights
         );
         out
     }

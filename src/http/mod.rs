@@ -26,7 +26,9 @@ use utoipa::{Modify, OpenApi, ToSchema};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::config::Config;
+use crate::engine::ModelDescription;
 use crate::explanation::{ClassScore, Explanation, ImageSize, ModelInfo, Saliency, Timing};
+use crate::options::{Defaults, ExplainOptions};
 use crate::worker::Workers;
 use auth::ApiKeys;
 use drain::DrainLimits;
@@ -35,6 +37,8 @@ use problem::{ApiError, Problem};
 
 pub struct AppState {
     pub config: Config,
+    /// What a request gets for the options it does not set.
+    pub defaults: Defaults,
     pub workers: Workers,
     pub metrics: Metrics,
 }
@@ -43,13 +47,16 @@ pub struct AppState {
 #[openapi(
     info(
         title = "gradcam-serve",
-        description = "Grad-CAM explanations of a ResNet-50's ImageNet predictions: the \
-            predicted class, the raw saliency map and a heat-map overlay, in one call."
+        description = "Grad-CAM explanations of an image classifier's predictions (the \
+            torchvision ResNet family: resnet18 .. resnet152, wide_resnet, resnext, at any \
+            class count): the predicted class, the raw saliency map and a heat-map overlay, \
+            in one call. The class ranges below are a 1000-class model's; the spec this \
+            server serves at /openapi.json has the loaded model's."
     ),
-    paths(explain::explain, health, ready, metrics_text),
+    paths(explain::explain, model, health, ready, metrics_text),
     components(schemas(
         Explanation, ClassScore, Saliency, ImageSize, ModelInfo, Timing, Problem, Health,
-        explain::ExplainUpload, explain::PngBytes
+        ModelDescription, ExplainOptions, explain::ExplainUpload, explain::PngBytes
     )),
     modifiers(&BearerAuth),
     tags((name = "explain", description = "Explanations"), (name = "operations", description = "Health, readiness, metrics"))
@@ -68,18 +75,87 @@ impl Modify for BearerAuth {
     }
 }
 
-/// The spec as served at /openapi.json and committed as openapi/openapi.json.
+/// The spec for an ImageNet ResNet-50 (the demo model), committed as openapi/openapi.json.
 pub fn openapi_json() -> String {
-    ApiDoc::openapi()
-        .to_pretty_json()
-        .expect("the spec serialises")
-        + "\n"
+    let resnet50 = crate::model::Architecture::named("resnet50", 1000).expect("a known name");
+    let spec = model_spec(resnet50.num_classes, &resnet50.layers());
+    serde_json::to_string_pretty(&spec).expect("the spec serialises") + "\n"
+}
+
+/// The derived spec, with the form's option fields copied from `ExplainOptions` beside the
+/// image (one flat object, so that no other field is allowed).
+fn base_spec() -> serde_json::Value {
+    let mut spec = serde_json::to_value(ApiDoc::openapi()).expect("the spec serialises");
+    let options = spec["components"]["schemas"]["ExplainOptions"]["properties"].clone();
+    let upload = &mut spec["components"]["schemas"]["ExplainUpload"]["properties"];
+    for (name, schema) in options.as_object().into_iter().flatten() {
+        upload[name] = schema.clone();
+    }
+    spec
+}
+
+/// The spec as served at /openapi.json: the class ranges and the layers of the loaded
+/// model in place of a 1000-class model's.
+pub fn openapi_for(model: &ModelDescription) -> utoipa::openapi::OpenApi {
+    let spec = model_spec(model.num_classes, &model.layers);
+    serde_json::from_value(spec).expect("the adjusted spec is still a spec")
+}
+
+fn model_spec(classes: usize, layers: &[crate::model::Layer]) -> serde_json::Value {
+    let mut spec = base_spec();
+    let layers: Vec<String> = layers.iter().map(|l| l.to_string()).collect();
+    // (schema, where its description is) for each option the model decides.
+    let fix = |name: &str, schema: &mut serde_json::Value| -> Option<String> {
+        let obj = schema.as_object_mut()?;
+        match name {
+            "target" => {
+                obj.insert("maximum".into(), (classes - 1).into());
+                Some(format!(
+                    "Class index to explain, 0..={} (GET /model lists the labels). Default: \
+                     the top-1 class.",
+                    classes - 1
+                ))
+            }
+            "top_k" => {
+                obj.insert("maximum".into(), classes.into());
+                Some(format!(
+                    "How many classes to list in `top_k`, 1..={classes}. Default 5."
+                ))
+            }
+            "layer" => {
+                obj.remove("pattern");
+                obj.insert("enum".into(), layers.clone().into());
+                None
+            }
+            _ => None,
+        }
+    };
+    if let Some(params) = spec.pointer_mut("/paths/~1explain/post/parameters") {
+        for param in params.as_array_mut().into_iter().flatten() {
+            let name = param["name"].as_str().unwrap_or_default().to_string();
+            if let Some(text) = fix(&name, &mut param["schema"]) {
+                param["description"] = text.into();
+            }
+        }
+    }
+    for form in ["ExplainOptions", "ExplainUpload"] {
+        let pointer = format!("/components/schemas/{form}/properties");
+        if let Some(props) = spec.pointer_mut(&pointer) {
+            for (name, schema) in props.as_object_mut().into_iter().flatten() {
+                if let Some(text) = fix(name, schema) {
+                    schema["description"] = text.into();
+                }
+            }
+        }
+    }
+    spec
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct Health {
     /// "ok", or "loading" before the model is warmed up.
     pub status: String,
+    /// The model, and the layer explained by default.
     pub model: ModelInfo,
     /// Explanations admitted and not yet answered.
     pub queue_depth: usize,
@@ -87,12 +163,21 @@ pub struct Health {
 }
 
 fn health_of(state: &AppState, ready: bool) -> Health {
+    let model = &state.workers.model;
     Health {
         status: if ready { "ok" } else { "loading" }.into(),
-        model: state.workers.info.clone(),
+        model: model.info(state.defaults.layer),
         queue_depth: state.workers.in_flight(),
         queue_capacity: state.workers.capacity(),
     }
+}
+
+/// The loaded model: architecture, classes and their labels, the layers that may be
+/// explained, the input size and normalisation, the weights' digest.
+#[utoipa::path(get, path = "/model", tag = "operations",
+    responses((status = 200, description = "The loaded model", body = ModelDescription)))]
+async fn model(State(state): State<Arc<AppState>>) -> Json<ModelDescription> {
+    Json(state.workers.model.as_ref().clone())
 }
 
 /// Liveness: the process answers.
@@ -196,8 +281,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     if server.protect_metrics {
         metrics_routes = metrics_routes.route_layer(guard());
     }
-    let mut docs_routes: Router<Arc<AppState>> =
-        Router::new().merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()));
+    let mut docs_routes: Router<Arc<AppState>> = Router::new()
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi_for(&state.workers.model)));
     if server.protect_docs {
         docs_routes = docs_routes.route_layer(guard());
     }
@@ -205,6 +290,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(metrics_routes)
         .merge(docs_routes)
         .route("/health", get(health))
+        .route("/model", get(model))
         .route("/ready", get(ready));
 
     let request_id = HeaderName::from_static("x-request-id");

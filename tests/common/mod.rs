@@ -1,6 +1,8 @@
 //! A real server process on a free port, and images to send it.
 #![allow(dead_code)]
 
+pub mod held;
+
 use std::io::{BufRead, BufReader, Cursor};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,16 +18,20 @@ pub struct Server {
 }
 
 impl Server {
+    /// With the demo weights (a seeded random ResNet-50).
     pub fn start(extra: &[&str]) -> Server {
+        let mut args = vec!["--demo-weights"];
+        args.extend_from_slice(extra);
+        Self::start_with_weights(
+            std::path::Path::new("/nonexistent/weights.safetensors"),
+            &args,
+        )
+    }
+
+    pub fn start_with_weights(weights: &std::path::Path, extra: &[&str]) -> Server {
         let mut child = Command::new(BIN)
-            .args([
-                "serve",
-                "--bind",
-                "127.0.0.1:0",
-                "--demo-weights",
-                "--weights",
-            ])
-            .arg("/nonexistent/weights.safetensors")
+            .args(["serve", "--bind", "127.0.0.1:0", "--weights"])
+            .arg(weights)
             .args(extra)
             .env("GRADCAM_LOG", "warn")
             .stdout(Stdio::piped())

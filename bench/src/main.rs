@@ -30,11 +30,21 @@ use image::{codecs::jpeg::JpegEncoder, Rgb, RgbImage};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use gradcam_serve::config::ModelConfig;
-use gradcam_serve::engine::{self, Engine, Options};
+use gradcam_serve::config::{Config, ModelConfig};
+use gradcam_serve::engine::{self, Engine, Explainer};
 use gradcam_serve::explanation::Timing;
-use gradcam_serve::model;
-use gradcam_serve::preprocess::{DecodeLimits, ResizeMode};
+use gradcam_serve::gradcam::Ask;
+use gradcam_serve::model::{self, Architecture, Layer};
+use gradcam_serve::options::{Defaults, ExplainOptions};
+use gradcam_serve::preprocess::{DecodeLimits, InputSpec, ResizeMode};
+
+/// An explanation of the top-1 class at `layer`.
+fn ask(layer: Layer) -> Ask {
+    Ask {
+        target: None,
+        layer,
+    }
+}
 
 #[derive(Parser)]
 #[command(name = "gradcam-bench", about = "Benchmarks behind `make bench`")]
@@ -261,7 +271,8 @@ fn write_jpeg(img: &RgbImage, path: &Path) -> anyhow::Result<u64> {
 fn assets(out: &Path, seed: i64) -> anyhow::Result<Value> {
     std::fs::create_dir_all(out)?;
     let weights = out.join("resnet50-bench.safetensors");
-    let tensors = model::random_tensors(seed as u64);
+    let architecture = Architecture::named("resnet50", 1000)?;
+    let tensors = model::random_tensors(&architecture, seed as u64);
     tch::Tensor::write_safetensors(&tensors, &weights)?;
     let mut images = Vec::new();
     for (name, w, h, s) in [
@@ -289,29 +300,30 @@ fn engine_bench(
     let limits = DecodeLimits::default();
     let input_size = 224;
     let bytes = std::fs::read(image).with_context(|| format!("reading {}", image.display()))?;
-    let prepared = engine::prepare(&bytes, limits, input_size, ResizeMode::Stretch)?;
+    let spec = InputSpec::imagenet(input_size);
+    let prepared = engine::prepare(&bytes, limits, &spec, ResizeMode::Stretch)?;
     let input = &prepared.input;
+    let layer4 = ask(Layer::LAST);
     let mut configs = Vec::new();
     // Folding off, folding on with plain weights, then the default (folded, oneDNN weights):
     // the default's figures come last, when allocator and caches are as warm as they get.
     for (fold, onednn) in [(false, false), (true, false), (true, true)] {
         let config = ModelConfig {
             weights: weights.to_path_buf(),
-            demo_weights: false,
             input_size,
-            resize: ResizeMode::Stretch,
             fold_batch_norm: fold,
             onednn_weights: onednn,
             threads,
+            ..ModelConfig::default()
         };
-        let engine = Engine::load(&config)?;
+        let engine = Engine::load(&config, Layer::LAST)?;
         eprintln!(
             "engine: fold_batch_norm={fold}, onednn_weights={onednn}, {} libtorch threads, {runs} runs",
             tch::get_num_threads()
         );
         for _ in 0..warmup {
             engine.predict(&[input])?;
-            engine.run(&[input], &[None])?;
+            engine.explain(&[input], &[layer4])?;
         }
         let (mut predict, mut explain, mut fwd, mut bwd) = (vec![], vec![], vec![], vec![]);
         // Alternate the order so that neither side always runs second (warmer caches).
@@ -324,7 +336,7 @@ fn engine_bench(
                     std::hint::black_box(p);
                 } else {
                     let t = Instant::now();
-                    let (raw, passes) = engine.run(&[input], &[None])?;
+                    let (raw, passes) = engine.explain(&[input], &[layer4])?;
                     explain.push(ms_since(t));
                     fwd.push(passes.forward_ms);
                     bwd.push(passes.backward_ms);
@@ -334,13 +346,13 @@ fn engine_bench(
         }
         // Batches of 4 (the server's default max_batch): images per second.
         let batch: Vec<_> = std::iter::repeat_n(input, 4).collect();
-        let targets = [None; 4];
-        engine.run(&batch, &targets)?;
+        let targets = [layer4; 4];
+        engine.explain(&batch, &targets)?;
         let batch_runs = (runs / 4).max(5);
         let mut batch4 = Vec::new();
         for _ in 0..batch_runs {
             let t = Instant::now();
-            engine.run(&batch, &targets)?;
+            engine.explain(&batch, &targets)?;
             batch4.push(ms_since(t));
         }
         let (p, e, b4) = (summarise(&predict), summarise(&explain), summarise(&batch4));
@@ -360,13 +372,53 @@ fn engine_bench(
         }));
     }
 
+    // The shipped settings: explanation at each stage against prediction, alternating.
+    let engine = Engine::load(
+        &ModelConfig {
+            weights: weights.to_path_buf(),
+            threads,
+            ..ModelConfig::default()
+        },
+        Layer::LAST,
+    )?;
+    let mut layers = Vec::new();
+    for stage in 1..=4 {
+        let at = ask(Layer { stage, block: None });
+        eprintln!(
+            "engine: explanation at {} against prediction, {runs} runs",
+            at.layer
+        );
+        for _ in 0..warmup {
+            engine.explain(&[input], &[at])?;
+        }
+        let (mut predict, mut explain) = (vec![], vec![]);
+        for i in 0..runs {
+            for step in 0..2 {
+                let t = Instant::now();
+                if (i + step) % 2 == 0 {
+                    std::hint::black_box(engine.predict(&[input])?);
+                    predict.push(ms_since(t));
+                } else {
+                    std::hint::black_box(engine.explain(&[input], &[at])?);
+                    explain.push(ms_since(t));
+                }
+            }
+        }
+        let (p, e) = (summarise(&predict), summarise(&explain));
+        layers.push(json!({
+            "layer": at.layer.to_string(),
+            "predict_ms": p,
+            "explain_ms": e,
+            "ratio_p50": e.p50 / p.p50,
+        }));
+    }
+
     // The whole in-process pipeline with the default settings: decode + resize, network,
     // overlay + PNG, JSON with the embedded overlay.
-    let engine = Engine::load(&ModelConfig {
-        weights: weights.to_path_buf(),
-        threads,
-        ..ModelConfig::default()
-    })?;
+    let model = engine.description();
+    let options = ExplainOptions::default()
+        .resolve(&Defaults::from_config(&Config::default()), &model.limits())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut pipeline = Vec::new();
     let mut images = vec![(image.to_path_buf(), runs.min(30))];
     if let Some(large) = large_image {
@@ -380,23 +432,16 @@ fn engine_bench(
         let mut size = (0, 0);
         for i in 0..n + 2 {
             let start = Instant::now();
-            let prepared = engine::prepare(&bytes, limits, input_size, ResizeMode::Stretch)?;
+            let prepared = engine::prepare(&bytes, limits, &spec, ResizeMode::Stretch)?;
             let t = Instant::now();
-            let (mut raw, _) = engine.run(&[&prepared.input], &[None])?;
+            let (mut raw, _) = engine.explain(&[&prepared.input], &[layer4])?;
             let network_ms = ms_since(t);
-            let options = Options {
-                target: None,
-                top_k: 5,
-                alpha: 0.5,
-                overlay: true,
-                resize: ResizeMode::Stretch,
-            };
             let (explanation, png) = engine::finish(
                 &prepared.picture,
                 prepared.input.region,
                 &raw.remove(0),
                 &options,
-                engine.info().clone(),
+                model,
                 Timing::default(),
             );
             let t = Instant::now();
@@ -434,18 +479,23 @@ fn engine_bench(
         "runs": runs,
         "warmup": warmup,
         "configs": configs,
+        "layers": layers,
         "pipeline": pipeline,
     }))
 }
 
 fn engine_loop(weights: &Path, image: &Path, threads: usize) -> anyhow::Result<()> {
     let bytes = std::fs::read(image).with_context(|| format!("reading {}", image.display()))?;
-    let prepared = engine::prepare(&bytes, DecodeLimits::default(), 224, ResizeMode::Stretch)?;
-    let engine = Engine::load(&ModelConfig {
-        weights: weights.to_path_buf(),
-        threads,
-        ..ModelConfig::default()
-    })?;
+    let spec = InputSpec::imagenet(224);
+    let prepared = engine::prepare(&bytes, DecodeLimits::default(), &spec, ResizeMode::Stretch)?;
+    let engine = Engine::load(
+        &ModelConfig {
+            weights: weights.to_path_buf(),
+            threads,
+            ..ModelConfig::default()
+        },
+        Layer::LAST,
+    )?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", json!({"threads": tch::get_num_threads()}))?;
     out.flush()?;
@@ -458,11 +508,11 @@ fn engine_loop(weights: &Path, image: &Path, threads: usize) -> anyhow::Result<(
             bail!("expected a line \"BATCH RUNS\", got {line:?}");
         };
         let inputs: Vec<_> = std::iter::repeat_n(&prepared.input, batch).collect();
-        let targets = vec![None; batch];
+        let asks = vec![ask(Layer::LAST); batch];
         let mut ms = Vec::with_capacity(runs);
         for _ in 0..runs {
             let t = Instant::now();
-            std::hint::black_box(engine.run(&inputs, &targets)?);
+            std::hint::black_box(engine.explain(&inputs, &asks)?);
             ms.push(ms_since(t));
         }
         writeln!(out, "{}", json!({ "ms": ms }))?;

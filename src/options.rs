@@ -1,0 +1,305 @@
+//! The options of one explanation, defined once: the query parameters and form fields of
+//! `POST /explain` (and their OpenAPI text), the flags of `gradcam-serve explain`, and the
+//! benchmark all use [`ExplainOptions`]; [`ExplainOptions::resolve`] checks it against the
+//! loaded model (class count, layers) and fills in the server's defaults.
+
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::config::{Config, ExplainDefaults};
+use crate::model::Layer;
+use crate::preprocess::ResizeMode;
+
+/// What a caller may choose per explanation; None: the server's default.
+#[derive(
+    Debug, Clone, Default, PartialEq, Serialize, Deserialize, IntoParams, ToSchema, clap::Args,
+)]
+#[into_params(parameter_in = Query)]
+pub struct ExplainOptions {
+    /// Class index to explain, 0..=999 for a 1000-class model (the loaded model's range is
+    /// in `GET /model`). Default: the top-1 class.
+    #[param(minimum = 0, maximum = 999)]
+    #[schema(nullable = false, minimum = 0, maximum = 999)]
+    #[arg(long)]
+    pub target: Option<usize>,
+    /// How many classes to list in `top_k`, 1..=1000 for a 1000-class model. Default 5.
+    #[param(minimum = 1, maximum = 1000)]
+    #[schema(nullable = false, minimum = 1, maximum = 1000)]
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Heat-map opacity in the overlay, 0..=1. Default 0.5.
+    #[param(minimum = 0.0, maximum = 1.0)]
+    #[schema(nullable = false, minimum = 0.0, maximum = 1.0)]
+    #[arg(long)]
+    pub alpha: Option<f32>,
+    /// Whether to draw the overlay PNG. Default true.
+    #[schema(nullable = false)]
+    #[arg(skip)]
+    pub overlay: Option<bool>,
+    /// `stretch` (whole image) or `crop` (centre square, torchvision style). Default: the
+    /// server's setting.
+    #[param(value_type = Option<String>, pattern = "^(stretch|crop)$")]
+    #[schema(value_type = String, required = false, pattern = "^(stretch|crop)$")]
+    // The CLI's --resize is the setting (model.resize), which is this option's default.
+    #[arg(skip)]
+    pub resize: Option<ResizeMode>,
+    /// The layer to explain: `layer1` .. `layer4` (a stage's last block, as
+    /// pytorch-grad-cam's `model.layerN[-1]`) or one block, `layer3.1` (`GET /model` lists
+    /// them). The map's size follows the layer: 7x7 at layer4, 14x14 at layer3 for a
+    /// 224-pixel input. Default: `layer4`.
+    #[param(value_type = Option<String>, pattern = "^layer[1-4](\\.[0-9]{1,3})?$")]
+    #[schema(value_type = String, required = false, pattern = "^layer[1-4](\\.[0-9]{1,3})?$")]
+    #[arg(long)]
+    pub layer: Option<Layer>,
+}
+
+/// The options' names, as the query and the form spell them.
+pub const NAMES: [&str; 6] = ["target", "top_k", "alpha", "overlay", "resize", "layer"];
+
+/// A refused option: which, the value given, and what it must be.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{name} = {value:?}: {reason}")]
+pub struct OptionError {
+    pub name: String,
+    pub value: String,
+    pub reason: String,
+}
+
+impl OptionError {
+    fn new(name: &str, value: impl ToString, reason: impl Into<String>) -> Self {
+        OptionError {
+            name: name.to_string(),
+            value: value.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The options of one explanation, every one decided and checked.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Options {
+    /// Class to explain; None: the top-1 class.
+    pub target: Option<usize>,
+    pub top_k: usize,
+    /// Heat-map opacity in the overlay, 0..1.
+    pub alpha: f32,
+    /// Whether to draw the overlay at all.
+    pub overlay: bool,
+    pub resize: ResizeMode,
+    pub layer: Layer,
+}
+
+/// What the options are checked against: the loaded model's classes and layers.
+pub struct Limits<'a> {
+    pub classes: usize,
+    pub layers: &'a [Layer],
+}
+
+impl ExplainOptions {
+    /// Sets option `name` from its text (a query parameter or a form field). Each source
+    /// sets an option once: a later source (the form, after the query) overrides it.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<(), OptionError> {
+        let v = value.trim();
+        let err = |reason: &str| OptionError::new(name, value, reason);
+        match name {
+            "target" => self.target = Some(v.parse().map_err(|_| err("must be a class index"))?),
+            "top_k" => self.top_k = Some(v.parse().map_err(|_| err("must be a whole number"))?),
+            "alpha" => {
+                self.alpha = Some(
+                    v.parse::<f32>()
+                        .ok()
+                        .filter(|a| (0.0..=1.0).contains(a))
+                        .ok_or_else(|| err("must be a number in 0..=1"))?,
+                )
+            }
+            "overlay" => {
+                self.overlay = Some(match v {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => return Err(err("must be true or false")),
+                })
+            }
+            "resize" => self.resize = Some(v.parse().map_err(|_| err("must be stretch or crop"))?),
+            "layer" => self.layer = Some(v.parse().map_err(|e: String| err(&e))?),
+            _ => {
+                return Err(err(&format!(
+                    "unknown option; the options are {}",
+                    NAMES.join(", ")
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    /// Every option `other` sets replaces this one's.
+    pub fn override_with(&mut self, other: &ExplainOptions) {
+        let o = other.clone();
+        self.target = o.target.or(self.target);
+        self.top_k = o.top_k.or(self.top_k);
+        self.alpha = o.alpha.or(self.alpha);
+        self.overlay = o.overlay.or(self.overlay);
+        self.resize = o.resize.or(self.resize);
+        self.layer = o.layer.or(self.layer);
+    }
+
+    /// The options in force: these, else the defaults, checked against the model.
+    pub fn resolve(
+        &self,
+        defaults: &Defaults,
+        limits: &Limits<'_>,
+    ) -> Result<Options, OptionError> {
+        let classes = limits.classes;
+        if let Some(t) = self.target.filter(|&t| t >= classes) {
+            return Err(OptionError::new(
+                "target",
+                t,
+                format!("must be a class index in 0..={}", classes - 1),
+            ));
+        }
+        let top_k = self.top_k.unwrap_or(defaults.top_k);
+        if !(1..=classes).contains(&top_k) {
+            return Err(OptionError::new(
+                "top_k",
+                top_k,
+                format!("must be in 1..={classes}, the model's class count"),
+            ));
+        }
+        if let Some(a) = self.alpha.filter(|a| !(0.0..=1.0).contains(a)) {
+            return Err(OptionError::new("alpha", a, "must be a number in 0..=1"));
+        }
+        let layer = self.layer.unwrap_or(defaults.layer);
+        if !limits.layers.contains(&layer) {
+            let last = limits
+                .layers
+                .last()
+                .map(Layer::to_string)
+                .unwrap_or_default();
+            return Err(OptionError::new(
+                "layer",
+                layer,
+                format!("this model has no such layer: layer1 .. layer4, or a block layer1.0 .. {last} (GET /model lists them)"),
+            ));
+        }
+        Ok(Options {
+            target: self.target,
+            top_k,
+            alpha: self.alpha.unwrap_or(defaults.alpha),
+            overlay: self.overlay.unwrap_or(true),
+            resize: self.resize.unwrap_or(defaults.resize),
+            layer,
+        })
+    }
+}
+
+/// What a request gets for each option it does not set: the server's settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Defaults {
+    pub top_k: usize,
+    pub alpha: f32,
+    pub resize: ResizeMode,
+    pub layer: Layer,
+}
+
+impl Defaults {
+    pub fn from_config(config: &Config) -> Self {
+        let ExplainDefaults {
+            top_k,
+            alpha,
+            layer,
+        } = config.explain;
+        Defaults {
+            top_k,
+            alpha,
+            resize: config.model.resize,
+            layer,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layers() -> Vec<Layer> {
+        crate::model::Architecture::named("resnet18", 10)
+            .unwrap()
+            .layers()
+    }
+
+    fn defaults() -> Defaults {
+        Defaults::from_config(&Config::default())
+    }
+
+    #[test]
+    fn text_values_parse_and_bad_ones_are_named() {
+        let mut o = ExplainOptions::default();
+        for (name, value) in [
+            ("target", " 7"),
+            ("top_k", "3"),
+            ("alpha", "0.25"),
+            ("overlay", "0"),
+            ("resize", "crop"),
+            ("layer", "layer3.1"),
+        ] {
+            o.set(name, value).unwrap();
+        }
+        let layers = layers();
+        let limits = Limits {
+            classes: 10,
+            layers: &layers,
+        };
+        let r = o.resolve(&defaults(), &limits).unwrap();
+        assert_eq!(r.target, Some(7));
+        assert_eq!(r.top_k, 3);
+        assert_eq!(r.alpha, 0.25);
+        assert!(!r.overlay);
+        assert_eq!(r.resize, ResizeMode::Crop);
+        assert_eq!(r.layer.to_string(), "layer3.1");
+        for (name, value) in [
+            ("target", "-1"),
+            ("alpha", "2"),
+            ("overlay", "yes"),
+            ("resize", "fit"),
+            ("layer", "fc"),
+            ("colour", "red"),
+        ] {
+            let e = ExplainOptions::default().set(name, value).unwrap_err();
+            assert_eq!(e.name, name);
+        }
+    }
+
+    #[test]
+    fn ranges_follow_the_models_class_count_and_layers() {
+        let layers = layers();
+        let limits = Limits {
+            classes: 10,
+            layers: &layers,
+        };
+        let check = |name: &str, value: &str| {
+            let mut o = ExplainOptions::default();
+            o.set(name, value).unwrap();
+            o.resolve(&defaults(), &limits)
+        };
+        assert!(check("target", "9").is_ok());
+        let e = check("target", "10").unwrap_err();
+        assert!(e.reason.contains("0..=9"), "{e}");
+        let e = check("top_k", "11").unwrap_err();
+        assert!(e.reason.contains("1..=10"), "{e}");
+        // resnet18 has two blocks per stage.
+        assert!(check("layer", "layer3.1").is_ok());
+        let e = check("layer", "layer3.2").unwrap_err();
+        assert!(e.reason.contains("layer4.1"), "{e}");
+    }
+
+    #[test]
+    fn a_later_source_overrides_an_earlier_one() {
+        let mut query = ExplainOptions::default();
+        query.set("overlay", "true").unwrap();
+        query.set("alpha", "0.1").unwrap();
+        let mut form = ExplainOptions::default();
+        form.set("overlay", "false").unwrap();
+        query.override_with(&form);
+        assert_eq!(query.overlay, Some(false));
+        assert_eq!(query.alpha, Some(0.1));
+    }
+}
