@@ -562,6 +562,14 @@ def report(results):
     targets.append(("Explanation / prediction latency, in process (p50)",
                     f"{on['explain_ms']['p50']:.1f} / {on['predict_ms']['p50']:.1f} ms",
                     r1, "<= 1.10", r1 <= 1.10))
+    # Earlier layers: the gradient runs back through the blocks after the layer.
+    layers = {l["layer"]: l for l in eng.get("layers", [])}
+    for name, want in (("layer4", 1.10), ("layer3", 1.35)):
+        if name in layers:
+            l = layers[name]
+            targets.append((f"Explanation at {name} / prediction latency, in process (p50)",
+                            f"{l['explain_ms']['p50']:.1f} / {l['predict_ms']['p50']:.1f} ms",
+                            l["ratio_p50"], f"<= {want:.2f}", l["ratio_p50"] <= want))
     r2 = ours_per_s / base["gradcam_per_s"]
     targets.append(("Our explanations/s / pytorch-grad-cam's",
                     f"{ours_per_s:.2f} / {base['gradcam_per_s']:.2f} per s",
@@ -591,7 +599,7 @@ def report(results):
     L = []
     w = L.append
     w("# Benchmarks\n")
-    w("Written by `make bench` (scripts/bench.sh, bench/run.py, src/bin/gradcam-bench.rs, "
+    w("Written by `make bench` (scripts/bench.sh, bench/run.py, bench/src/main.rs, "
       "bench/baseline.py); every figure below comes from its last run. Do not edit by hand: "
       "run `make bench` again.\n")
     if results["quick"]:
@@ -658,6 +666,15 @@ def report(results):
           f"{c['explain_forward_ms']['p50']:.1f} / {c['explain_backward_ms']['p50']:.2f} | "
           f"{c['batch4_ms']['p50']:.0f}, {c['batch4_images_per_s']:.2f} |")
     w("")
+    if eng.get("layers"):
+        w("Explanation at each stage's last block (shipped settings), against prediction, "
+          "interleaved; the map is 56x56 at layer1 down to 7x7 at layer4:\n")
+        w("| Layer | Prediction p50 (ms) | Explanation p50 / p90 (ms) | Ratio p50 |")
+        w("|---|---|---|---|")
+        for l in eng["layers"]:
+            w(f"| {l['layer']} | {l['predict_ms']['p50']:.1f} | {l['explain_ms']['p50']:.1f} / "
+              f"{l['explain_ms']['p90']:.1f} | {l['ratio_p50']:.3f} |")
+        w("")
     w("Whole pipeline in process (shipped defaults, overlay on), p50 ms per stage:\n")
     w("| Image | decode + resize | network (forward + Grad-CAM) | overlay + PNG | "
       "base64 + JSON | total |")

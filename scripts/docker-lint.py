@@ -286,6 +286,11 @@ def lint_dummy_build(copied):
     with tempfile.TemporaryDirectory() as tmp:
         for f in ("Cargo.toml", "Cargo.lock", "build.rs"):
             shutil.copy(os.path.join(ROOT, f), tmp)
+        # The benchmark harness is a workspace member: its manifest, a dummy main.
+        os.makedirs(os.path.join(tmp, "bench", "src"))
+        for f in ("Cargo.toml", "build.rs"):
+            shutil.copy(os.path.join(ROOT, "bench", f), os.path.join(tmp, "bench"))
+        open(os.path.join(tmp, "bench", "src", "main.rs"), "w").write("fn main() {}\n")
         os.makedirs(os.path.join(tmp, "src"))
         open(os.path.join(tmp, "src", "main.rs"), "w").write("fn main() {}\n")
         open(os.path.join(tmp, "src", "lib.rs"), "w").write("")

@@ -331,21 +331,28 @@ impl FromStr for Layer {
 
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = || format!("`{s}` is not a layer name (layer1 .. layer4, or a block: layer3.1)");
-        let rest = s.trim().strip_prefix("layer").ok_or_else(bad)?;
+        let rest = s.strip_prefix("layer").ok_or_else(bad)?;
         let (stage, block) = match rest.split_once('.') {
             Some((stage, block)) => (stage, Some(block)),
             None => (rest, None),
         };
-        let digits =
-            |t: &str| !t.is_empty() && t.len() <= 3 && t.bytes().all(|b| b.is_ascii_digit());
-        if !digits(stage) || !block.is_none_or(digits) {
-            return Err(bad());
-        }
-        let stage: usize = stage.parse().map_err(|_| bad())?;
-        if !(1..=4).contains(&stage) {
-            return Err(bad());
-        }
-        let block = block.map(|b| b.parse().map_err(|_| bad())).transpose()?;
+        // Only as `Display` writes them (no `layer03`, no `layer3.01`): a name is one of
+        // the listed ones or refused.
+        let stage = match stage {
+            "1" | "2" | "3" | "4" => stage.parse().map_err(|_| bad())?,
+            _ => return Err(bad()),
+        };
+        let canonical = |t: &str| {
+            !t.is_empty()
+                && t.len() <= 3
+                && t.bytes().all(|b| b.is_ascii_digit())
+                && (t == "0" || !t.starts_with('0'))
+        };
+        let block = match block {
+            None => None,
+            Some(b) if canonical(b) => Some(b.parse().map_err(|_| bad())?),
+            Some(_) => return Err(bad()),
+        };
         Ok(Layer { stage, block })
     }
 }

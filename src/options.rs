@@ -47,8 +47,8 @@ pub struct ExplainOptions {
     /// pytorch-grad-cam's `model.layerN[-1]`) or one block, `layer3.1` (`GET /model` lists
     /// them). The map's size follows the layer: 7x7 at layer4, 14x14 at layer3 for a
     /// 224-pixel input. Default: `layer4`.
-    #[param(value_type = Option<String>, pattern = "^layer[1-4](\\.[0-9]{1,3})?$")]
-    #[schema(value_type = String, required = false, pattern = "^layer[1-4](\\.[0-9]{1,3})?$")]
+    #[param(value_type = Option<String>, pattern = "^layer[1-4](\\.(0|[1-9][0-9]{0,2}))?$")]
+    #[schema(value_type = String, required = false, pattern = "^layer[1-4](\\.(0|[1-9][0-9]{0,2}))?$")]
     #[arg(long)]
     pub layer: Option<Layer>,
 }
@@ -113,9 +113,10 @@ impl ExplainOptions {
                 )
             }
             "overlay" => {
+                // Only the spec's booleans: 1 and 0 are integers to a client that reads it.
                 self.overlay = Some(match v {
-                    "true" | "1" => true,
-                    "false" | "0" => false,
+                    "true" => true,
+                    "false" => false,
                     _ => return Err(err("must be true or false")),
                 })
             }
@@ -237,7 +238,7 @@ mod tests {
             ("target", " 7"),
             ("top_k", "3"),
             ("alpha", "0.25"),
-            ("overlay", "0"),
+            ("overlay", "false"),
             ("resize", "crop"),
             ("layer", "layer3.1"),
         ] {
@@ -259,6 +260,7 @@ mod tests {
             ("target", "-1"),
             ("alpha", "2"),
             ("overlay", "yes"),
+            ("overlay", "0"),
             ("resize", "fit"),
             ("layer", "fc"),
             ("colour", "red"),

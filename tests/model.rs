@@ -488,4 +488,20 @@ fn fetch_weights_offline_fails_clearly_and_writes_nothing() {
         "{stderr}"
     );
     assert!(!dest.exists());
+
+    // Another architecture's published file, by name; an unknown name is refused first.
+    assert!(weights::official_weights_url("resnext50_32x4d")
+        .ends_with("/timm/resnext50_32x4d.tv_in1k/resolve/main/model.safetensors"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gradcam-serve"))
+        .args(["fetch-weights", "--architecture", "resnet51", "--weights"])
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("unknown architecture `resnet51`"),
+        "{stderr}"
+    );
+    assert!(!dest.exists());
 }
