@@ -155,8 +155,8 @@ pub enum LoadError {
 }
 
 impl Engine {
-    /// Loads the weights the config names (or demo weights), its labels, and checks the
-    /// default layer and top_k against the model.
+    /// Loads the weights the config names (or demo weights) and its labels, and checks the
+    /// default layer against the model.
     pub fn load(config: &ModelConfig, default_layer: Layer) -> Result<Self, LoadError> {
         if config.threads > 0 {
             tch::set_num_threads(config.threads as i32);

@@ -157,7 +157,9 @@ impl ExplainOptions {
                 format!("must be a class index in 0..={}", classes - 1),
             ));
         }
-        let top_k = self.top_k.unwrap_or(defaults.top_k);
+        // The server's default is capped at the class count (5 for a 3-class model lists
+        // all 3); a request that asks for more is refused.
+        let top_k = self.top_k.unwrap_or(defaults.top_k.min(classes));
         if !(1..=classes).contains(&top_k) {
             return Err(OptionError::new(
                 "top_k",
@@ -283,6 +285,14 @@ mod tests {
             o.resolve(&defaults(), &limits)
         };
         assert!(check("target", "9").is_ok());
+        let three = Limits {
+            classes: 3,
+            layers: &layers,
+        };
+        let r = ExplainOptions::default()
+            .resolve(&defaults(), &three)
+            .unwrap();
+        assert_eq!(r.top_k, 3, "the default of 5 is capped at the class count");
         let e = check("target", "10").unwrap_err();
         assert!(e.reason.contains("0..=9"), "{e}");
         let e = check("top_k", "11").unwrap_err();

@@ -30,9 +30,10 @@ impl Application {
         model: ModelDescription,
     ) -> anyhow::Result<Self> {
         if config.explain.top_k > model.num_classes {
-            anyhow::bail!(
-                "explain.top_k = {} but the model has {} classes",
+            tracing::warn!(
+                "explain.top_k = {} but the model has {} classes: answers list all {}",
                 config.explain.top_k,
+                model.num_classes,
                 model.num_classes
             );
         }

@@ -71,7 +71,6 @@ pub struct Workers {
     threads: Vec<std::thread::JoinHandle<()>>,
     pub model: Arc<ModelDescription>,
     pub stats: Arc<WorkerStats>,
-    pub max_batch: usize,
 }
 
 /// Admission to the queue; dropping it frees the place.
@@ -124,7 +123,6 @@ impl Workers {
             threads,
             model: Arc::new(model),
             stats,
-            max_batch,
         }
     }
 

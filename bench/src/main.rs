@@ -38,6 +38,16 @@ use gradcam_serve::model::{self, Architecture, Layer};
 use gradcam_serve::options::{Defaults, ExplainOptions};
 use gradcam_serve::preprocess::{DecodeLimits, InputSpec, ResizeMode};
 
+/// The engine with the shipped settings on `weights`.
+fn shipped_engine(weights: &Path, threads: usize) -> anyhow::Result<Engine> {
+    let config = ModelConfig {
+        weights: weights.to_path_buf(),
+        threads,
+        ..ModelConfig::default()
+    };
+    Ok(Engine::load(&config, Layer::LAST)?)
+}
+
 /// An explanation of the top-1 class at `layer`.
 fn ask(layer: Layer) -> Ask {
     Ask {
@@ -373,14 +383,7 @@ fn engine_bench(
     }
 
     // The shipped settings: explanation at each stage against prediction, alternating.
-    let engine = Engine::load(
-        &ModelConfig {
-            weights: weights.to_path_buf(),
-            threads,
-            ..ModelConfig::default()
-        },
-        Layer::LAST,
-    )?;
+    let engine = shipped_engine(weights, threads)?;
     let mut layers = Vec::new();
     for stage in 1..=4 {
         let at = ask(Layer { stage, block: None });
@@ -488,14 +491,7 @@ fn engine_loop(weights: &Path, image: &Path, threads: usize) -> anyhow::Result<(
     let bytes = std::fs::read(image).with_context(|| format!("reading {}", image.display()))?;
     let spec = InputSpec::imagenet(224);
     let prepared = engine::prepare(&bytes, DecodeLimits::default(), &spec, ResizeMode::Stretch)?;
-    let engine = Engine::load(
-        &ModelConfig {
-            weights: weights.to_path_buf(),
-            threads,
-            ..ModelConfig::default()
-        },
-        Layer::LAST,
-    )?;
+    let engine = shipped_engine(weights, threads)?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", json!({"threads": tch::get_num_threads()}))?;
     out.flush()?;

@@ -73,6 +73,15 @@ impl Server {
         upload(&self.url, query, image, file_name).expect("request completes")
     }
 
+    /// `GET {path}` as JSON (an unprotected endpoint).
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        client()
+            .get(format!("{}{path}", self.url))
+            .send()
+            .and_then(|r| r.json())
+            .expect("a JSON answer")
+    }
+
     /// The Prometheus text of `/metrics` (unprotected).
     pub fn metrics(&self) -> String {
         client()
