@@ -32,10 +32,12 @@ serve: build
 $(PARITY)/reference.json: tests/reference/make_reference.py scripts/setup-pyref.sh
 	PY=$$(scripts/setup-pyref.sh) && $$PY tests/reference/make_reference.py $(PARITY)
 
-# Unit, parity and HTTP tests, then the OpenAPI contract test against a real server.
+# Unit, parity and HTTP tests, then the OpenAPI contract test against a real server, then
+# the page at GET / in headless Chromium (scripts/browser-test.sh; Chromium installed once).
 test: $(PARITY)/reference.json
 	GRADCAM_PARITY_DIR=$(abspath $(PARITY)) cargo test --release --locked -- --include-ignored
 	scripts/contract_test.sh
+	scripts/browser-test.sh
 
 # Performance figures against pytorch-grad-cam and PyTorch; rewrites BENCHMARKS.md.
 bench:
@@ -68,7 +70,8 @@ LOAD_SECONDS ?= 120
 load-test: build
 	python3 scripts/load_test.py --bin $(BIN) --duration $(LOAD_SECONDS) $(LOAD_ARGS)
 
-# Contract test (also the last step of `make test`): schemathesis (its own venv, installed once) against the served OpenAPI spec:
-# no 5xx, statuses, content types, headers and bodies as documented. MAX_EXAMPLES=30 per operation.
+# Contract test (also the last step of `make test`): schemathesis (its own venv, installed once) against the served OpenAPI spec,
+# all its checks: no 5xx, statuses, content types, headers and bodies as documented, valid requests accepted,
+# invalid ones refused. MAX_EXAMPLES=100 per operation (about 30 s); see scripts/contract_test.sh.
 contract-test: build
 	scripts/contract_test.sh

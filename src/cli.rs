@@ -153,6 +153,14 @@ pub struct ServerArgs {
     /// Longest a request may take, in seconds [server.request_timeout_secs]
     #[arg(long, env = "GRADCAM_REQUEST_TIMEOUT_SECS")]
     pub request_timeout_secs: Option<u64>,
+    /// Bytes of an upload over the limit read and discarded after its 413, 0 = none
+    /// [server.linger_bytes]
+    #[arg(long, env = "GRADCAM_LINGER_BYTES")]
+    pub linger_bytes: Option<u64>,
+    /// Seconds to go on reading an upload over the limit after its 413, 0 = none
+    /// [server.linger_secs]
+    #[arg(long, env = "GRADCAM_LINGER_SECS")]
+    pub linger_secs: Option<u64>,
     /// CORS origins, comma-separated ("*" for any) [server.cors_origins]
     #[arg(long, env = "GRADCAM_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Option<Vec<String>>,
@@ -170,6 +178,9 @@ pub struct ServerArgs {
     /// /docs and /openapi.json need a token when api_keys is set [server.protect_docs]
     #[arg(long, env = "GRADCAM_PROTECT_DOCS", num_args = 0..=1, default_missing_value = "true")]
     pub protect_docs: Option<bool>,
+    /// Serve the page a person uses at GET / [server.ui]
+    #[arg(long, env = "GRADCAM_UI", num_args = 0..=1, default_missing_value = "true")]
+    pub ui: Option<bool>,
 }
 
 #[derive(Args, Debug, Default)]
@@ -247,10 +258,13 @@ impl ServerArgs {
                 max_upload_bytes,
                 max_pixels,
                 request_timeout_secs,
+                linger_bytes,
+                linger_secs,
                 cors_origins,
                 api_keys,
                 protect_metrics,
                 protect_docs,
+                ui,
             ]
         );
     }

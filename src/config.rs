@@ -61,13 +61,21 @@ pub struct ServerConfig {
     pub max_batch: usize,
     /// How long a worker waits for more requests to fill a batch, in milliseconds.
     pub batch_wait_ms: u64,
-    /// Largest accepted request body, in bytes; larger uploads get 413 unread.
+    /// Largest accepted request body, in bytes; larger uploads get 413 (see `linger_bytes`).
     pub max_upload_bytes: usize,
     /// Largest accepted image, in pixels (width x height), checked before decoding.
     pub max_pixels: u64,
     /// Longest time one request may take, in seconds, upload included; then 504 (408 while
     /// the upload is still arriving).
     pub request_timeout_secs: u64,
+    /// Lingering close: after the 413 for an upload over `max_upload_bytes`, the server
+    /// reads and throws away the rest of its body, up to this many bytes of body in all,
+    /// so that a client that sends everything before it reads gets the 413 and not a
+    /// reset. An upload announced larger is answered and closed at once. 0: no lingering.
+    pub linger_bytes: u64,
+    /// Lingering close: the longest the server goes on reading such a body after the
+    /// answer, in seconds; then it closes. 0: no lingering.
+    pub linger_secs: u64,
     /// Origins allowed by CORS; empty turns CORS off, `["*"]` allows any.
     pub cors_origins: Vec<String>,
     /// Bearer tokens accepted; empty turns authentication off.
@@ -76,6 +84,9 @@ pub struct ServerConfig {
     pub protect_metrics: bool,
     /// Whether /docs and /openapi.json need a token when api_keys is set.
     pub protect_docs: bool,
+    /// Serve the page a person uses at `GET /` (pick a picture, see its heat map);
+    /// false: `/` is 404 like any unknown path.
+    pub ui: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -118,10 +129,13 @@ impl Default for ServerConfig {
             max_upload_bytes: 20 * 1024 * 1024,
             max_pixels: 40_000_000,
             request_timeout_secs: 30,
+            linger_bytes: 256 * 1024 * 1024,
+            linger_secs: 30,
             cors_origins: Vec::new(),
             api_keys: Vec::new(),
             protect_metrics: false,
             protect_docs: false,
+            ui: true,
         }
     }
 }

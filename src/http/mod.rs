@@ -5,6 +5,7 @@ pub mod auth;
 pub mod drain;
 pub mod explain;
 pub mod metrics;
+pub mod page;
 pub mod problem;
 
 use std::sync::Arc;
@@ -82,8 +83,13 @@ pub fn openapi_json() -> String {
     serde_json::to_string_pretty(&spec).expect("the spec serialises") + "\n"
 }
 
+/// The media types the `image` part may have (the server reads the format from the bytes).
+const IMAGE_MEDIA_TYPES: &str =
+    "image/jpeg, image/png, image/webp, image/gif, image/bmp, image/tiff";
+
 /// The derived spec, with the form's option fields copied from `ExplainOptions` beside the
-/// image (one flat object, so that no other field is allowed).
+/// image (one flat object, so that no other field is allowed), each option saying that the
+/// form field overrides the query parameter, and the image part's media types.
 fn base_spec() -> serde_json::Value {
     let mut spec = serde_json::to_value(ApiDoc::openapi()).expect("the spec serialises");
     let options = spec["components"]["schemas"]["ExplainOptions"]["properties"].clone();
@@ -91,14 +97,29 @@ fn base_spec() -> serde_json::Value {
     for (name, schema) in options.as_object().into_iter().flatten() {
         upload[name] = schema.clone();
     }
+    if let Some(form) =
+        spec.pointer_mut("/paths/~1explain/post/requestBody/content/multipart~1form-data")
+    {
+        form["encoding"] = serde_json::json!({ "image": { "contentType": IMAGE_MEDIA_TYPES } });
+    }
     spec
 }
 
+/// Where an option also is, for its description: the query and the form both take it.
+const IN_QUERY: &str = "A form field of the same name overrides this parameter.";
+const IN_FORM: &str = "Overrides the query parameter of the same name.";
+
+fn with_precedence(description: &mut serde_json::Value, note: &str) {
+    if let Some(text) = description.as_str() {
+        *description = format!("{text} {note}").into();
+    }
+}
+
 /// The spec as served at /openapi.json: the class ranges and the layers of the loaded
-/// model in place of a 1000-class model's.
-pub fn openapi_for(model: &ModelDescription) -> utoipa::openapi::OpenApi {
-    let spec = model_spec(model.num_classes, &model.layers);
-    serde_json::from_value(spec).expect("the adjusted spec is still a spec")
+/// model in place of a 1000-class model's. Served as JSON, as made: utoipa's types would
+/// not read it back (its `Encoding` wants a `headers` map that it leaves out when empty).
+pub fn openapi_for(model: &ModelDescription) -> serde_json::Value {
+    model_spec(model.num_classes, &model.layers)
 }
 
 fn model_spec(classes: usize, layers: &[crate::model::Layer]) -> serde_json::Value {
@@ -136,6 +157,7 @@ fn model_spec(classes: usize, layers: &[crate::model::Layer]) -> serde_json::Val
             if let Some(text) = fix(&name, &mut param["schema"]) {
                 param["description"] = text.into();
             }
+            with_precedence(&mut param["description"], IN_QUERY);
         }
     }
     for form in ["ExplainOptions", "ExplainUpload"] {
@@ -144,6 +166,9 @@ fn model_spec(classes: usize, layers: &[crate::model::Layer]) -> serde_json::Val
             for (name, schema) in props.as_object_mut().into_iter().flatten() {
                 if let Some(text) = fix(name, schema) {
                     schema["description"] = text.into();
+                }
+                if form == "ExplainUpload" && name != "image" {
+                    with_precedence(&mut schema["description"], IN_FORM);
                 }
             }
         }
@@ -268,8 +293,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     let server = &state.config.server;
     let keys = ApiKeys::new(&server.api_keys);
     let drain_limits = DrainLimits {
-        max_bytes: server.max_upload_bytes,
+        max_bytes: server.max_upload_bytes as u64,
         within: Duration::from_secs(server.request_timeout_secs),
+        linger_bytes: server.linger_bytes,
+        linger_for: Duration::from_secs(server.linger_secs),
     };
     let guard = || middleware::from_fn_with_state(keys.clone(), auth::require_token);
 
@@ -281,8 +308,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     if server.protect_metrics {
         metrics_routes = metrics_routes.route_layer(guard());
     }
-    let mut docs_routes: Router<Arc<AppState>> = Router::new()
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi_for(&state.workers.model)));
+    let mut docs_routes: Router<Arc<AppState>> = Router::new().merge(
+        SwaggerUi::new("/docs")
+            .external_url_unchecked("/openapi.json", openapi_for(&state.workers.model)),
+    );
     if server.protect_docs {
         docs_routes = docs_routes.route_layer(guard());
     }
@@ -292,6 +321,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .route("/model", get(model))
         .route("/ready", get(ready));
+    if server.ui {
+        explain_routes = explain_routes.merge(page::routes(&state.config));
+    }
 
     let request_id = HeaderName::from_static("x-request-id");
     explain_routes
