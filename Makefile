@@ -4,7 +4,7 @@
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := serve
-.PHONY: serve build test lint bench fuzz load-test contract-test gateway-test openapi clean-cache
+.PHONY: serve build test lint bench fuzz load-test contract-test gateway-test image-test openapi clean-cache
 
 # Where libtorch lives (installed on first use; prints its path).
 LIBTORCH := $(shell scripts/setup-libtorch.sh)
@@ -43,18 +43,29 @@ test: $(PARITY)/reference.json
 bench:
 	scripts/bench.sh
 
+# Formatting, clippy, then the deployment files: hadolint on docker/Dockerfile, deploy/k8s/
+# against the Kubernetes schemas (kubernetes-validate), the limits compose, nginx.conf and
+# config.toml must agree on (scripts/deploy_lint.py; its tools in a venv, installed once).
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --release --locked --workspace --all-targets -- -D warnings
+	TOOLS=$$(scripts/setup-deploy-tools.sh) && $$TOOLS/python scripts/deploy_lint.py
 
 clean-cache:
 	rm -rf $(HOME)/.cache/gradcam-serve
 
-# Deployment (docker/): lint what needs a Docker engine to run (none here), then the SAME
-# nginx config with real nginx in front of two replicas (installs Debian's nginx once, as root).
+# The gateway (docker/nginx.conf) with real nginx in front of two replicas on loopback
+# (installs Debian's nginx once, as root).
 gateway-test: build
-	python3 scripts/docker-lint.py
 	scripts/gateway-test.sh
+
+# The container image and the compose stack, for real, with podman (installed once from
+# Debian, as root): builds docker/Dockerfile, runs it (demo weights) against the release
+# binary's answers, SIGTERM mid-request, as deploy/k8s runs it, then docker/compose.yaml with
+# podman-compose (nginx + two replicas, one stopped under traffic). Base-image stand-ins and
+# the build cache stay under ~/.cache/gradcam-serve/podman. See scripts/image-test.sh.
+image-test: build
+	scripts/image-test.sh
 
 # Fuzzing (fuzz/, cargo-fuzz; RUSTC_BOOTSTRAP=1 on stable): the decode+preprocess target and
 # the request-parsing target, FUZZ_SECONDS each (default 60); prints the executions run.
