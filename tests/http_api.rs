@@ -93,19 +93,12 @@ fn target_top_k_alpha_and_overlay_options() {
     assert_eq!(e.target.label, "electric ray");
 
     // The same options as form fields.
-    let form = reqwest::blocking::multipart::Form::new()
-        .part(
-            "image",
-            reqwest::blocking::multipart::Part::bytes(png(224, 224)).file_name("a.png"),
+    let via_form: Explanation = server
+        .explain_form(
+            "",
+            png(224, 224),
+            &[("target", "5"), ("top_k", "12"), ("alpha", "0.3")],
         )
-        .text("target", "5")
-        .text("top_k", "12")
-        .text("alpha", "0.3");
-    let via_form: Explanation = client()
-        .post(format!("{}/explain", server.url))
-        .multipart(form)
-        .send()
-        .unwrap()
         .json()
         .unwrap();
     assert_eq!(via_form.saliency, e.saliency);
@@ -644,17 +637,8 @@ fn the_model_endpoint_and_any_layer() {
             "{layer}"
         );
         assert_eq!(e.model.target_layer, layer);
-        let form = reqwest::blocking::multipart::Form::new()
-            .part(
-                "image",
-                reqwest::blocking::multipart::Part::bytes(png(224, 224)).file_name("a.png"),
-            )
-            .text("layer", layer.to_string());
-        let via_form: Explanation = client()
-            .post(format!("{}/explain", server.url))
-            .multipart(form)
-            .send()
-            .unwrap()
+        let via_form: Explanation = server
+            .explain_form("", png(224, 224), &[("layer", layer)])
             .json()
             .unwrap();
         assert_eq!(via_form.saliency, e.saliency);

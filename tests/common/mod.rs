@@ -73,6 +73,27 @@ impl Server {
         upload(&self.url, query, image, file_name).expect("request completes")
     }
 
+    /// `POST /explain{query}` with `image` and the option `fields` as form fields.
+    pub fn explain_form(
+        &self,
+        query: &str,
+        image: Vec<u8>,
+        fields: &[(&str, &str)],
+    ) -> reqwest::blocking::Response {
+        let mut form = reqwest::blocking::multipart::Form::new().part(
+            "image",
+            reqwest::blocking::multipart::Part::bytes(image).file_name("a.png"),
+        );
+        for (name, value) in fields {
+            form = form.text(name.to_string(), value.to_string());
+        }
+        client()
+            .post(format!("{}/explain{query}", self.url))
+            .multipart(form)
+            .send()
+            .expect("request completes")
+    }
+
     /// `GET {path}` as JSON (an unprotected endpoint).
     pub fn get_json(&self, path: &str) -> serde_json::Value {
         client()
