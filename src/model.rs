@@ -49,47 +49,18 @@ pub struct Architecture {
 }
 
 /// torchvision's constructors: (name, block, blocks per stage, groups, width per group).
+#[rustfmt::skip]
 const KNOWN: [(&str, BlockKind, [usize; 4], i64, i64); 10] = [
-    ("resnet18", BlockKind::Basic, [2, 2, 2, 2], 1, 64),
-    ("resnet34", BlockKind::Basic, [3, 4, 6, 3], 1, 64),
-    ("resnet50", BlockKind::Bottleneck, [3, 4, 6, 3], 1, 64),
-    ("resnet101", BlockKind::Bottleneck, [3, 4, 23, 3], 1, 64),
-    ("resnet152", BlockKind::Bottleneck, [3, 8, 36, 3], 1, 64),
-    (
-        "wide_resnet50_2",
-        BlockKind::Bottleneck,
-        [3, 4, 6, 3],
-        1,
-        128,
-    ),
-    (
-        "wide_resnet101_2",
-        BlockKind::Bottleneck,
-        [3, 4, 23, 3],
-        1,
-        128,
-    ),
-    (
-        "resnext50_32x4d",
-        BlockKind::Bottleneck,
-        [3, 4, 6, 3],
-        32,
-        4,
-    ),
-    (
-        "resnext101_32x8d",
-        BlockKind::Bottleneck,
-        [3, 4, 23, 3],
-        32,
-        8,
-    ),
-    (
-        "resnext101_64x4d",
-        BlockKind::Bottleneck,
-        [3, 4, 23, 3],
-        64,
-        4,
-    ),
+    ("resnet18",         BlockKind::Basic,      [2, 2, 2, 2],  1,  64),
+    ("resnet34",         BlockKind::Basic,      [3, 4, 6, 3],  1,  64),
+    ("resnet50",         BlockKind::Bottleneck, [3, 4, 6, 3],  1,  64),
+    ("resnet101",        BlockKind::Bottleneck, [3, 4, 23, 3], 1,  64),
+    ("resnet152",        BlockKind::Bottleneck, [3, 8, 36, 3], 1,  64),
+    ("wide_resnet50_2",  BlockKind::Bottleneck, [3, 4, 6, 3],  1,  128),
+    ("wide_resnet101_2", BlockKind::Bottleneck, [3, 4, 23, 3], 1,  128),
+    ("resnext50_32x4d",  BlockKind::Bottleneck, [3, 4, 6, 3],  32, 4),
+    ("resnext101_32x8d", BlockKind::Bottleneck, [3, 4, 23, 3], 32, 8),
+    ("resnext101_64x4d", BlockKind::Bottleneck, [3, 4, 23, 3], 64, 4),
 ];
 
 /// The names of torchvision's ResNet-family constructors this crate reads.
