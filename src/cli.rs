@@ -119,7 +119,7 @@ pub struct ModelArgs {
     /// Fold batch norm into the convolutions at load [model.fold_batch_norm]
     #[arg(long, env = "GRADCAM_FOLD_BATCH_NORM", num_args = 0..=1, default_missing_value = "true")]
     pub fold_batch_norm: Option<bool>,
-    /// Keep the folded weights in oneDNN's layout (faster) [model.onednn_weights]
+    /// Keep the weights in oneDNN's layout (faster) [model.onednn_weights]
     #[arg(long, env = "GRADCAM_ONEDNN_WEIGHTS", num_args = 0..=1, default_missing_value = "true")]
     pub onednn_weights: Option<bool>,
     /// libtorch intra-op threads per worker, 0 = default [model.threads]

@@ -38,10 +38,11 @@ pub struct ModelConfig {
     pub std: [f32; 3],
     /// `stretch` (whole image to the input size) or `crop` (torchvision's resize + centre crop).
     pub resize: ResizeMode,
-    /// Fold batch norm into the convolutions at load time (exact, faster).
+    /// Fold batch norm into a copy of the convolutions at load time for the fast path
+    /// (predictions, layer4); earlier layers always run unfolded, bit-exact.
     pub fold_batch_norm: bool,
-    /// Reorder the folded convolution weights once into oneDNN's own layout and keep the
-    /// trunk's activations in it (about 0.9 of the time; needs `fold_batch_norm`).
+    /// Reorder the convolution weights once into oneDNN's own layout and keep the fast
+    /// path's activations in it (about 0.9 of the time).
     pub onednn_weights: bool,
     /// libtorch intra-op threads per worker; 0 leaves libtorch's default (one per core).
     pub threads: usize,

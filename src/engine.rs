@@ -183,8 +183,7 @@ impl Engine {
         if config.fold_batch_norm {
             model.fold_batch_norm();
         }
-        // oneDNN's path has convolutions only: without folding, batch norm stays plain.
-        if config.fold_batch_norm && config.onednn_weights {
+        if config.onednn_weights {
             if let Err(e) = model.use_onednn_weights(config.input_size as i64) {
                 tracing::warn!(
                     "running with plain weights: reordering them for oneDNN failed: {e}"

@@ -1,8 +1,10 @@
 //! Grad-CAM at any block of a ResNet, computed the way pytorch-grad-cam computes it
 //! (`GradCAM(model, target_layers=[model.layer4[-1]])`), for a batch of images.
 //!
-//! Everything up to the target layer runs without autograd, on the fast paths (folded
-//! batch norm, oneDNN weights). That layer's output becomes the only leaf that needs a
+//! Everything up to the target layer runs without autograd: on the fast paths (folded
+//! batch norm, oneDNN weights) for the last block (`layer4`), after which only the head
+//! follows; unfolded, as torchvision runs it, for earlier layers, whose gradients go back
+//! through ReLUs that the fast path's rounding could flip. That layer's output becomes the only leaf that needs a
 //! gradient, the blocks after it and the head run with autograd, and the backward pass of
 //! the target logits reaches that leaf and nothing else: no parameter gradients, no graph
 //! before the layer. At layer4 an explanation thus costs a forward pass plus a few
@@ -84,10 +86,16 @@ pub fn explain(
     let first = *blocks.iter().min().expect("a batch is not empty");
 
     let start = Instant::now();
-    let leaf = model
-        .features(input, first)
-        .detach()
-        .set_requires_grad(true);
+    // After the last block only linear operations follow, so the fast path's rounding
+    // stays at about 1e-6 of the map; before it, the gradient goes back through ReLUs
+    // whose masks that rounding can flip, so the network runs unfolded (see
+    // `ResNet::features`).
+    let prefix = if first + 1 == model.block_count() {
+        model.features(input, first)
+    } else {
+        model.features_exact(input, first)
+    };
+    let leaf = prefix.detach().set_requires_grad(true);
     let (last, mut kept) = model.blocks_with_grad(&leaf, first + 1, &blocks);
     kept.insert(first, leaf);
     let logits = model.head(&last);

@@ -341,18 +341,22 @@ impl<'de> serde::Deserialize<'de> for Layer {
     }
 }
 
-/// A convolution followed by eval-mode batch norm, or one convolution with a bias once the
-/// batch norm has been folded into it.
+/// A convolution followed by eval-mode batch norm, as the file has them, and optionally the
+/// same two folded into one convolution with a bias for the fast path.
 struct ConvBn {
-    /// A plain tensor, or after `use_onednn_weights` a oneDNN (mkldnn) tensor already in the
-    /// blocked layout its kernels use.
+    /// As loaded, unfolded: with `bn` after it, these run pytorch-grad-cam's very
+    /// operations. Plain, or after `use_onednn_weights` in oneDNN's blocked layout, which
+    /// runs the same kernel without reordering the weight on every call.
     weight: Tensor,
     /// The plain weight again, made from the oneDNN one the first time a gradient has to
-    /// flow through this convolution (a target layer before it): autograd runs on plain
-    /// tensors only. Layer4 explanations never need it, so it costs no memory for them.
+    /// flow through this convolution (autograd runs on plain tensors only). Layer4
+    /// explanations never need it, so it costs no memory for them.
     plain_weight: OnceCell<Tensor>,
-    bias: Option<Tensor>,
-    bn: Option<BatchNorm>,
+    bn: BatchNorm,
+    /// Batch norm folded in (`fold`), the weight later perhaps in oneDNN's blocked layout
+    /// (`use_onednn_weights`): used where no gradient flows and nothing after it decides
+    /// a ReLU that a gradient goes back through (see `ResNet::features`).
+    folded: Option<Folded>,
     stride: i64,
     padding: i64,
     groups: i64,
@@ -365,80 +369,107 @@ struct BatchNorm {
     running_var: Tensor,
 }
 
+struct Folded {
+    /// A plain tensor, or a oneDNN (mkldnn) tensor already in the layout its kernels use.
+    weight: Tensor,
+    bias: Tensor,
+}
+
 impl ConvBn {
-    /// Without autograd: oneDNN tensors in and out when the weights are oneDNN's.
+    /// Without autograd, on the folded weights when there are: oneDNN tensors in and out
+    /// when those are oneDNN's.
     fn forward(&self, x: &Tensor) -> Tensor {
-        if self.weight.is_mkldnn() {
+        let Some(folded) = &self.folded else {
+            return self.forward_exact(x);
+        };
+        if folded.weight.is_mkldnn() {
             // Input and output stay oneDNN tensors (see `ResNet::features`).
             return x.mkldnn_convolution(
-                &self.weight,
-                self.bias.as_ref(),
+                &folded.weight,
+                Some(&folded.bias),
                 [self.padding, self.padding],
                 [self.stride, self.stride],
                 [1, 1],
                 self.groups,
             );
         }
-        self.forward_plain(x, &self.weight)
-    }
-
-    /// On plain tensors, differentiable with respect to `x`.
-    fn forward_with_grad(&self, x: &Tensor) -> Tensor {
-        if self.weight.is_mkldnn() {
-            let weight = self
-                .plain_weight
-                .get_or_init(|| tch::no_grad(|| self.weight.to_dense(None, false)));
-            return self.forward_plain(x, weight);
-        }
-        self.forward_plain(x, &self.weight)
-    }
-
-    fn forward_plain(&self, x: &Tensor, weight: &Tensor) -> Tensor {
-        let y = x.conv2d(
-            weight,
-            self.bias.as_ref(),
+        x.conv2d(
+            &folded.weight,
+            Some(&folded.bias),
             [self.stride, self.stride],
             [self.padding, self.padding],
             [1, 1],
             self.groups,
-        );
-        match &self.bn {
-            None => y,
-            Some(bn) => y.batch_norm(
-                Some(&bn.weight),
-                Some(&bn.bias),
-                Some(&bn.running_mean),
-                Some(&bn.running_var),
-                false,
-                0.0,
-                BN_EPS,
-                false,
-            ),
-        }
+        )
     }
 
-    /// Eval-mode batch norm is an affine map per channel, so it folds exactly into the
-    /// convolution: w' = w * g / sqrt(v + eps), b' = beta - mean * g / sqrt(v + eps).
-    fn fold(&mut self) {
-        if let Some(bn) = self.bn.take() {
-            let scale = &bn.weight / (&bn.running_var + BN_EPS).sqrt();
-            self.weight = &self.weight * scale.view([-1, 1, 1, 1]);
-            self.bias = Some(&bn.bias - &bn.running_mean * &scale);
-        }
-    }
-
-    /// The weight reordered into oneDNN's blocked layout for an input of `input` shape
-    /// (the layout depends on the channels and the CPU far more than on the batch).
-    fn onednn_weight(&self, input: [i64; 4]) -> Result<Tensor, tch::TchError> {
-        self.weight
-            .f_to_mkldnn(None)?
-            .f_mkldnn_reorder_conv2d_weight(
+    /// The convolution then the batch norm, as torchvision runs them, on plain tensors;
+    /// differentiable with respect to `x`.
+    fn forward_exact(&self, x: &Tensor) -> Tensor {
+        let bn = &self.bn;
+        let y = if self.weight.is_mkldnn() && !x.requires_grad() {
+            // What `conv2d` runs (oneDNN's convolution of plain tensors), minus the reorder
+            // of the weight: the same values to the bit.
+            x.mkldnn_convolution(
+                &self.weight,
+                None::<Tensor>,
                 [self.padding, self.padding],
                 [self.stride, self.stride],
                 [1, 1],
                 self.groups,
-                Some(input.as_slice()),
             )
+        } else {
+            x.conv2d(
+                self.plain_weight(),
+                None::<Tensor>,
+                [self.stride, self.stride],
+                [self.padding, self.padding],
+                [1, 1],
+                self.groups,
+            )
+        };
+        y.batch_norm(
+            Some(&bn.weight),
+            Some(&bn.bias),
+            Some(&bn.running_mean),
+            Some(&bn.running_var),
+            false,
+            0.0,
+            BN_EPS,
+            false,
+        )
+    }
+
+    fn plain_weight(&self) -> &Tensor {
+        if !self.weight.is_mkldnn() {
+            return &self.weight;
+        }
+        self.plain_weight
+            .get_or_init(|| tch::no_grad(|| self.weight.to_dense(None, false)))
+    }
+
+    /// Eval-mode batch norm is an affine map per channel, so it folds into the
+    /// convolution up to float rounding: w' = w * g / sqrt(v + eps),
+    /// b' = beta - mean * g / sqrt(v + eps).
+    fn fold(&mut self) {
+        let bn = &self.bn;
+        let scale = &bn.weight / (&bn.running_var + BN_EPS).sqrt();
+        self.folded = Some(Folded {
+            weight: &self.weight * scale.view([-1, 1, 1, 1]),
+            bias: &bn.bias - &bn.running_mean * &scale,
+        });
+    }
+
+    /// The weight reordered into oneDNN's blocked layout for an input of `input` shape
+    /// (the layout depends on the channels and the CPU far more than on the batch).
+    fn onednn_weight(&self, weight: &Tensor, input: [i64; 4]) -> Result<Tensor, tch::TchError> {
+        weight.f_to_mkldnn(None)?.f_mkldnn_reorder_conv2d_weight(
+            [self.padding, self.padding],
+            [self.stride, self.stride],
+            [1, 1],
+            self.groups,
+            Some(input.as_slice()),
+        )
     }
 
     /// Output height and width for an input of `h` x `w`.
@@ -480,18 +511,19 @@ impl Block {
         y
     }
 
-    /// The same, out of place on plain tensors, so that autograd can go back through it.
-    fn forward_with_grad(&self, x: &Tensor) -> Tensor {
+    /// Unfolded and out of place on plain tensors, as torchvision runs it, so that autograd
+    /// can go back through it and every value equals pytorch-grad-cam's to the bit.
+    fn forward_exact(&self, x: &Tensor) -> Tensor {
         let mut y = x.shallow_clone();
         let last = self.convs.len() - 1;
         for (i, conv) in self.convs.iter().enumerate() {
-            y = conv.forward_with_grad(&y);
+            y = conv.forward_exact(&y);
             if i < last {
                 y = y.relu();
             }
         }
         let shortcut = match &self.downsample {
-            Some(d) => d.forward_with_grad(x),
+            Some(d) => d.forward_exact(x),
             None => x.shallow_clone(),
         };
         (y + shortcut).relu()
@@ -499,6 +531,10 @@ impl Block {
 
     fn convs_mut(&mut self) -> impl Iterator<Item = &mut ConvBn> {
         self.convs.iter_mut().chain(self.downsample.as_mut())
+    }
+
+    fn convs(&self) -> impl Iterator<Item = &ConvBn> {
+        self.convs.iter().chain(self.downsample.as_ref())
     }
 }
 
@@ -566,14 +602,14 @@ impl ResNet {
         let mut take = |name: String| t.remove(&name).expect("checked by from_tensors");
         let mut conv_bn = |conv: &str, bn: &str, stride: i64, padding: i64, groups: i64| ConvBn {
             weight: take(format!("{conv}.weight")),
-            plain_weight: OnceCell::new(),
-            bias: None,
-            bn: Some(BatchNorm {
+            bn: BatchNorm {
                 weight: take(format!("{bn}.weight")),
                 bias: take(format!("{bn}.bias")),
                 running_mean: take(format!("{bn}.running_mean")),
                 running_var: take(format!("{bn}.running_var")),
-            }),
+            },
+            plain_weight: OnceCell::new(),
+            folded: None,
             stride,
             padding,
             groups,
@@ -631,58 +667,76 @@ impl ResNet {
         std::iter::once(&mut self.stem).chain(self.blocks.iter_mut().flat_map(Block::convs_mut))
     }
 
-    /// Folds every batch norm into its convolution (exact up to float rounding).
+    /// Folds every batch norm into a copy of its convolution for the fast path (equal up
+    /// to float rounding); the unfolded ones stay for the exact path.
     pub fn fold_batch_norm(&mut self) {
         tch::no_grad(|| self.convs_mut().for_each(ConvBn::fold));
     }
 
-    /// Reorders every (folded) convolution weight once into oneDNN's blocked layout for
-    /// `input_size` images; the network then keeps its activations in oneDNN tensors too.
-    /// Eager libtorch reorders the plain weights on every call; on 2 cores this runs a
-    /// single image or a batch of 4 in about 0.9 of the time, with the same results at
-    /// batch 1 to the bit. The plain weights are let go, so it costs no memory. Batch norm
-    /// must be folded first: the oneDNN path has convolutions only.
+    /// Reorders every convolution weight (unfolded, and folded when folded) once into
+    /// oneDNN's blocked layout for `input_size` images; the fast path then keeps its
+    /// activations in oneDNN tensors too. Eager libtorch reorders the plain weights on
+    /// every call; on 2 cores this runs a single image or a batch of 4 in about 0.9 of the
+    /// time, with the same results at batch 1 to the bit.
     pub fn use_onednn_weights(&mut self, input_size: i64) -> Result<(), tch::TchError> {
-        assert!(
-            self.stem.bn.is_none(),
-            "batch norm is folded before the weights are reordered"
-        );
+        // Each convolution's input shape, in `convs_mut` order.
+        let mut inputs = Vec::new();
+        let (h, w) = self.stem.output_size(input_size, input_size);
+        inputs.push([1, 3, input_size, input_size]);
+        // After the 3x3, stride 2 max pool.
+        let (mut h, mut w) = ((h + 1) / 2, (w + 1) / 2);
+        let mut channels = self.stem.out_channels();
+        for block in &self.blocks {
+            let input = [1, channels, h, w];
+            let (mut ch, mut cw, mut c) = (h, w, channels);
+            for conv in &block.convs {
+                inputs.push([1, c, ch, cw]);
+                (ch, cw) = conv.output_size(ch, cw);
+                c = conv.out_channels();
+            }
+            if block.downsample.is_some() {
+                inputs.push(input);
+            }
+            (h, w, channels) = (ch, cw, c);
+        }
         // Reorder everything first and swap only if all succeeded (a libtorch built
         // without oneDNN refuses the first one), so that a failure leaves the model whole.
-        let mut reordered = Vec::new();
-        tch::no_grad(|| -> Result<(), tch::TchError> {
-            let (h, w) = self.stem.output_size(input_size, input_size);
-            reordered.push(self.stem.onednn_weight([1, 3, input_size, input_size])?);
-            // After the 3x3, stride 2 max pool.
-            let (mut h, mut w) = ((h + 1) / 2, (w + 1) / 2);
-            let mut channels = self.stem.out_channels();
-            for block in &self.blocks {
-                let input = [1, channels, h, w];
-                let (mut ch, mut cw, mut c) = (h, w, channels);
-                for conv in &block.convs {
-                    reordered.push(conv.onednn_weight([1, c, ch, cw])?);
-                    (ch, cw) = conv.output_size(ch, cw);
-                    c = conv.out_channels();
-                }
-                if let Some(d) = &block.downsample {
-                    reordered.push(d.onednn_weight(input)?);
-                }
-                (h, w, channels) = (ch, cw, c);
-            }
-            Ok(())
+        let reordered = tch::no_grad(|| {
+            std::iter::once(&self.stem)
+                .chain(self.blocks.iter().flat_map(Block::convs))
+                .zip(&inputs)
+                .map(|(conv, &input)| {
+                    let folded = match &conv.folded {
+                        Some(f) => Some(conv.onednn_weight(&f.weight, input)?),
+                        None => None,
+                    };
+                    Ok((conv.onednn_weight(&conv.weight, input)?, folded))
+                })
+                .collect::<Result<Vec<_>, tch::TchError>>()
         })?;
-        for (conv, weight) in self.convs_mut().zip(reordered) {
-            conv.weight = weight;
+        for (conv, (unfolded, folded)) in self.convs_mut().zip(reordered) {
+            conv.weight = unfolded;
+            if let (Some(f), Some(weight)) = (conv.folded.as_mut(), folded) {
+                f.weight = weight;
+            }
         }
         Ok(())
     }
 
     /// conv1 up to and including block `last` (an index into the blocks in network order),
-    /// without autograd: [N, 3, H, W] normalised images to that block's output, plain and
-    /// contiguous.
+    /// without autograd, on the fast path: [N, 3, H, W] normalised images to that block's
+    /// output, plain and contiguous. Equal to [`ResNet::features_exact`] up to float
+    /// rounding (about 1e-6 relative), which is enough where only linear operations follow
+    /// (the head, for layer4), but not where a ReLU that a gradient goes back through
+    /// follows: an activation a rounding away from zero can flip that ReLU's mask and move
+    /// an earlier layer's map by up to 3e-4 of its maximum (measured; see tests/parity.rs).
     pub fn features(&self, x: &Tensor, last: usize) -> Tensor {
         tch::no_grad(|| {
-            let onednn = self.stem.weight.is_mkldnn();
+            let onednn = self
+                .stem
+                .folded
+                .as_ref()
+                .is_some_and(|f| f.weight.is_mkldnn());
             let x = if onednn {
                 x.g_to_mkldnn(None)
             } else {
@@ -702,6 +756,19 @@ impl ResNet {
         })
     }
 
+    /// The same on the unfolded weights: torchvision's operations, equal to
+    /// pytorch-grad-cam's activations to the bit.
+    pub fn features_exact(&self, x: &Tensor, last: usize) -> Tensor {
+        tch::no_grad(|| {
+            let x = self.stem.forward_exact(x).relu();
+            let mut x = x.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+            for block in &self.blocks[..=last] {
+                x = block.forward_exact(&x);
+            }
+            x.contiguous()
+        })
+    }
+
     /// conv1 .. layer4: the last block's output [N, C, H/32, W/32].
     pub fn trunk(&self, x: &Tensor) -> Tensor {
         self.features(x, self.blocks.len() - 1)
@@ -718,7 +785,7 @@ impl ResNet {
         let mut kept = HashMap::new();
         let mut x = x.shallow_clone();
         for (i, block) in self.blocks.iter().enumerate().skip(first) {
-            x = block.forward_with_grad(&x);
+            x = block.forward_exact(&x);
             if keep.contains(&i) {
                 kept.insert(i, x.shallow_clone());
             }

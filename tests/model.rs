@@ -122,6 +122,25 @@ fn folding_batch_norm_keeps_logits_and_maps() {
 }
 
 #[test]
+fn earlier_layers_run_unfolded_and_agree_to_the_bit() {
+    // Before layer4 the gradient goes back through ReLUs whose masks the fast path's
+    // rounding could flip, so those layers run the unfolded network on every setting:
+    // folded, oneDNN weights or neither, the maps and probabilities are the same bits.
+    let plain = demo_model();
+    let mut fast = demo_model();
+    fast.fold_batch_norm();
+    fast.use_onednn_weights(224).unwrap();
+    let x = input(12, 1);
+    for at in ["layer3", "layer2", "layer3.1", "layer4.1"] {
+        let asks = asks_at(at, &[Some(3)]);
+        let (a, _) = gradcam::explain(&plain, &x, &asks).unwrap();
+        let (b, _) = gradcam::explain(&fast, &x, &asks).unwrap();
+        assert_eq!(a[0].cam, b[0].cam, "{at}");
+        assert_eq!(a[0].probabilities, b[0].probabilities, "{at}");
+    }
+}
+
+#[test]
 fn onednn_weights_give_the_same_maps() {
     // The folded weights reordered into oneDNN's layout, activations kept in it: the same
     // maps and probabilities as plain tensors up to float rounding, at any batch size.

@@ -196,15 +196,14 @@ fn matches_pytorch_grad_cam_with_batch_norm_folded() {
 /// resnet18 (10 classes, a labels file), resnet34, wide_resnet50_2, resnext50_32x4d and
 /// resnet50, each at layer4, layer3, layer2 and layer3.1, top-1 and a forced target.
 ///
-/// With batch norm unfolded the network runs pytorch-grad-cam's very operations, and every
-/// map agrees to the bit (measured: 0.0 everywhere). The shipped settings fold batch norm
-/// into the convolutions (faster): the activations then differ from PyTorch's by float
-/// rounding (about 1e-7 relative). At layer4 the map stays within 1.2e-6. At earlier
-/// layers a map is a sum over hundreds of channels whose weights cancel, which magnifies
-/// that rounding: measured up to 3.1e-4 of the map's maximum (resnet50 at layer3.1), 1.4e-4
-/// for wide_resnet50_2 at layer3, invisible in the overlay (within 2 levels, a few hundred
-/// pixels a level further where the colour steps). Those layers are held to 1e-3 with
-/// folding, and to 1e-4 without.
+/// Held to 1e-4 of the map's maximum everywhere, with the shipped settings and without
+/// folding. With batch norm unfolded the network runs pytorch-grad-cam's very operations
+/// and every map agrees to the bit (measured: 0.0 everywhere). The shipped settings fold
+/// batch norm into the convolutions for the fast path, whose activations differ from
+/// PyTorch's by float rounding (about 1e-7 relative): at layer4, where only the head
+/// follows, the map stays within 1.2e-6. Before layer4 the gradient goes back through
+/// ReLUs, and that rounding flipped a mask or two and moved maps by up to 3.1e-4 (resnet50
+/// at layer3.1), so explanations there run unfolded (`gradcam::explain`): 0.0 again.
 #[test]
 #[ignore = "needs the pytorch-grad-cam reference data: run `make test`"]
 fn every_architecture_and_layer_matches_pytorch_grad_cam() {
@@ -238,14 +237,8 @@ fn every_architecture_and_layer_matches_pytorch_grad_cam() {
                 m.cases.iter().filter_map(|c| c.layer.clone()).collect();
             assert!(layers.len() >= 4, "{}: {layers:?}", m.architecture);
             for case in &m.cases {
-                let at_layer4 = case.layer.as_deref().is_none_or(|l| l == "layer4");
-                let tolerance = if fold_batch_norm && !at_layer4 {
-                    1e-3
-                } else {
-                    1e-4
-                };
                 let what = format!("fold_batch_norm={fold_batch_norm}");
-                check_case(&dir, &engine, case, &what, tolerance);
+                check_case(&dir, &engine, case, &what, 1e-4);
             }
         }
     }
