@@ -1048,6 +1048,12 @@ def phone_report(results):
                         h["ratio"], ">= 0.9", h["ratio"] >= 0.9))
 
     m = p.get("machine", results["machine"])
+    if m["load_before"][0] > m["nproc"]:
+        # A timing verdict from a busy machine is no verdict: say so in the list too (the
+        # answer's size does not depend on it).
+        targets = [(name if name.startswith("Answer") else
+                    f"{name} [busy machine: not trusted]", fig, ratio, want, ok)
+                   for name, fig, ratio, want, ok in targets]
     photo = p.get("photo", {})
     L = []
     w = L.append
@@ -1057,6 +1063,12 @@ def phone_report(results):
       "alone) or `make bench`. The photo: docs/chelsea.jpg upscaled to 4032x3024 with light "
       f"noise, JPEG quality 90, {photo.get('bytes', ip['photo_bytes']):,} bytes "
       "(`gradcam-bench assets`). Shipped defaults: `overlay_max_side` 960, PNG.\n")
+    if m["load_before"][0] > m["nproc"]:
+        w(f"> **The machine was busy (load average {m['load_before'][0]:.1f} on {m['nproc']} "
+          "cores, other builds and benchmarks): wall times are inflated several times over, "
+          "a CPU clock counts time lost to contention, and the ratios between two programs "
+          "(the 1920x1080 one above all) are not to be trusted. Re-run "
+          "`python bench/run.py --phone-only` on a quiet machine.**\n")
     w("**CPU outside the network** is defined as the CPU time a request costs beside the "
       "network's forward and backward passes: over HTTP, the server's threads other than "
       "`model-worker-*` (HTTP, multipart, decode, resize, overlay, encoding, base64, JSON) "
@@ -1085,7 +1097,7 @@ def phone_report(results):
         st = v["stages"]
         ov = st["overlay"]
         w(f"| {v['variant']} | {st['picture'][0]}x{st['picture'][1]} | "
-          f"{ov[0]}x{ov[1] if ov[0] else '-'} | "
+          f"{f'{ov[0]}x{ov[1]}' if ov[0] else '-'} | "
           f"{st['decode_ms']['p50']:.1f} ({st['decode_cpu_ms']['p50']:.1f}) | "
           f"{st['network_ms']['p50']:.1f} ({st['network_cpu_ms']['p50']:.1f}) | "
           f"{st['render_ms']['p50']:.1f} ({st['render_cpu_ms']['p50']:.1f}) | "
@@ -1108,7 +1120,22 @@ def phone_report(results):
         w(f"| {f['photo']} | {f['picture'][0]}x{f['picture'][1]} | {f['top5_equal']} | "
           f"{f['same_target']} | {f['map_error_relative']:.2e} | "
           f"{f['probability_error']:.2e} | {f['input_error']:.3f} |")
-    w("")
+    w("\nThe top-5 and the class explained stay the same; the maps move by more than the "
+      "parity tests' 1e-4 (which is float rounding on identical inputs): the scaled decode "
+      "is another resampling of the photo, its input differing by up to 0.035 (about 2 "
+      "levels of 255). libjpeg-turbo's own scaled decode differs as much: PIL's `draft` "
+      "(1/4) against PIL's whole decode of the same photo, both resized to 224 by PIL, "
+      "differ by up to 0.0175 in the input (measured by hand, 2026-11-29). A map error of "
+      "4.6e-3 is about one level of 255 in the overlay.\n")
+    w("JPEG decoders tried by hand (2026-11-29, this photo, thread CPU ms, best of 5, the "
+      "machine busy): the `image` crate's zune-jpeg, whole 50-58 (it has no scaled decode); "
+      "`jpeg-decoder` 0.3.2 (shipped), whole 58-61, 1/2 29-30, 1/4 26, 1/8 26: the Huffman "
+      "decoding is most of it; `mozjpeg` 0.10 (libjpeg-turbo's code, built by cc without "
+      "nasm, so no SIMD), whole 96, 1/2 42, 1/4 28-30, 1/8 17-20: its entropy decoding is "
+      "about 30 % faster, the rest slower without SIMD; `turbojpeg` 1.5 needs libturbojpeg "
+      ">= 3.0 (Debian 12 has 2.1.5) or cmake and nasm to build its own, neither here. "
+      "Encoders by hand on the same overlay: the `image` crate's JPEG encoder 16-18 ms "
+      "against `jpeg-encoder` 4-5 ms (shipped) at quality 85.\n")
     return targets, L
 
 
