@@ -1009,7 +1009,7 @@ def report(results):
       "tch does not expose): the most it could save, measured by leaving them out altogether "
       "(wrong answers, timing only), is 2-3 ms of about 50 (5 %). Not done.\n")
     w("Not measured (so no claim either way): flush-denormal settings, other resize "
-      "libraries, other JPEG decoders.\n")
+      "libraries (JPEG decoders: see \"Phone photos\").\n")
     L.extend(phone_lines)
     w("## Reproduce\n")
     w("```\nmake bench\n```\n")
