@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::Config;
 use crate::engine::{self, Engine};
 use crate::model::Layer;
-use crate::options::{Defaults, ExplainOptions};
+use crate::options::{Defaults, ExplainOptions, OverlayKind};
 use crate::preprocess::{DecodeLimits, ResizeMode};
 use crate::weights;
 
@@ -48,7 +48,7 @@ pub enum Command {
         model: ModelArgs,
         #[command(flatten)]
         options: ExplainOptions,
-        /// Write the overlay PNG here (the JSON then leaves the base64 PNG out).
+        /// Write the overlay image here, in --overlay-format (the JSON then leaves it out).
         #[arg(long)]
         out: Option<PathBuf>,
         /// Print the full JSON answer instead of a summary.
@@ -195,6 +195,10 @@ pub struct ExplainArgs {
     /// [explain.layer]
     #[arg(long = "default-layer", env = "GRADCAM_LAYER")]
     pub layer: Option<Layer>,
+    /// Longest side of the overlay image when a request does not say, 64..=16383
+    /// [explain.overlay_max_side]
+    #[arg(long, env = "GRADCAM_OVERLAY_MAX_SIDE")]
+    pub overlay_max_side: Option<u32>,
 }
 
 /// Three comma-separated numbers.
@@ -273,7 +277,7 @@ impl ServerArgs {
 impl ExplainArgs {
     pub fn apply(&self, config: &mut Config) {
         let e = &mut config.explain;
-        override_with!(self, e, [top_k, alpha, layer]);
+        override_with!(self, e, [top_k, alpha, layer, overlay_max_side]);
     }
 }
 
@@ -360,7 +364,11 @@ fn explain_file(
     let engine = Engine::load(&config.model, config.explain.layer)?;
     let model = engine.description();
     let mut options = options.clone();
-    options.overlay = Some(out.is_some() || json);
+    options.overlay = Some(if out.is_some() || json {
+        OverlayKind::Blend
+    } else {
+        OverlayKind::Off
+    });
     let options = options
         .resolve(&Defaults::from_config(config), &model.limits())
         .map_err(|e| anyhow::anyhow!("--{}: {e}", e.name.replace('_', "-")))?;
@@ -378,9 +386,8 @@ fn explain_file(
     let (mut explanation, png) = engine::explain_now(&engine, model, &bytes, limits, &options)
         .with_context(|| format!("{}", image.display()))?;
     match (out, png) {
-        (Some(path), Some(png)) => {
-            std::fs::write(path, png).with_context(|| format!("writing {}", path.display()))?
-        }
+        (Some(path), Some(overlay)) => std::fs::write(path, &overlay.bytes)
+            .with_context(|| format!("writing {}", path.display()))?,
         (None, Some(png)) => explanation.embed_overlay(&png),
         _ => {}
     }

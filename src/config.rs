@@ -99,6 +99,8 @@ pub struct ExplainDefaults {
     pub alpha: f32,
     /// The layer explained when a request does not say.
     pub layer: Layer,
+    /// Longest side of the overlay image when a request does not say (64..=16383).
+    pub overlay_max_side: u32,
 }
 
 impl Default for ModelConfig {
@@ -147,6 +149,11 @@ impl Default for ExplainDefaults {
             top_k: 5,
             alpha: 0.5,
             layer: Layer::LAST,
+            // A web page shows an overlay at most about 1000 CSS pixels wide, and 960 is
+            // exactly half or a quarter of the common large sizes (1920x1080, 3840x2160) and
+            // near a quarter of 12 MP photos (4032x3024 decodes at 1008x756): those JPEGs are
+            // decoded at that fraction in the DCT domain. Its PNG stays near 1 MB.
+            overlay_max_side: 960,
         }
     }
 }
@@ -245,6 +252,12 @@ impl Config {
         }
         if !(0.0..=1.0).contains(&e.alpha) {
             return bad(format!("explain.alpha = {} (0..=1)", e.alpha));
+        }
+        if !crate::options::OVERLAY_MAX_SIDE.contains(&e.overlay_max_side) {
+            return bad(format!(
+                "explain.overlay_max_side = {} (64..=16383)",
+                e.overlay_max_side
+            ));
         }
         Ok(())
     }

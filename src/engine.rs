@@ -109,24 +109,56 @@ impl ModelDescription {
 
 /// A decoded upload and the model input made from it.
 pub struct Prepared {
+    /// The picture: the image, or a JPEG decoded smaller (see `prepare_fitted`).
     pub picture: RgbImage,
     pub input: ModelInput,
     pub decode_ms: f64,
+    /// The image's own size (EXIF orientation applied), whatever the picture's.
+    pub image: ImageSize,
 }
 
+/// Decodes the whole image and makes the model's input.
 pub fn prepare(
     bytes: &[u8],
     limits: DecodeLimits,
     spec: &InputSpec,
     resize: ResizeMode,
 ) -> Result<Prepared, DecodeError> {
+    prepare_with(bytes, limits, spec, resize, None)
+}
+
+/// [`prepare`] for an overlay of at most `overlay_max_side` pixels: a large JPEG is decoded
+/// at the smallest DCT scale that still covers that overlay and the model's input
+/// ([`preprocess::decode_fitted`]), and the model's input is made from that picture.
+pub fn prepare_fitted(
+    bytes: &[u8],
+    limits: DecodeLimits,
+    spec: &InputSpec,
+    resize: ResizeMode,
+    overlay_max_side: u32,
+) -> Result<Prepared, DecodeError> {
+    let fit = preprocess::Fit::for_model(spec, overlay_max_side);
+    prepare_with(bytes, limits, spec, resize, Some(fit))
+}
+
+fn prepare_with(
+    bytes: &[u8],
+    limits: DecodeLimits,
+    spec: &InputSpec,
+    resize: ResizeMode,
+    fit: Option<preprocess::Fit>,
+) -> Result<Prepared, DecodeError> {
     let start = Instant::now();
-    let picture = preprocess::decode(bytes, limits)?;
-    let input = preprocess::prepare(&picture, spec, resize);
+    let decoded = preprocess::decode_fitted(bytes, limits, fit)?;
+    let input = preprocess::prepare(&decoded.picture, spec, resize);
     Ok(Prepared {
-        picture,
+        picture: decoded.picture,
         input,
         decode_ms: start.elapsed().as_secs_f64() * 1e3,
+        image: ImageSize {
+            width: decoded.width,
+            height: decoded.height,
+        },
     })
 }
 
@@ -274,17 +306,20 @@ fn batch_tensor(inputs: &[&ModelInput]) -> Tensor {
 }
 
 /// Turns the network's answer into the explanation (classes with labels, the raw map as
-/// rows) and, when asked for, the overlay PNG at the picture's own size. The PNG comes back
-/// as bytes: the JSON answer embeds it with [`Explanation::to_json_with_overlay`], the CLI and
-/// `Accept: image/png` send it as it is.
+/// rows) and, when asked for, the overlay image (at the image's size, or scaled down to
+/// `options.overlay_max_side`) in `options.overlay_format`. The image comes back as bytes:
+/// the JSON answer embeds it with [`Explanation::to_json_with_overlay`], the CLI and
+/// `Accept: image/...` send it as it is. `image` is the uploaded image's own size, of which
+/// `picture` may be a smaller copy.
 pub fn finish(
     picture: &RgbImage,
+    image: ImageSize,
     region: Region,
     raw: &RawExplanation,
     options: &Options,
     model: &ModelDescription,
     mut timing: Timing,
-) -> (Explanation, Option<Vec<u8>>) {
+) -> (Explanation, Option<render::EncodedOverlay>) {
     let start = Instant::now();
     let score = |i: usize| ClassScore {
         class_index: i,
@@ -292,17 +327,13 @@ pub fn finish(
         score: raw.probabilities[i],
     };
     let top = gradcam::top_k(&raw.probabilities, options.top_k.max(1));
-    let overlay_png = options.overlay.then(|| {
-        let image = render::overlay(
-            picture,
-            &raw.cam,
-            raw.width,
-            raw.height,
-            region,
-            options.alpha,
-        );
-        render::encode_png(&image)
-    });
+    let overlay = render::render(
+        picture,
+        (image.width, image.height),
+        region,
+        (&raw.cam, raw.width, raw.height),
+        options,
+    );
     timing.render = start.elapsed().as_secs_f64() * 1e3;
     let explanation = Explanation {
         prediction: score(top[0].0),
@@ -313,28 +344,34 @@ pub fn finish(
             height: raw.height,
             data: raw.cam.chunks(raw.width).map(<[f32]>::to_vec).collect(),
         },
-        image: ImageSize {
-            width: picture.width(),
-            height: picture.height(),
-        },
+        image,
         model: model.info(raw.layer),
         timing_ms: timing,
+        overlay_image: overlay.as_ref().map(render::EncodedOverlay::describe),
         overlay_png: None,
+        overlay_jpeg: None,
+        overlay_webp: None,
     };
-    (explanation, overlay_png)
+    (explanation, overlay)
 }
 
 /// The whole pipeline in a row on this thread, for the CLI and the benchmark: the
-/// explanation (timing filled in, total included) and the overlay PNG when asked for.
+/// explanation (timing filled in, total included) and the overlay image when asked for.
 pub fn explain_now(
     explainer: &dyn Explainer,
     model: &ModelDescription,
     bytes: &[u8],
     limits: DecodeLimits,
     options: &Options,
-) -> anyhow::Result<(Explanation, Option<Vec<u8>>)> {
+) -> anyhow::Result<(Explanation, Option<render::EncodedOverlay>)> {
     let started = Instant::now();
-    let prepared = prepare(bytes, limits, &model.input_spec(), options.resize)?;
+    let prepared = prepare_fitted(
+        bytes,
+        limits,
+        &model.input_spec(),
+        options.resize,
+        options.overlay_max_side,
+    )?;
     let ask = Ask {
         target: options.target,
         layer: options.layer,
@@ -348,6 +385,7 @@ pub fn explain_now(
     };
     let (mut explanation, png) = finish(
         &prepared.picture,
+        prepared.image,
         prepared.input.region,
         &raw.remove(0),
         options,

@@ -3,6 +3,9 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::options::OverlayFormat;
+pub use crate::render::{EncodedOverlay, OverlayImage};
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
 #[schema(example = json!({"class_index": 281, "label": "tabby", "score": 0.83}))]
 pub struct ClassScore {
@@ -64,35 +67,55 @@ pub struct Explanation {
     pub image: ImageSize,
     pub model: ModelInfo,
     pub timing_ms: Timing,
-    /// Base64 PNG of the heat map over the uploaded image, at the uploaded image's size
-    /// (absent when `overlay=false`, or from the CLI with `--out`).
-    // Last, so that `to_json_with_overlay` can append it.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// What the overlay image is: its kind, media type, field and size (absent when
+    /// `overlay=false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay_image: Option<OverlayImage>,
+    /// Base64 PNG of the overlay (`overlay_format=png`, the default): the heat map over the
+    /// uploaded image (or the map alone with `overlay=heatmap`), at the image's size or
+    /// scaled down to `overlay_max_side` (absent when `overlay=false`, or from the CLI with
+    /// `--out`).
+    // The overlay fields last, so that `to_json_with_overlay` can append one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlay_png: Option<String>,
+    /// Base64 JPEG of the overlay, with `overlay_format=jpeg` (as `overlay_png` otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay_jpeg: Option<String>,
+    /// Base64 lossless WebP of the overlay, with `overlay_format=webp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay_webp: Option<String>,
 }
 
 impl Explanation {
-    /// Puts the overlay PNG into the answer, base64-encoded.
-    pub fn embed_overlay(&mut self, png: &[u8]) {
-        self.overlay_png = Some(base64_simd::STANDARD.encode_to_string(png));
+    /// Puts the overlay into the answer, base64-encoded, in its format's field.
+    pub fn embed_overlay(&mut self, overlay: &EncodedOverlay) {
+        let text = Some(base64_simd::STANDARD.encode_to_string(&overlay.bytes));
+        match overlay.format {
+            OverlayFormat::Png => self.overlay_png = text,
+            OverlayFormat::Jpeg => self.overlay_jpeg = text,
+            OverlayFormat::Webp => self.overlay_webp = text,
+        }
     }
 
-    /// The compact JSON answer with `png` as its `overlay_png`: the same bytes as
+    /// The compact JSON answer with `overlay` in its format's field: the same bytes as
     /// `embed_overlay` and then `serde_json::to_vec`, but the base64 is written straight
     /// into the buffer. Base64 needs no escaping, and a 1920x1080 overlay makes 6 MB of it:
     /// encoding it into a String that the JSON writer then scans byte by byte took 6 ms.
-    pub fn to_json_with_overlay(&self, png: &[u8]) -> Vec<u8> {
+    pub fn to_json_with_overlay(&self, overlay: &EncodedOverlay) -> Vec<u8> {
         assert!(
-            self.overlay_png.is_none(),
+            self.overlay_png.is_none()
+                && self.overlay_jpeg.is_none()
+                && self.overlay_webp.is_none(),
             "the overlay is not embedded twice"
         );
+        let bytes = &overlay.bytes;
         // Sized once: growing a multi-megabyte buffer by doubling copies it over and over.
-        let mut json = Vec::with_capacity(png.len().div_ceil(3) * 4 + 16 * 1024);
+        let mut json = Vec::with_capacity(bytes.len().div_ceil(3) * 4 + 16 * 1024);
         serde_json::to_writer(&mut json, self).expect("an explanation serialises");
-        // The object's closing brace goes back on after the last field, overlay_png.
+        // The object's closing brace goes back on after the last field, the overlay's.
         assert_eq!(json.pop(), Some(b'}'));
-        json.extend_from_slice(br#","overlay_png":""#);
-        base64_simd::STANDARD.encode_append(png, &mut json);
+        json.extend_from_slice(format!(r#","{}":""#, overlay.format.field()).as_bytes());
+        base64_simd::STANDARD.encode_append(bytes, &mut json);
         json.extend_from_slice(br#""}"#);
         json
     }
@@ -128,7 +151,10 @@ mod tests {
                 weights: "demo-random".into(),
             },
             timing_ms: Timing::default(),
+            overlay_image: None,
             overlay_png: None,
+            overlay_jpeg: None,
+            overlay_webp: None,
         }
     }
 
@@ -142,20 +168,33 @@ mod tests {
                 .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
                 .collect(),
         );
-        for png in payloads {
-            let mut embedded = answer();
-            embedded.embed_overlay(&png);
+        let formats = [OverlayFormat::Png, OverlayFormat::Jpeg, OverlayFormat::Webp];
+        for (i, png) in payloads.into_iter().enumerate() {
+            let overlay = EncodedOverlay {
+                bytes: png.clone(),
+                format: formats[i % 3],
+                kind: crate::options::OverlayKind::Blend,
+                width: 5,
+                height: 4,
+            };
+            let mut described = answer();
+            described.overlay_image = Some(overlay.describe());
+            let mut embedded = described.clone();
+            embedded.embed_overlay(&overlay);
             let expected = serde_json::to_vec(&embedded).unwrap();
             assert_eq!(
-                answer().to_json_with_overlay(&png),
+                described.to_json_with_overlay(&overlay),
                 expected,
                 "{} bytes",
                 png.len()
             );
-            // And the base64 decodes back with an independent decoder.
-            let back: Explanation = serde_json::from_slice(&expected).unwrap();
+            // And the base64 decodes back with an independent decoder, from the field the
+            // description names.
+            let back: serde_json::Value = serde_json::from_slice(&expected).unwrap();
+            let field = back["overlay_image"]["field"].as_str().unwrap();
+            assert_eq!(field, overlay.format.field());
             let decoded = base64::engine::general_purpose::STANDARD
-                .decode(back.overlay_png.unwrap())
+                .decode(back[field].as_str().unwrap())
                 .unwrap();
             assert_eq!(decoded, png);
         }

@@ -32,10 +32,13 @@ pub struct ExplainOptions {
     #[schema(nullable = false, minimum = 0.0, maximum = 1.0)]
     #[arg(long)]
     pub alpha: Option<f32>,
-    /// Whether to draw the overlay PNG. Default true.
-    #[schema(nullable = false)]
+    /// The overlay image in the answer: `true` (the heat map blended over the picture),
+    /// `false` (none), or `heatmap` (the coloured map alone, RGB, for clients that blend it
+    /// themselves; black outside the part the model saw with `resize=crop`). Default true.
+    #[param(value_type = Option<String>, pattern = "^(true|false|heatmap)$")]
+    #[schema(value_type = String, required = false, pattern = "^(true|false|heatmap)$")]
     #[arg(skip)]
-    pub overlay: Option<bool>,
+    pub overlay: Option<OverlayKind>,
     /// `stretch` (whole image) or `crop` (centre square, torchvision style). Default: the
     /// server's setting.
     #[param(value_type = Option<String>, pattern = "^(stretch|crop)$")]
@@ -51,10 +54,131 @@ pub struct ExplainOptions {
     #[schema(value_type = String, required = false, pattern = "^layer[1-4](\\.(0|[1-9][0-9]{0,2}))?$")]
     #[arg(long)]
     pub layer: Option<Layer>,
+    /// Longest side of the overlay image in pixels, 64..=16383: a larger picture is scaled
+    /// down to fit, its aspect ratio kept (a JPEG is then decoded at 1/2, 1/4 or 1/8 of its
+    /// size where that is enough for the overlay and the model). Default: the server's
+    /// setting (960).
+    #[param(minimum = 64, maximum = 16383)]
+    #[schema(nullable = false, minimum = 64, maximum = 16383)]
+    #[arg(long)]
+    pub overlay_max_side: Option<u32>,
+    /// The overlay's encoding: `png` (lossless), `jpeg` (quality 85, about a tenth of the
+    /// PNG's size) or `webp` (lossless). The answer's field says which: `overlay_png`,
+    /// `overlay_jpeg` or `overlay_webp`. Default `png`.
+    #[param(value_type = Option<String>, pattern = "^(png|jpeg|webp)$")]
+    #[schema(value_type = String, required = false, pattern = "^(png|jpeg|webp)$")]
+    #[arg(long)]
+    pub overlay_format: Option<OverlayFormat>,
 }
 
+/// What the answer's overlay image shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OverlayKind {
+    /// The heat map blended over the picture (`overlay=true`).
+    #[default]
+    Blend,
+    /// No overlay image (`overlay=false`).
+    Off,
+    /// The coloured heat map alone (`overlay=heatmap`).
+    Heatmap,
+}
+
+impl std::str::FromStr for OverlayKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        // Only the spec's words: 1 and 0 are integers to a client that reads it.
+        match s {
+            "true" => Ok(Self::Blend),
+            "false" => Ok(Self::Off),
+            "heatmap" => Ok(Self::Heatmap),
+            _ => Err("must be true, false or heatmap".into()),
+        }
+    }
+}
+
+impl Serialize for OverlayKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Blend => s.serialize_bool(true),
+            Self::Off => s.serialize_bool(false),
+            Self::Heatmap => s.serialize_str("heatmap"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for OverlayKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Given {
+            Flag(bool),
+            Word(String),
+        }
+        match Given::deserialize(d)? {
+            Given::Flag(true) => Ok(Self::Blend),
+            Given::Flag(false) => Ok(Self::Off),
+            Given::Word(w) => w.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// How the overlay image is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OverlayFormat {
+    #[default]
+    Png,
+    Jpeg,
+    Webp,
+}
+
+impl OverlayFormat {
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Self::Png => "image/png",
+            Self::Jpeg => "image/jpeg",
+            Self::Webp => "image/webp",
+        }
+    }
+
+    /// The answer's field that holds the overlay in this format.
+    pub fn field(self) -> &'static str {
+        match self {
+            Self::Png => "overlay_png",
+            Self::Jpeg => "overlay_jpeg",
+            Self::Webp => "overlay_webp",
+        }
+    }
+}
+
+impl std::str::FromStr for OverlayFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "png" => Ok(Self::Png),
+            "jpeg" => Ok(Self::Jpeg),
+            "webp" => Ok(Self::Webp),
+            _ => Err(format!(
+                "`{s}` is not an overlay format (png, jpeg or webp)"
+            )),
+        }
+    }
+}
+
+/// The range of `overlay_max_side`: WebP's largest side at the top.
+pub const OVERLAY_MAX_SIDE: std::ops::RangeInclusive<u32> = 64..=16383;
+
 /// The options' names, as the query and the form spell them.
-pub const NAMES: [&str; 6] = ["target", "top_k", "alpha", "overlay", "resize", "layer"];
+pub const NAMES: [&str; 8] = [
+    "target",
+    "top_k",
+    "alpha",
+    "overlay",
+    "resize",
+    "layer",
+    "overlay_max_side",
+    "overlay_format",
+];
 
 /// A refused option: which, the value given, and what it must be.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -83,10 +207,13 @@ pub struct Options {
     pub top_k: usize,
     /// Heat-map opacity in the overlay, 0..1.
     pub alpha: f32,
-    /// Whether to draw the overlay at all.
-    pub overlay: bool,
+    /// Whether to draw the overlay at all, and what.
+    pub overlay: OverlayKind,
     pub resize: ResizeMode,
     pub layer: Layer,
+    /// The overlay's longest side, in pixels.
+    pub overlay_max_side: u32,
+    pub overlay_format: OverlayFormat,
 }
 
 /// What the options are checked against: the loaded model's classes and layers.
@@ -112,13 +239,17 @@ impl ExplainOptions {
                         .ok_or_else(|| err("must be a number in 0..=1"))?,
                 )
             }
-            "overlay" => {
-                // Only the spec's booleans: 1 and 0 are integers to a client that reads it.
-                self.overlay = Some(match v {
-                    "true" => true,
-                    "false" => false,
-                    _ => return Err(err("must be true or false")),
-                })
+            "overlay" => self.overlay = Some(v.parse().map_err(|e: String| err(&e))?),
+            "overlay_max_side" => {
+                self.overlay_max_side = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|s| OVERLAY_MAX_SIDE.contains(s))
+                        .ok_or_else(|| err("must be a whole number in 64..=16383"))?,
+                )
+            }
+            "overlay_format" => {
+                self.overlay_format = Some(v.parse().map_err(|_| err("must be png, jpeg or webp"))?)
             }
             "resize" => self.resize = Some(v.parse().map_err(|_| err("must be stretch or crop"))?),
             "layer" => self.layer = Some(v.parse().map_err(|e: String| err(&e))?),
@@ -141,6 +272,8 @@ impl ExplainOptions {
         self.overlay = o.overlay.or(self.overlay);
         self.resize = o.resize.or(self.resize);
         self.layer = o.layer.or(self.layer);
+        self.overlay_max_side = o.overlay_max_side.or(self.overlay_max_side);
+        self.overlay_format = o.overlay_format.or(self.overlay_format);
     }
 
     /// The options in force: these, else the defaults, checked against the model.
@@ -183,13 +316,25 @@ impl ExplainOptions {
                 format!("this model has no such layer: layer1 .. layer4, or a block layer1.0 .. {last} (GET /model lists them)"),
             ));
         }
+        if let Some(s) = self
+            .overlay_max_side
+            .filter(|s| !OVERLAY_MAX_SIDE.contains(s))
+        {
+            return Err(OptionError::new(
+                "overlay_max_side",
+                s,
+                "must be a whole number in 64..=16383",
+            ));
+        }
         Ok(Options {
             target: self.target,
             top_k,
             alpha: self.alpha.unwrap_or(defaults.alpha),
-            overlay: self.overlay.unwrap_or(true),
+            overlay: self.overlay.unwrap_or_default(),
             resize: self.resize.unwrap_or(defaults.resize),
             layer,
+            overlay_max_side: self.overlay_max_side.unwrap_or(defaults.overlay_max_side),
+            overlay_format: self.overlay_format.unwrap_or_default(),
         })
     }
 }
@@ -201,6 +346,7 @@ pub struct Defaults {
     pub alpha: f32,
     pub resize: ResizeMode,
     pub layer: Layer,
+    pub overlay_max_side: u32,
 }
 
 impl Defaults {
@@ -209,12 +355,14 @@ impl Defaults {
             top_k,
             alpha,
             layer,
+            overlay_max_side,
         } = config.explain;
         Defaults {
             top_k,
             alpha,
             resize: config.model.resize,
             layer,
+            overlay_max_side,
         }
     }
 }
@@ -243,6 +391,8 @@ mod tests {
             ("overlay", "false"),
             ("resize", "crop"),
             ("layer", "layer3.1"),
+            ("overlay_max_side", "512"),
+            ("overlay_format", "webp"),
         ] {
             o.set(name, value).unwrap();
         }
@@ -255,14 +405,29 @@ mod tests {
         assert_eq!(r.target, Some(7));
         assert_eq!(r.top_k, 3);
         assert_eq!(r.alpha, 0.25);
-        assert!(!r.overlay);
+        assert_eq!(r.overlay, OverlayKind::Off);
         assert_eq!(r.resize, ResizeMode::Crop);
         assert_eq!(r.layer.to_string(), "layer3.1");
+        assert_eq!(r.overlay_max_side, 512);
+        assert_eq!(r.overlay_format, OverlayFormat::Webp);
+        let d = ExplainOptions::default()
+            .resolve(&defaults(), &limits)
+            .unwrap();
+        assert_eq!(
+            (d.overlay, d.overlay_max_side, d.overlay_format),
+            (OverlayKind::Blend, 960, OverlayFormat::Png)
+        );
         for (name, value) in [
             ("target", "-1"),
             ("alpha", "2"),
             ("overlay", "yes"),
             ("overlay", "0"),
+            ("overlay", "Heatmap"),
+            ("overlay_max_side", "63"),
+            ("overlay_max_side", "16384"),
+            ("overlay_max_side", "1e3"),
+            ("overlay_format", "gif"),
+            ("overlay_format", "PNG"),
             ("resize", "fit"),
             ("layer", "fc"),
             ("colour", "red"),
@@ -311,7 +476,21 @@ mod tests {
         let mut form = ExplainOptions::default();
         form.set("overlay", "false").unwrap();
         query.override_with(&form);
-        assert_eq!(query.overlay, Some(false));
+        assert_eq!(query.overlay, Some(OverlayKind::Off));
         assert_eq!(query.alpha, Some(0.1));
+    }
+
+    #[test]
+    fn overlay_reads_and_writes_as_the_spec_says() {
+        for (json, kind) in [
+            ("true", OverlayKind::Blend),
+            ("false", OverlayKind::Off),
+            ("\"heatmap\"", OverlayKind::Heatmap),
+        ] {
+            assert_eq!(serde_json::from_str::<OverlayKind>(json).unwrap(), kind);
+            assert_eq!(serde_json::to_string(&kind).unwrap(), json);
+        }
+        assert!(serde_json::from_str::<OverlayKind>("\"blend\"").is_err());
+        assert!(serde_json::from_str::<OverlayKind>("1").is_err());
     }
 }

@@ -72,13 +72,73 @@ impl Default for DecodeLimits {
 /// PIL's `convert("RGB")` does), grey is expanded, 16-bit is scaled down, an animation
 /// gives its first frame.
 pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, DecodeError> {
+    decode_fitted(bytes, limits, None).map(|d| d.picture)
+}
+
+/// How small a decoded picture may be and still serve: the overlay's longest side and the
+/// model's input. Only a JPEG is decoded smaller (see [`decode_fitted`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fit {
+    /// The overlay's longest side, in pixels (when the picture is larger).
+    pub max_side: u32,
+    /// The shorter side the model's input needs: torchvision's `Resize(256)` for a 224
+    /// input (see [`Fit::for_model`]).
+    pub min_short_side: u32,
+}
+
+impl Fit {
+    /// The needs of an overlay of at most `max_side` pixels and of the model's `spec`.
+    pub fn for_model(spec: &InputSpec, max_side: u32) -> Self {
+        Fit {
+            max_side,
+            min_short_side: (spec.size as u64 * 256).div_ceil(224) as u32,
+        }
+    }
+
+    /// The JPEG scale to decode a `width` x `height` image at, in eighths (1, 2, 4 or 8):
+    /// the smallest whose picture still covers both needs.
+    pub fn eighths(&self, width: u32, height: u32) -> u32 {
+        let (long, short) = (width.max(height), width.min(height));
+        let want_long = long.min(self.max_side);
+        let want_short = short.min(self.min_short_side);
+        [1, 2, 4, 8]
+            .into_iter()
+            .find(|&e| scaled(long, e) >= want_long && scaled(short, e) >= want_short)
+            .unwrap_or(8)
+    }
+}
+
+/// A side's length at `eighths` / 8, rounded up as JPEG's scaled IDCT makes it.
+fn scaled(side: u32, eighths: u32) -> u32 {
+    (side as u64 * eighths as u64).div_ceil(8) as u32
+}
+
+/// A decoded upload: the picture, maybe smaller than the image, and the image's own size.
+pub struct Decoded {
+    pub picture: RgbImage,
+    /// The image's size in its displayed orientation, whatever the picture's.
+    pub width: u32,
+    pub height: u32,
+}
+
+/// [`decode`], but a JPEG larger than `fit` needs is decoded at 1/2, 1/4 or 1/8 of its
+/// size in the DCT domain (libjpeg's scaled IDCT, through `jpeg-decoder`): a 4032x3024
+/// photo for a 960-pixel overlay decodes at 1008x756 in half the time, and the picture is
+/// averaged over each 4x4 block, as an antialiased resize would. Other formats, and a JPEG
+/// `jpeg-decoder` cannot take (CMYK, 16-bit, anything it refuses), decode whole as before.
+pub fn decode_fitted(
+    bytes: &[u8],
+    limits: DecodeLimits,
+    fit: Option<Fit>,
+) -> Result<Decoded, DecodeError> {
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
     }
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| DecodeError::Undecodable(e.to_string()))?;
-    match reader.format() {
+    let format = reader.format();
+    match format {
         None => return Err(DecodeError::UnknownFormat),
         // The JPEG decoder fills a cut-off image with grey rather than failing; an upload
         // that lost its end is refused instead of explained half-blank.
@@ -91,8 +151,9 @@ pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, DecodeErro
     }
     // Second line of defence behind the header check below: no single allocation inside a
     // decoder may exceed what the largest allowed image needs.
+    let max_alloc = limits.max_pixels.saturating_mul(8).max(1 << 26);
     let mut image_limits = image::Limits::default();
-    image_limits.max_alloc = Some(limits.max_pixels.saturating_mul(8).max(1 << 26));
+    image_limits.max_alloc = Some(max_alloc);
     reader.limits(image_limits);
     let mut decoder = reader.into_decoder().map_err(classify)?;
     let (width, height) = decoder.dimensions();
@@ -112,12 +173,58 @@ pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, DecodeErro
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut image = DynamicImage::from_decoder(decoder).map_err(classify)?;
+    let eighths = match (fit, format) {
+        (Some(fit), Some(image::ImageFormat::Jpeg)) => fit.eighths(width, height),
+        _ => 8,
+    };
+    let smaller = (eighths < 8)
+        .then(|| decode_jpeg_scaled(bytes, eighths, max_alloc))
+        .flatten();
+    let mut image = match smaller {
+        Some(picture) => DynamicImage::ImageRgb8(picture),
+        None => DynamicImage::from_decoder(decoder).map_err(classify)?,
+    };
     image.apply_orientation(orientation);
-    Ok(match image {
+    let (width, height) = match orientation {
+        image::metadata::Orientation::Rotate90
+        | image::metadata::Orientation::Rotate270
+        | image::metadata::Orientation::Rotate90FlipH
+        | image::metadata::Orientation::Rotate270FlipH => (height, width),
+        _ => (width, height),
+    };
+    let picture = match image {
         DynamicImage::ImageRgb8(rgb) => rgb,
         other => other.to_rgb8(),
+    };
+    Ok(Decoded {
+        picture,
+        width,
+        height,
     })
+}
+
+/// A JPEG decoded at `eighths` / 8 of its size, or None where `jpeg-decoder` cannot (the
+/// whole decode then decides, and words any error).
+fn decode_jpeg_scaled(bytes: &[u8], eighths: u32, max_alloc: u64) -> Option<RgbImage> {
+    let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
+    decoder.set_max_decoding_buffer_size(usize::try_from(max_alloc).unwrap_or(usize::MAX));
+    decoder.read_info().ok()?;
+    let info = decoder.info()?;
+    let (w, h) = (info.width as u32, info.height as u32);
+    // Asking for exactly the scaled size picks that scale (it takes the first that covers
+    // either side).
+    let (sw, sh) = decoder
+        .scale(scaled(w, eighths) as u16, scaled(h, eighths) as u16)
+        .ok()?;
+    let (sw, sh) = (sw as u32, sh as u32);
+    match info.pixel_format {
+        jpeg_decoder::PixelFormat::RGB24 => RgbImage::from_raw(sw, sh, decoder.decode().ok()?),
+        jpeg_decoder::PixelFormat::L8 => {
+            let grey = decoder.decode().ok()?;
+            image::GrayImage::from_raw(sw, sh, grey).map(|g| DynamicImage::ImageLuma8(g).to_rgb8())
+        }
+        _ => None,
+    }
 }
 
 fn classify(e: image::ImageError) -> DecodeError {
@@ -244,6 +351,11 @@ pub fn prepare(image: &RgbImage, spec: &InputSpec, mode: ResizeMode) -> ModelInp
     }
 }
 
+/// `image` resized to `width` x `height` (antialiased, as the model's input is).
+pub fn resized(image: &RgbImage, width: u32, height: u32) -> RgbImage {
+    RgbImage::from_raw(width, height, resize(image, width, height)).expect("sized by resize")
+}
+
 /// Antialiased bilinear resize (a triangle filter widened when shrinking, like PIL's).
 fn resize(image: &RgbImage, width: u32, height: u32) -> Vec<u8> {
     let (w, h) = image.dimensions();
@@ -356,6 +468,86 @@ mod tests {
             }
         );
         assert_eq!(input.chw.len(), 3 * 224 * 224);
+    }
+
+    #[test]
+    fn jpeg_scale_is_the_smallest_that_covers_overlay_and_model() {
+        let fit = Fit::for_model(&InputSpec::imagenet(224), 960);
+        assert_eq!(fit.min_short_side, 256);
+        // 12 MP photo: 1008x756 covers 960 and 256.
+        assert_eq!(fit.eighths(4032, 3024), 2);
+        assert_eq!(fit.eighths(3024, 4032), 2);
+        assert_eq!(fit.eighths(1920, 1080), 4);
+        assert_eq!(fit.eighths(3840, 2160), 2);
+        // Small images decode whole.
+        assert_eq!(fit.eighths(960, 720), 8);
+        assert_eq!(fit.eighths(224, 224), 8);
+        // A tiny overlay: the model's input bounds the scale (378 >= 256 at 1/8; 6000x1000
+        // needs 1/2 for its short side, 250 at 1/4 being under 256).
+        let tiny = Fit::for_model(&InputSpec::imagenet(224), 64);
+        assert_eq!(tiny.eighths(4032, 3024), 1);
+        assert_eq!(tiny.eighths(6000, 1000), 4);
+    }
+
+    fn jpeg(image: &RgbImage) -> Vec<u8> {
+        let mut out = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 95)
+            .encode_image(image)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn a_large_jpeg_decodes_scaled_and_close_to_the_whole_decode() {
+        let img = RgbImage::from_fn(1600, 1200, |x, y| {
+            image::Rgb([(x / 7) as u8, (y / 5) as u8, ((x + y) / 11) as u8])
+        });
+        let bytes = jpeg(&img);
+        let fit = Fit::for_model(&InputSpec::imagenet(224), 400);
+        let d = decode_fitted(&bytes, DecodeLimits::default(), Some(fit)).unwrap();
+        assert_eq!((d.width, d.height), (1600, 1200));
+        assert_eq!(d.picture.dimensions(), (400, 300));
+        let whole = decode(&bytes, DecodeLimits::default()).unwrap();
+        let reference = resized(&whole, 400, 300);
+        let worst = d
+            .picture
+            .as_raw()
+            .iter()
+            .zip(reference.as_raw())
+            .map(|(&a, &b)| (a as i32 - b as i32).abs())
+            .max()
+            .unwrap();
+        assert!(worst <= 6, "scaled decode differs by {worst} levels");
+        // Without a fit, the whole image as before.
+        assert_eq!(
+            decode_fitted(&bytes, DecodeLimits::default(), None)
+                .unwrap()
+                .picture,
+            whole
+        );
+    }
+
+    #[test]
+    fn a_scaled_jpeg_keeps_its_exif_orientation() {
+        // A 1600x800 JPEG with EXIF orientation 6 (rotate 90 clockwise): shown 800x1600.
+        let img = RgbImage::from_fn(1600, 800, |x, _| {
+            image::Rgb([if x < 800 { 255 } else { 0 }, 0, 0])
+        });
+        let plain = jpeg(&img);
+        let exif: &[u8] = &[
+            0xFF, 0xE1, 0x00, 0x22, b'E', b'x', b'i', b'f', 0, 0, b'M', b'M', 0, 0x2A, 0, 0, 0, 8,
+            0, 1, 0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        let mut bytes = plain[..2].to_vec();
+        bytes.extend_from_slice(exif);
+        bytes.extend_from_slice(&plain[2..]);
+        let fit = Fit::for_model(&InputSpec::imagenet(224), 400);
+        let d = decode_fitted(&bytes, DecodeLimits::default(), Some(fit)).unwrap();
+        assert_eq!((d.width, d.height), (800, 1600));
+        assert_eq!(d.picture.dimensions(), (400, 800));
+        // The red left half is now the top half.
+        assert!(d.picture.get_pixel(200, 100).0[0] > 200);
+        assert!(d.picture.get_pixel(200, 700).0[0] < 50);
     }
 
     #[test]

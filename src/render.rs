@@ -4,9 +4,12 @@
 //! to 3 levels), OpenCV's JET colours, a weighted blend, rescaled to full range.
 
 use image::{ImageEncoder, RgbImage};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::colormap;
-use crate::preprocess::Region;
+use crate::options::{Options, OverlayFormat, OverlayKind};
+use crate::preprocess::{self, Region};
 
 /// `x - min`, then `/ (max + 1e-7)`: values in [0, 1). A flat map becomes all zeros, never
 /// NaN. (Subtracting the minimum matters even when every value is positive.)
@@ -309,6 +312,169 @@ pub fn overlay(
     RgbImage::from_raw(w as u32, h as u32, bytes).expect("sized from the picture")
 }
 
+/// An overlay image, encoded.
+pub struct EncodedOverlay {
+    pub bytes: Vec<u8>,
+    pub format: OverlayFormat,
+    pub kind: OverlayKind,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// What the answer says of its overlay image (`overlay_image`): the bytes are in the field
+/// its format names (`overlay_png`, `overlay_jpeg` or `overlay_webp`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+#[schema(example = json!({"kind": "blend", "media_type": "image/png", "field": "overlay_png", "width": 960, "height": 720}))]
+pub struct OverlayImage {
+    /// `blend` (the heat map over the picture) or `heatmap` (the coloured map alone).
+    pub kind: String,
+    /// `image/png`, `image/jpeg` or `image/webp`.
+    pub media_type: String,
+    /// The answer's field that holds it, base64-encoded.
+    pub field: String,
+    /// Its size: the uploaded image's, or scaled down to `overlay_max_side`.
+    pub width: u32,
+    pub height: u32,
+}
+
+impl EncodedOverlay {
+    pub fn describe(&self) -> OverlayImage {
+        OverlayImage {
+            kind: match self.kind {
+                OverlayKind::Heatmap => "heatmap",
+                _ => "blend",
+            }
+            .into(),
+            media_type: self.format.media_type().into(),
+            field: self.format.field().into(),
+            width: self.width,
+            height: self.height,
+        }
+    }
+}
+
+/// The overlay's size for an image of `width` x `height`: the same, or scaled down (aspect
+/// kept) so that its longer side is `max_side`.
+pub fn fitted_size(width: u32, height: u32, max_side: u32) -> (u32, u32) {
+    let long = width.max(height);
+    if long <= max_side {
+        return (width, height);
+    }
+    let scale =
+        |side: u32| ((side as u64 * max_side as u64 + long as u64 / 2) / long as u64).max(1) as u32;
+    (scale(width), scale(height))
+}
+
+/// The overlay image the options ask for, or None for `overlay=false`. `picture` is the
+/// decoded picture (maybe a scaled JPEG), `image` the uploaded image's size, `region` the
+/// part of the picture the model saw, `map` the raw map and its width and height.
+pub fn render(
+    picture: &RgbImage,
+    image: (u32, u32),
+    region: Region,
+    map: (&[f32], usize, usize),
+    options: &Options,
+) -> Option<EncodedOverlay> {
+    if options.overlay == OverlayKind::Off {
+        return None;
+    }
+    let (pw, ph) = picture.dimensions();
+    let (w, h) = fitted_size(image.0, image.1, options.overlay_max_side);
+    // The picture is never smaller than the overlay but for rounding: never upsample.
+    let (w, h) = (w.min(pw), h.min(ph));
+    let region = scale_region(region, (pw, ph), (w, h));
+    let (cam, mw, mh) = map;
+    let drawn = match options.overlay {
+        OverlayKind::Heatmap => heatmap(cam, mw, mh, region, w, h),
+        _ if (w, h) == (pw, ph) => overlay(picture, cam, mw, mh, region, options.alpha),
+        _ => overlay(
+            &preprocess::resized(picture, w, h),
+            cam,
+            mw,
+            mh,
+            region,
+            options.alpha,
+        ),
+    };
+    Some(EncodedOverlay {
+        bytes: encode(&drawn, options.overlay_format),
+        format: options.overlay_format,
+        kind: options.overlay,
+        width: w,
+        height: h,
+    })
+}
+
+/// `region` of a `from`-sized picture, in a `to`-sized copy of it.
+fn scale_region(region: Region, from: (u32, u32), to: (u32, u32)) -> Region {
+    if from == to {
+        return region;
+    }
+    let along = |v: u32, f: u32, t: u32| ((v as u64 * t as u64 + f as u64 / 2) / f as u64) as u32;
+    let x = along(region.x, from.0, to.0).min(to.0 - 1);
+    let y = along(region.y, from.1, to.1).min(to.1 - 1);
+    Region {
+        x,
+        y,
+        width: along(region.width, from.0, to.0).clamp(1, to.0 - x),
+        height: along(region.height, from.1, to.1).clamp(1, to.1 - y),
+    }
+}
+
+/// The coloured map alone (JET, as the blend colours it), `width` x `height`, RGB; black
+/// outside `region`.
+pub fn heatmap(
+    map: &[f32],
+    map_width: usize,
+    map_height: usize,
+    region: Region,
+    width: u32,
+    height: u32,
+) -> RgbImage {
+    let (w, rx, ry) = (width as usize, region.x as usize, region.y as usize);
+    let scale = HeatScale::new(map, map_width, map_height, region.width, region.height);
+    let mut out = RgbImage::new(width, height);
+    let mut mask_row = vec![0f32; region.width as usize];
+    let rows = out
+        .chunks_exact_mut(w * 3)
+        .skip(ry)
+        .take(region.height as usize);
+    for (y, row) in rows.enumerate() {
+        scale.row(y, &mut mask_row);
+        for (px, &m) in row[rx * 3..].chunks_exact_mut(3).zip(&mask_row) {
+            // The level as the blend takes it: np.uint8(255 * mask).
+            px.copy_from_slice(&colormap::JET[(255.0 * m) as u8 as usize]);
+        }
+    }
+    out
+}
+
+/// Quality of the JPEG overlay: no visible artefacts on the heat map's smooth colours, about
+/// a tenth of the PNG's bytes.
+pub const JPEG_QUALITY: u8 = 85;
+
+/// `image` in `format`: PNG (fast, see `encode_png`), JPEG (quality 85, 4:2:0) or lossless
+/// WebP (the only WebP the `image` crate writes).
+pub fn encode(image: &RgbImage, format: OverlayFormat) -> Vec<u8> {
+    let (w, h) = image.dimensions();
+    let mut out = Vec::new();
+    match format {
+        OverlayFormat::Png => return encode_png(image),
+        OverlayFormat::Jpeg => jpeg_encoder::Encoder::new(&mut out, JPEG_QUALITY)
+            .encode(
+                image.as_raw(),
+                w as u16,
+                h as u16,
+                jpeg_encoder::ColorType::Rgb,
+            )
+            .expect("an overlay of at most 16383 pixels a side encodes"),
+        OverlayFormat::Webp => image::codecs::webp::WebPEncoder::new_lossless(&mut out)
+            .encode(image.as_raw(), w, h, image::ExtendedColorType::Rgb8)
+            .expect("an overlay of at most 16383 pixels a side encodes"),
+    }
+    out
+}
+
 /// PNG bytes, with fast compression: an overlay is made once and sent once, and the fast
 /// setting costs a fraction of the default's time for a somewhat larger file.
 pub fn encode_png(image: &RgbImage) -> Vec<u8> {
@@ -499,6 +665,73 @@ mod tests {
                 overlay_reference(&picture, &map, region, alpha),
                 "case {case}: {w}x{h}, {region:?}, alpha {alpha}"
             );
+        }
+    }
+
+    #[test]
+    fn overlay_size_fits_the_longer_side() {
+        assert_eq!(fitted_size(4032, 3024, 960), (960, 720));
+        assert_eq!(fitted_size(3024, 4032, 960), (720, 960));
+        assert_eq!(fitted_size(1920, 1080, 960), (960, 540));
+        assert_eq!(fitted_size(640, 480, 960), (640, 480));
+        assert_eq!(fitted_size(10000, 3, 64), (64, 1));
+    }
+
+    #[test]
+    fn region_scales_with_the_picture_and_stays_inside() {
+        let r = Region {
+            x: 109,
+            y: 30,
+            width: 420,
+            height: 420,
+        };
+        let s = scale_region(r, (640, 480), (320, 240));
+        assert_eq!((s.x, s.y, s.width, s.height), (55, 15, 210, 210));
+        let edge = Region {
+            x: 639,
+            y: 0,
+            width: 1,
+            height: 480,
+        };
+        let s = scale_region(edge, (640, 480), (64, 48));
+        assert!(s.x + s.width <= 64 && s.width >= 1, "{s:?}");
+    }
+
+    #[test]
+    fn heatmap_is_the_jet_of_the_blends_levels_and_black_outside() {
+        let mut map = vec![0.0f32; 49];
+        map[0] = 1.0;
+        let region = Region {
+            x: 2,
+            y: 1,
+            width: 20,
+            height: 10,
+        };
+        let out = heatmap(&map, 7, 7, region, 30, 12);
+        assert_eq!(out.dimensions(), (30, 12));
+        assert_eq!(out.get_pixel(0, 0).0, [0, 0, 0]);
+        assert_eq!(out.get_pixel(29, 11).0, [0, 0, 0]);
+        // Hot at the region's top-left, the coldest JET colour at its far corner.
+        assert_eq!(out.get_pixel(2, 1).0, colormap::JET[254]);
+        assert_eq!(out.get_pixel(21, 10).0, colormap::JET[0]);
+    }
+
+    #[test]
+    fn every_format_decodes_back_at_its_size() {
+        let img = RgbImage::from_fn(50, 30, |x, y| image::Rgb([x as u8 * 5, y as u8 * 8, 90]));
+        for (format, lossless) in [
+            (OverlayFormat::Png, true),
+            (OverlayFormat::Jpeg, false),
+            (OverlayFormat::Webp, true),
+        ] {
+            let bytes = encode(&img, format);
+            let guessed = image::guess_format(&bytes).unwrap();
+            assert_eq!(guessed.to_mime_type(), format.media_type());
+            let back = image::load_from_memory(&bytes).unwrap().to_rgb8();
+            assert_eq!(back.dimensions(), (50, 30));
+            if lossless {
+                assert_eq!(back, img, "{format:?}");
+            }
         }
     }
 

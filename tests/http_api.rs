@@ -189,6 +189,127 @@ fn accept_png_returns_the_overlay_itself() {
     assert_eq!((overlay.width(), overlay.height()), (320, 200));
 }
 
+/// The overlay as the answer describes it: (description, decoded image), from the field
+/// the description names, which must be the only overlay field.
+fn overlay_of(answer: &Value) -> (Value, image::DynamicImage) {
+    let described = answer["overlay_image"].clone();
+    let field = described["field"].as_str().expect("overlay_image.field");
+    for other in ["overlay_png", "overlay_jpeg", "overlay_webp"] {
+        assert_eq!(answer.get(other).is_some(), other == field, "{other}");
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(answer[field].as_str().unwrap())
+        .unwrap();
+    let format = image::guess_format(&bytes).unwrap();
+    assert_eq!(format.to_mime_type(), described["media_type"]);
+    let decoded = image::load_from_memory(&bytes).unwrap();
+    assert_eq!(
+        (decoded.width(), decoded.height()),
+        (
+            described["width"].as_u64().unwrap() as u32,
+            described["height"].as_u64().unwrap() as u32
+        )
+    );
+    (described, decoded)
+}
+
+#[test]
+fn overlay_size_format_and_heatmap_options() {
+    let server = Server::start(&[]);
+    let photo = jpeg(1600, 1200);
+    // Shipped defaults: a PNG blend, its longer side capped at 960; the answer still gives
+    // the upload's own size.
+    let answer: Value = server.explain("", photo.clone(), "p.jpg").json().unwrap();
+    assert_eq!(
+        answer["image"],
+        serde_json::json!({"width": 1600, "height": 1200})
+    );
+    let (d, _) = overlay_of(&answer);
+    assert_eq!(
+        d,
+        serde_json::json!({"kind": "blend", "media_type": "image/png", "field": "overlay_png",
+                           "width": 960, "height": 720})
+    );
+    let default_top: Vec<Value> = answer["top_k"].as_array().unwrap().clone();
+
+    // Another cap and JPEG, in the query.
+    let answer: Value = server
+        .explain(
+            "?overlay_max_side=400&overlay_format=jpeg",
+            photo.clone(),
+            "p.jpg",
+        )
+        .json()
+        .unwrap();
+    let (d, _) = overlay_of(&answer);
+    assert_eq!(
+        (&d["field"], &d["width"], &d["height"]),
+        (&"overlay_jpeg".into(), &400.into(), &300.into())
+    );
+
+    // Lossless WebP as a form field; a picture under the cap keeps its size.
+    let answer: Value = server
+        .explain_form("", png(320, 200), &[("overlay_format", "webp")])
+        .json()
+        .unwrap();
+    let (d, webp) = overlay_of(&answer);
+    assert_eq!(
+        (&d["media_type"], &d["width"]),
+        (&"image/webp".into(), &320.into())
+    );
+    let png_answer: Value = server.explain("", png(320, 200), "a.png").json().unwrap();
+    let (_, png_overlay) = overlay_of(&png_answer);
+    assert_eq!(webp.to_rgb8(), png_overlay.to_rgb8(), "both lossless");
+
+    // The heat map alone: JET colours only, the same classes as the blend.
+    let answer: Value = server
+        .explain("?overlay=heatmap", photo.clone(), "p.jpg")
+        .json()
+        .unwrap();
+    let (d, heat) = overlay_of(&answer);
+    assert_eq!(d["kind"], "heatmap");
+    assert_eq!(answer["top_k"].as_array().unwrap(), &default_top);
+    let jet = &gradcam_serve::colormap::JET;
+    assert!(heat.to_rgb8().pixels().all(|p| jet.contains(&p.0)));
+
+    // Accept: image/jpeg gives the JPEG itself; a contrary overlay_format is refused.
+    let image_answer = |accept: &str, query: &str| {
+        let form = reqwest::blocking::multipart::Form::new().part(
+            "image",
+            reqwest::blocking::multipart::Part::bytes(photo.clone()).file_name("p.jpg"),
+        );
+        client()
+            .post(format!("{}/explain{query}", server.url))
+            .header("accept", accept)
+            .multipart(form)
+            .send()
+            .unwrap()
+    };
+    let r = image_answer("image/jpeg", "?overlay=heatmap");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "image/jpeg");
+    assert_eq!(r.headers()["x-overlay-kind"], "heatmap");
+    assert_eq!(r.headers()["x-overlay-size"], "960x720");
+    assert_eq!(r.headers()["x-image-size"], "1600x1200");
+    let bytes = r.bytes().unwrap();
+    assert_eq!(
+        image::guess_format(&bytes).unwrap(),
+        image::ImageFormat::Jpeg
+    );
+    let r = image_answer("image/webp", "?overlay_format=webp&overlay_max_side=100");
+    assert_eq!(r.headers()["content-type"], "image/webp");
+    let webp = image::load_from_memory(&r.bytes().unwrap()).unwrap();
+    assert_eq!((webp.width(), webp.height()), (100, 75));
+    let body = problem(image_answer("image/webp", "?overlay_format=png"), 422);
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("overlay_format"),
+        "{body}"
+    );
+}
+
 #[test]
 fn http_and_cli_give_the_same_numbers() {
     let server = Server::start(&[]);
@@ -326,6 +447,12 @@ fn bad_requests_get_problem_json_with_the_right_status() {
         ("alpha=2", "alpha"),
         ("alpha=NaN", "alpha"),
         ("overlay=maybe", "overlay"),
+        ("overlay=Heatmap", "overlay"),
+        ("overlay_max_side=63", "overlay_max_side"),
+        ("overlay_max_side=16384", "overlay_max_side"),
+        ("overlay_max_side=big", "overlay_max_side"),
+        ("overlay_format=gif", "overlay_format"),
+        ("overlay_format=", "overlay_format"),
         ("resize=squash", "resize"),
         ("tagret=3", "tagret"),
     ] {

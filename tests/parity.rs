@@ -142,7 +142,9 @@ fn check_case(dir: &std::path::Path, engine: &Engine, case: &Case, what: &str, t
     // levels apart in a channel). OpenCV's SIMD resize rounds differently from any
     // scalar code in the last bit (about 1e-7), and a folded batch norm moves the raw
     // map by about 1e-6, so such pixels exist; they are counted, and held to 4 levels.
-    let ours = image::load_from_memory(&png.unwrap()).unwrap().to_rgb8();
+    let ours = image::load_from_memory(&png.unwrap().bytes)
+        .unwrap()
+        .to_rgb8();
     let theirs = image::open(dir.join(&case.overlay)).unwrap().to_rgb8();
     assert_eq!(ours.dimensions(), theirs.dimensions());
     let mask = render::heat_mask(&got, w, h, 224, 224);

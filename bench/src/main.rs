@@ -30,6 +30,8 @@ use image::{codecs::jpeg::JpegEncoder, Rgb, RgbImage};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+mod phone;
+
 use gradcam_serve::config::{Config, ModelConfig};
 use gradcam_serve::engine::{self, Engine, Explainer};
 use gradcam_serve::explanation::Timing;
@@ -103,6 +105,25 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         threads: usize,
     },
+    /// Phone photos in process: stage costs (wall and CPU) of a 4032x3024 JPEG with the
+    /// shipped settings and as before them, the overlay encoders, the scaled decode's
+    /// fidelity.
+    Phone {
+        #[arg(long)]
+        weights: PathBuf,
+        /// The phone photo (`assets` writes one).
+        #[arg(long)]
+        image: PathBuf,
+        /// Folder of the parity images (target/parity): their case-*.png are explained
+        /// from a 4032x3024 JPEG of each, decoded whole and scaled.
+        #[arg(long)]
+        parity_dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 15)]
+        runs: usize,
+        /// libtorch intra-op threads; 0 leaves libtorch's default.
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
     /// Load generator: closed loop at each concurrency, against a running server.
     Http {
         /// Base URL, e.g. http://127.0.0.1:8080
@@ -151,6 +172,18 @@ fn main() -> anyhow::Result<()> {
             engine_loop(&weights, &image, threads)?;
             return Ok(());
         }
+        Command::Phone {
+            weights,
+            image,
+            parity_dir,
+            runs,
+            threads,
+        } => phone::phone_bench(
+            &shipped_engine(&weights, threads)?,
+            &image,
+            parity_dir.as_deref(),
+            runs,
+        )?,
         Command::Http {
             url,
             image,
@@ -293,7 +326,9 @@ fn assets(out: &Path, seed: i64) -> anyhow::Result<Value> {
         let bytes = write_jpeg(&synthetic_image(w, h, s), &path)?;
         images.push(json!({"path": path, "width": w, "height": h, "bytes": bytes}));
     }
-    Ok(json!({"weights": weights, "seed": seed, "images": images}))
+    // Beside `images`, which the report reads as exactly two.
+    let phone = phone::phone_photo(&out.join("bench-phone-4032x3024.jpg"))?;
+    Ok(json!({"weights": weights, "seed": seed, "images": images, "phone": phone}))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -435,12 +470,19 @@ fn engine_bench(
         let mut size = (0, 0);
         for i in 0..n + 2 {
             let start = Instant::now();
-            let prepared = engine::prepare(&bytes, limits, &spec, ResizeMode::Stretch)?;
+            let prepared = engine::prepare_fitted(
+                &bytes,
+                limits,
+                &spec,
+                ResizeMode::Stretch,
+                options.overlay_max_side,
+            )?;
             let t = Instant::now();
             let (mut raw, _) = engine.explain(&[&prepared.input], &[layer4])?;
             let network_ms = ms_since(t);
             let (explanation, png) = engine::finish(
                 &prepared.picture,
+                prepared.image,
                 prepared.input.region,
                 &raw.remove(0),
                 &options,

@@ -14,7 +14,7 @@ use super::AppState;
 use crate::engine;
 use crate::explanation::{Explanation, Timing};
 use crate::gradcam::Ask;
-use crate::options::{ExplainOptions, OptionError};
+use crate::options::{ExplainOptions, OptionError, OverlayFormat, OverlayKind};
 use crate::preprocess::DecodeLimits;
 use crate::worker::WorkerError;
 
@@ -31,11 +31,12 @@ pub struct ExplainUpload {
     image: Vec<u8>,
 }
 
-/// The overlay PNG, when asked for with `Accept: image/png`.
+/// The overlay image itself, when asked for with `Accept: image/png`, `image/jpeg` or
+/// `image/webp`.
 #[allow(dead_code)]
 #[derive(ToSchema)]
 #[schema(value_type = String, format = Binary)]
-pub struct PngBytes(Vec<u8>);
+pub struct OverlayBytes(Vec<u8>);
 
 impl From<OptionError> for ApiError {
     fn from(e: OptionError) -> Self {
@@ -78,10 +79,13 @@ impl OptionSource {
     request_body(content = ExplainUpload, content_type = "multipart/form-data"),
     responses(
         (status = 200, description = "The prediction and its Grad-CAM explanation. With \
-            `Accept: image/png`, the overlay PNG itself, with the prediction in X-Prediction-* \
-            headers.", content(
+            `Accept: image/png`, `image/jpeg` or `image/webp` (and not `application/json`), \
+            the overlay image itself in that format, with the prediction in X-Prediction-* \
+            headers; `overlay_format`, if given, must then name the same format.", content(
             (Explanation = "application/json"),
-            (PngBytes = "image/png"),
+            (OverlayBytes = "image/png"),
+            (OverlayBytes = "image/jpeg"),
+            (OverlayBytes = "image/webp"),
         )),
         (status = 400, description = "No `image` part, two of them, a malformed body, or not a decodable image", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong bearer token (when API keys are configured)", body = Problem, content_type = "application/problem+json"),
@@ -162,6 +166,26 @@ pub async fn explain(
     let mut chosen = query.options;
     chosen.override_with(&form.options);
     let options = chosen.resolve(&state.defaults, &model.limits())?;
+    // With `Accept: image/...` the answer is the overlay image in that format.
+    let want_image = wanted_image(&headers);
+    let mut render_options = options;
+    if let Some(format) = want_image {
+        if let Some(given) = chosen.overlay_format.filter(|&f| f != format) {
+            return Err(ApiError::invalid(
+                "overlay_format",
+                &format!("{given:?}").to_lowercase(),
+                format!(
+                    "the request's Accept header asks for {}; leave overlay_format out or \
+                     make it the same",
+                    format.media_type()
+                ),
+            ));
+        }
+        render_options.overlay_format = format;
+        if options.overlay == OverlayKind::Off {
+            render_options.overlay = OverlayKind::Blend;
+        }
+    }
 
     if !state.workers.is_ready() {
         return Err(ApiError::NotReady);
@@ -176,7 +200,15 @@ pub async fn explain(
     let spec = model.input_spec();
     let prepared = timeout_at(
         deadline,
-        tokio::task::spawn_blocking(move || engine::prepare(&image, limits, &spec, options.resize)),
+        tokio::task::spawn_blocking(move || {
+            engine::prepare_fitted(
+                &image,
+                limits,
+                &spec,
+                options.resize,
+                options.overlay_max_side,
+            )
+        }),
     )
     .await
     .map_err(|_| ApiError::Timeout(timeout_secs))?
@@ -184,6 +216,7 @@ pub async fn explain(
     .map_err(ApiError::BadImage)?;
 
     let picture = prepared.picture;
+    let image_size = prepared.image;
     let region = prepared.input.region;
     let ask = Ask {
         target: options.target,
@@ -208,14 +241,12 @@ pub async fn explain(
         backward: output.backward_ms,
         ..Timing::default()
     };
-    let want_png = wants_png(&headers);
-    let mut render_options = options;
-    render_options.overlay = options.overlay || want_png;
-    // Drawing, PNG encoding, base64 and JSON all take milliseconds for a large picture
-    // (about 35 ms at 1920x1080): off the async threads, which serve every connection.
+    // Drawing, encoding, base64 and JSON all take milliseconds for a large picture: off the
+    // async threads, which serve every connection.
     let (explanation, body) = tokio::task::spawn_blocking(move || {
-        let (mut explanation, png) = engine::finish(
+        let (mut explanation, overlay) = engine::finish(
             &picture,
+            image_size,
             region,
             &output.raw,
             &render_options,
@@ -223,11 +254,11 @@ pub async fn explain(
             timing,
         );
         explanation.timing_ms.total = started.elapsed().as_secs_f64() * 1e3;
-        match png {
-            Some(png) if want_png => (explanation, Body::Png(png)),
-            png => {
-                let json = match png.filter(|_| options.overlay) {
-                    Some(png) => explanation.to_json_with_overlay(&png),
+        match overlay {
+            Some(overlay) if want_image.is_some() => (explanation, Body::Image(overlay)),
+            overlay => {
+                let json = match overlay {
+                    Some(overlay) => explanation.to_json_with_overlay(&overlay),
                     None => serde_json::to_vec(&explanation).expect("an explanation serialises"),
                 };
                 (explanation, Body::Json(json))
@@ -240,10 +271,13 @@ pub async fn explain(
 
     let timing_header = server_timing(&explanation.timing_ms);
     let mut response = match body {
-        Body::Png(png) => {
-            let mut r = (Bytes::from(png)).into_response();
+        Body::Image(overlay) => {
+            let mut r = (Bytes::from(overlay.bytes)).into_response();
             let h = r.headers_mut();
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/png"));
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(overlay.format.media_type()),
+            );
             prediction_headers(h, &explanation);
             r
         }
@@ -264,7 +298,7 @@ pub async fn explain(
 
 /// An answer's body, made off the async threads.
 enum Body {
-    Png(Vec<u8>),
+    Image(crate::render::EncodedOverlay),
     Json(Vec<u8>),
 }
 
@@ -305,12 +339,22 @@ async fn read_upload(
     image.ok_or(ApiError::MissingImage)
 }
 
-fn wants_png(headers: &HeaderMap) -> bool {
+/// The image format an `Accept` header asks for as the whole answer: the first of
+/// `image/png`, `image/jpeg` and `image/webp` it names, unless it also takes JSON.
+fn wanted_image(headers: &HeaderMap) -> Option<OverlayFormat> {
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    accept.contains("image/png") && !accept.contains("application/json")
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if accept.contains("application/json") {
+        return None;
+    }
+    [OverlayFormat::Png, OverlayFormat::Jpeg, OverlayFormat::Webp]
+        .into_iter()
+        .filter_map(|f| accept.find(f.media_type()).map(|at| (at, f)))
+        .min_by_key(|&(at, _)| at)
+        .map(|(_, f)| f)
 }
 
 fn prediction_headers(h: &mut HeaderMap, e: &Explanation) {
@@ -327,6 +371,16 @@ fn prediction_headers(h: &mut HeaderMap, e: &Explanation) {
             format!("{}x{}", e.image.width, e.image.height),
         ),
     ];
+    if let Some(o) = &e.overlay_image {
+        for (name, value) in [
+            ("x-overlay-kind", o.kind.clone()),
+            ("x-overlay-size", format!("{}x{}", o.width, o.height)),
+        ] {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                h.insert(name, v);
+            }
+        }
+    }
     for (name, value) in pairs {
         if let Ok(v) = HeaderValue::from_str(&value) {
             h.insert(name, v);

@@ -57,7 +57,8 @@ pub struct AppState {
     paths(explain::explain, model, health, ready, metrics_text),
     components(schemas(
         Explanation, ClassScore, Saliency, ImageSize, ModelInfo, Timing, Problem, Health,
-        ModelDescription, ExplainOptions, explain::ExplainUpload, explain::PngBytes
+        ModelDescription, ExplainOptions, explain::ExplainUpload, explain::OverlayBytes,
+        crate::render::OverlayImage
     )),
     modifiers(&BearerAuth),
     tags((name = "explain", description = "Explanations"), (name = "operations", description = "Health, readiness, metrics"))

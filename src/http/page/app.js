@@ -236,9 +236,11 @@
     if (state.bitmap) {
       form.append('overlay', 'false');
     } else {
-      // The picture as the server decoded it: the overlay at opacity 0.
+      // The picture as the server decoded it: the overlay at opacity 0, at the image's
+      // own size (the server's default caps the overlay's longer side).
       form.append('overlay', 'true');
       form.append('alpha', '0');
+      form.append('overlay_max_side', '16383');
     }
     const headers = { Accept: 'application/json' };
     const token = $('token').value.trim();
