@@ -301,6 +301,24 @@ def process_cpu_s(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def model_thread_sleeps(pid):
+    """Voluntary context switches so far of the model worker threads and their OpenMP pool
+    threads (which inherit the worker's name): how often they went to sleep."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                if not f.read().startswith("model-worker"):
+                    continue
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        total += int(line.split()[1])
+        except FileNotFoundError:
+            pass
+    return total
+
+
 def idle_http(weights, image224):
     """HTTP at concurrency 1 (shipped defaults, 224x224 JPEG, end to end at the client)
     against our explanation in process (the engine on a prepared input, batch 1), in
@@ -330,16 +348,19 @@ def idle_http(weights, image224):
 
                 def http():
                     cpu0 = process_cpu_s(server.proc.pid)
+                    sleeps0 = model_thread_sleeps(server.proc.pid)
                     h = run_json([BENCH, "http", "--url", server.url, "--image", image224,
                                   "--concurrency", "1", "--duration", str(IDLE_HTTP_DURATION),
                                   "--warmup", "0", "--pause-ms", str(pause)])
                     cpu = process_cpu_s(server.proc.pid) - cpu0
+                    sleeps = model_thread_sleeps(server.proc.pid) - sleeps0
                     lv = h["levels"][0]
                     # The load generator sends one unrecorded request first.
                     sent = lv["requests"] + 1
                     st = lv["stages_ms"]
                     return {"p50_ms": lv["latency_ms"]["p50"], "requests": lv["requests"],
                             "errors": lv["errors"], "cpu_ms_per_request": cpu * 1e3 / sent,
+                            "model_thread_sleeps_per_request": sleeps / sent,
                             "forward_p50_ms": st["forward"]["p50"],
                             "queue_p50_ms": st["queue"]["p50"],
                             "server_total_p50_ms": st["total"]["p50"]}
@@ -1085,14 +1106,16 @@ def report_peers_and_idle(results, w):
           "input, batch 1), alternating bursts; with a pause, each request on both sides "
           "comes after that long idle:\n")
         w("| Pause | Round | HTTP p50 ms | server forward p50 | server queue p50 | "
-          "in process p50 ms | ratio | server CPU ms / request | in-process CPU ms / run |")
-        w("|---|---|---|---|---|---|---|---|---|")
+          "in process p50 ms | ratio | server CPU ms / request | in-process CPU ms / run | "
+          "model threads' sleeps / request |")
+        w("|---|---|---|---|---|---|---|---|---|---|")
         for pause, v in idle["pauses"].items():
             for i, r in enumerate(v["rounds"]):
                 h, p = r["http"], r["in_process"]
                 w(f"| {pause} ms | {i + 1} | {h['p50_ms']:.1f} | {h['forward_p50_ms']:.1f} | "
                   f"{h['queue_p50_ms']:.2f} | {p['p50_ms']:.1f} | {r['ratio']:.2f} | "
-                  f"{h['cpu_ms_per_request']:.0f} | {p['cpu_ms_per_run']:.0f} |")
+                  f"{h['cpu_ms_per_request']:.0f} | {p['cpu_ms_per_run']:.0f} | "
+                  f"{h.get('model_thread_sleeps_per_request', float('nan')):.1f} |")
         w("")
         w(f"  Median ratios: "
           + ", ".join(f"{'back to back' if k == '0' else k + ' ms apart'} "
