@@ -1124,6 +1124,30 @@ def report_peers_and_idle(results, w):
           f"**{idle['idle_cpu_share'] * 100:.1f}%** of one core ({idle['server_threads']} "
           "threads). CPU per request counts every thread of the process, libgomp's spin "
           "after the last parallel region included (a bounded spin, then sleep).\n")
+    w("What made an idle server slow, measured by hand (2026-11-29, this machine kind; "
+      "`/proc/<pid>/task/*/status` of the server, two builds side by side, alternating):\n")
+    w("- The server loaded the model on its main thread, whose OpenMP pool (libgomp, which "
+      "the PyPI libtorch uses) outlived the load. With 4 OpenMP threads in the process on "
+      "2 cores, libgomp throttles its spin between parallel regions (1,000 spins instead "
+      "of 300,000), so the model worker's pool thread slept and was woken **355 times per "
+      "request**; PyTorch in Python and `gradcam-bench engine-loop` hold one pool and do "
+      "not. The served forward took 34 ms back to back and 52 ms with 200 ms between "
+      "requests, against 28 ms in process (issue 14). `Engine::load` now does its tensor "
+      "work on a thread that ends with it (its pool goes with it): **1 to 6 sleeps per "
+      "request**, the same as in process. On a node with many cores (the Kubernetes "
+      "manifests) libgomp never throttled, so this is how the server always ran there.")
+    w("- `batch_wait_ms` (2 ms) was waited after every first job, with nobody else admitted: "
+      "a worker now waits only while admitted requests are still being decoded (queue p50 "
+      "2.1 ms -> 0.03 ms at concurrency 1).")
+    w("- The price of spinning, on a machine whose cores other processes hold: with the "
+      "load average at 11 on these 2 cores (other builds), the same A/B gave the served "
+      "forward (p50, back to back / 200 ms apart) **115 / 123 ms with the old stray pool "
+      "against 1,349 / 1,143 ms without** it; "
+      "`GOMP_SPINCOUNT` 1,000 / 10,000 / 50,000 / default: 121 / 530 / 1,372 / 1,386 ms. A "
+      "waiting thread that spins burns the time slice its partner needs. PyTorch eager and "
+      "our engine in process pay the same there (libgomp's default). Where the cores are "
+      "shared with other busy processes, set `GOMP_SPINCOUNT=1000` (or `OMP_WAIT_POLICY="
+      "passive`) in the server's environment; libgomp reads it when it loads.\n")
 
 
 def fmt_batch(level):
