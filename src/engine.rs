@@ -163,8 +163,8 @@ impl Engine {
     /// pool of OpenMP threads that lives as long as that thread; a pool left on the
     /// caller (the server's main thread) puts more OpenMP threads in the process than cores,
     /// and libgomp then stops spinning between parallel regions: the model worker's pool
-    /// sleeps and is woken some 300 times per ResNet-50 pass, which cost +6 ms per
-    /// explanation back to back and +20 ms on an idle server (BENCHMARKS.md, idle server).
+    /// sleeps and is woken some 355 times per ResNet-50 pass, which cost +6 ms per
+    /// explanation back to back and +20 ms on an idle server (README, an idle server).
     pub fn load(config: &ModelConfig, default_layer: Layer) -> Result<Self, LoadError> {
         std::thread::scope(|scope| {
             std::thread::Builder::new()

@@ -53,7 +53,7 @@ struct Job {
 /// Counters and gauges the metrics endpoint reads.
 #[derive(Default)]
 pub struct WorkerStats {
-    /// Requests admitted and not yet queued (being read or decoded): the ones a worker
+    /// Requests admitted and not yet queued (being decoded): the ones a worker
     /// may wait for to fill a batch.
     pub arriving: AtomicUsize,
     /// Jobs sent to the workers and not yet taken into a batch.
