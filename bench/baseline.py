@@ -1,14 +1,25 @@
-"""Python baseline for `make bench`: pytorch-grad-cam and plain PyTorch on the same weights,
-the same input image and the same torch thread count as the Rust engine benchmark.
+"""Python baseline for `make bench`: pytorch-grad-cam, plain PyTorch and ONNX Runtime on the
+same weights, the same input image and the same thread count as the Rust engine benchmark.
 
 Measures, batch 1, 224x224, after warm-up:
   gradcam   GradCAM(model, target_layers=[model.layer4[-1]])(input_tensor=x), targets=None
             (its top-1 class), i.e. forward + full autograd backward + its map post-processing
   forward   model(x) under torch.no_grad(), eval mode: PyTorch's eager forward-only prediction
+  ort       ONNX Runtime (CPU provider, all graph optimisations, intra-op threads = N, inter-op
+            1) on the same model exported here with torch.onnx.export: its plain forward
+  ort_cam   the same session with layer4's activation as a second output, and the layer4
+            Grad-CAM map computed from it in NumPy: ReLU(fc.weight[c] . A) / (h * w), c the
+            top-1 class. For a ResNet that is exactly Grad-CAM at layer4 (the gradient of the
+            score with respect to A is fc.weight[c] / (h * w) at every position), so a user
+            gets that explanation for the price of ORT's forward.
 
 Usage: python baseline.py --weights W.safetensors --image IMG.jpg --threads N [--runs R]
-       python baseline.py ... --forward-loop   (forward-only on request, for bench/run.py's
-       paired rounds: each stdin line "1 RUNS" is answered by one JSON line of latencies)
+                          [--onnx OUT.onnx]
+       python baseline.py ... --forward-loop [--runtime torch|onnxruntime|onnxruntime-cam]
+       (forward-only on request, for bench/run.py's paired rounds: each stdin line
+       "1 RUNS" is answered by one JSON line of latencies)
+The ONNX file (default: the weights' path with .onnx) is exported when missing or older than
+the weights; its outputs are checked against PyTorch's.
 Prints one JSON document on stdout.
 """
 import argparse
@@ -59,6 +70,74 @@ def load_input(path):
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
 
 
+class TwoOutputs(torch.nn.Module):
+    """The ResNet with layer4's activation as a second output (for the layer4 map)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        m = self.model
+        x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
+        a = m.layer4(m.layer3(m.layer2(m.layer1(x))))
+        return m.fc(torch.flatten(m.avgpool(a), 1)), a
+
+
+def onnx_paths(weights, onnx):
+    base = onnx or (weights.rsplit(".", 1)[0] + ".onnx")
+    return base, base[: -len(".onnx")] + "-layer4.onnx"
+
+
+def export_onnx(model, x, weights, onnx):
+    """Exports the model (and its two-output variant) with torch.onnx.export, unless files
+    newer than the weights are there already. Returns the two paths."""
+    import os
+    plain, cam = onnx_paths(weights, onnx)
+    for path, module, outputs in ((plain, model, ["logits"]),
+                                  (cam, TwoOutputs(model).eval(), ["logits", "layer4"])):
+        if os.path.exists(path) and os.path.getmtime(path) >= os.path.getmtime(weights):
+            continue
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+            torch.onnx.export(module, x, path + ".tmp", dynamo=False, opset_version=17,
+                              input_names=["input"], output_names=outputs)
+        os.replace(path + ".tmp", path)
+    return plain, cam
+
+
+def ort_session(path, threads):
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def ort_runners(plain, x, fc_weight, threads):
+    """ORT's plain forward and its layer4 Grad-CAM (forward with the activation as a second
+    output, then the map in NumPy), as two callables."""
+    plain_path, cam_path = plain
+    sess = ort_session(plain_path, threads)
+    cam_sess = ort_session(cam_path, threads)
+    feed = {"input": x.numpy()}
+    w = fc_weight.detach().numpy()
+
+    def forward():
+        return sess.run(None, feed)[0]
+
+    def cam():
+        logits, a = cam_sess.run(None, feed)
+        c = int(logits[0].argmax())
+        h, wd = a.shape[2], a.shape[3]
+        return np.maximum(np.tensordot(w[c], a[0], axes=1), 0.0) / (h * wd)
+
+    return forward, cam
+
+
 def timed(fn, runs, warmup):
     for _ in range(warmup):
         fn()
@@ -70,6 +149,21 @@ def timed(fn, runs, warmup):
     return out
 
 
+def raw_layer4_cam(model, x):
+    """Grad-CAM at layer4 by autograd, before any scaling: ReLU(sum_k mean(dy/dA_k) A_k)."""
+    store = {}
+    handle = model.layer4.register_forward_hook(lambda m, i, o: store.update(a=o))
+    try:
+        logits = model(x)
+        a = store["a"]
+        c = int(logits[0].argmax())
+        (grad,) = torch.autograd.grad(logits[0, c], a)
+        weights = grad.mean(dim=(2, 3), keepdim=True)
+        return torch.relu((weights * a).sum(dim=1))[0].detach().numpy()
+    finally:
+        handle.remove()
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--weights", required=True)
@@ -78,6 +172,9 @@ def main():
     p.add_argument("--runs", type=int, default=40)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--forward-loop", action="store_true")
+    p.add_argument("--runtime", choices=["torch", "onnxruntime", "onnxruntime-cam"],
+                   default="torch", help="what --forward-loop runs")
+    p.add_argument("--onnx", help="the exported model (default: next to the weights)")
     a = p.parse_args()
 
     torch.set_num_threads(a.threads)
@@ -90,14 +187,24 @@ def main():
         with torch.no_grad():
             return plain(x)
 
+    onnx = export_onnx(plain, x, a.weights, a.onnx)
+    ort_forward, ort_cam = ort_runners(onnx, x, plain.fc.weight, a.threads)
+
     if a.forward_loop:
+        run = {"torch": forward, "onnxruntime": ort_forward, "onnxruntime-cam": ort_cam}[a.runtime]
         print(json.dumps({"threads": torch.get_num_threads()}), flush=True)
         for line in sys.stdin:
             batch, runs = map(int, line.split())
             if batch != 1:
                 raise SystemExit(f"only batch 1 is measured here, got {line!r}")
-            print(json.dumps({"ms": timed(forward, runs, 0)}), flush=True)
+            print(json.dumps({"ms": timed(run, runs, 0)}), flush=True)
         return
+
+    # ORT answers what PyTorch answers, and its layer4 map is pytorch-grad-cam's before
+    # the min-max scaling.
+    with torch.no_grad():
+        reference = plain(x).numpy()
+    ort_diff = float(np.abs(ort_forward() - reference).max())
 
     model = load_model(a.weights)
     cam = GradCAM(model=model, target_layers=[model.layer4[-1]])
@@ -105,19 +212,22 @@ def main():
     def gradcam():
         return cam(input_tensor=x, targets=None)
 
-    # Interleaved like the Rust side: neither measurement always runs second.
+    ort_map = ort_cam()
+    ref_map = raw_layer4_cam(plain, x)
+    cam_diff = float(np.abs(ort_map - ref_map).max())
+
+    # Interleaved like the Rust side: no measurement always runs after the same one.
+    steps = [forward, gradcam, ort_forward, ort_cam]
     for _ in range(a.warmup):
-        forward()
-        gradcam()
-    fwd, gc = [], []
+        for fn in steps:
+            fn()
+    times = [[] for _ in steps]
     for i in range(a.runs):
-        for step in range(2):
-            if (i + step) % 2 == 0:
-                fwd += timed(forward, 1, 0)
-            else:
-                gc += timed(gradcam, 1, 0)
-    g = summarise(gc)
-    f = summarise(fwd)
+        for step in range(len(steps)):
+            k = (i + step) % len(steps)
+            times[k] += timed(steps[k], 1, 0)
+    f, g, o, oc = (summarise(t) for t in times)
+    import onnxruntime
     print(json.dumps({
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
@@ -130,6 +240,12 @@ def main():
         "gradcam_per_s": 1e3 / g["p50"],
         "forward_ms": f,
         "forward_per_s": 1e3 / f["p50"],
+        "onnxruntime": onnxruntime.__version__,
+        "ort_forward_ms": o,
+        "ort_cam_ms": oc,
+        "ort_max_abs_diff": ort_diff,
+        "ort_cam_max_abs_diff": cam_diff,
+        "onnx": onnx[0],
     }, indent=2))
 
 

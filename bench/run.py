@@ -4,21 +4,25 @@ Run by scripts/bench.sh with the reference venv's python (torch, pytorch-grad-ca
 matplotlib), after the release build. Steps:
   1. assets   seeded random ResNet-50 weights (safetensors) + a 224x224 and a 1920x1080 JPEG
   2. engine   in process: prediction vs explanation, batch-norm folding on/off, batches
-  3. baseline pytorch-grad-cam GradCAM and PyTorch eager forward-only, same weights, input
-              and thread count (bench/baseline.py)
+  3. baseline pytorch-grad-cam GradCAM, PyTorch eager forward-only and ONNX Runtime (the
+              same weights exported here), same input and thread count (bench/baseline.py)
   4. http     server with the shipped defaults: cold start, concurrency 1..16 with both
               images, resident memory after each level
   5. tried    dynamic batching (max_batch 1 vs 4) and workers x threads, at concurrency 8
   6. paired   the targets that compare two programs, measured in alternating short bursts
               (ours, then theirs, then ours...) so that both sides see the same machine:
               our explanation vs PyTorch's eager forward, and the server over HTTP at
-              concurrency 8 vs the engine in process
+              concurrency 8 vs the engine in process, our explanation vs ONNX Runtime's
+              forward and its layer4 Grad-CAM
   7. phone    phone photos (issue 14, goal 3): a 4032x3024 JPEG in process, stage by stage
               (wall and CPU), and over HTTP against the 224x224 image; `--phone-only` runs
               just this step and merges it into bench/results.json and BENCHMARKS.md
+  8. idle     HTTP at concurrency 1 vs the explanation in process, back to back and with
+              200 ms pauses, CPU per request and the idle server's CPU use
 Scratch files go to target/bench/; results to bench/results.json, plots to bench/*.png,
 the report to BENCHMARKS.md. BENCH_QUICK=1 shortens every step (for trying the script out);
-`--report-only` re-renders BENCHMARKS.md and the plots from bench/results.json.
+`--report-only` re-renders BENCHMARKS.md and the plots from bench/results.json; `--only
+idle|ort|baseline` runs one part alone and prints its figures (BENCH_THREADS: threads).
 """
 import datetime
 import json
@@ -199,10 +203,12 @@ def engine_loop(weights, image):
     return Loop([BENCH, "engine-loop", "--weights", weights, "--image", image])
 
 
-def torch_loop(weights, image, threads):
-    """PyTorch eager, forward-only under no_grad."""
+def torch_loop(weights, image, threads, runtime="torch"):
+    """PyTorch eager, forward-only under no_grad (or, with `runtime`, ONNX Runtime's forward
+    of the same weights, or its layer4 Grad-CAM: see bench/baseline.py)."""
     return Loop([sys.executable, os.path.join(ROOT, "bench", "baseline.py"), "--weights",
-                 weights, "--image", image, "--threads", str(threads), "--forward-loop"])
+                 weights, "--image", image, "--threads", str(threads), "--forward-loop",
+                 "--runtime", runtime])
 
 
 def alternate(round_index, ours, theirs):
@@ -217,7 +223,7 @@ def alternate(round_index, ours, theirs):
     return (a, b) if round_index % 2 == 0 else (b, a)
 
 
-def paired_latency(weights, image, threads):
+def paired_latency(weights, image, threads, runtime="torch"):
     """Our explanation (batch 1) against PyTorch's eager forward-only, same weights and input,
     in alternating bursts. A process's speed is partly luck: one PyTorch process runs the
     forward in about 55 ms and the next, the same code, in 75 (its plain weights land where
@@ -226,7 +232,7 @@ def paired_latency(weights, image, threads):
     PyTorch."""
     sessions = []
     for s in range(PAIRED_LATENCY_SESSIONS):
-        ours, theirs = engine_loop(weights, image), torch_loop(weights, image, threads)
+        ours, theirs = engine_loop(weights, image), torch_loop(weights, image, threads, runtime)
         try:
             ours.run(1, 5)
             theirs.run(1, 5)
@@ -242,8 +248,9 @@ def paired_latency(weights, image, threads):
             ours.close()
             theirs.close()
         o50, t50 = statistics.median(o_ms), statistics.median(t_ms)
+        # "torch_p50_ms" is the other side's p50, whichever runtime it is.
         sessions.append({"ours_p50_ms": o50, "torch_p50_ms": t50, "ratio": o50 / t50})
-        log(f"  session {s + 1}: ours {o50:.1f} ms, PyTorch {t50:.1f} ms -> {o50 / t50:.2f}")
+        log(f"  session {s + 1}: ours {o50:.1f} ms, {runtime} {t50:.1f} ms -> {o50 / t50:.2f}")
     mid = sorted(sessions, key=lambda x: x["ratio"])[len(sessions) // 2]
     return {"sessions": sessions, "rounds": PAIRED_LATENCY_ROUNDS,
             "runs_per_round": PAIRED_LATENCY_RUNS, "median_session": mid,
@@ -408,6 +415,127 @@ def phone_only():
 
 
 
+# Concurrency 1 over HTTP against the explanation in process, back to back and with the
+# server idle between requests (each request, on both sides, after a pause).
+IDLE_PAUSES_MS = [0, 200]
+IDLE_ROUNDS = 2 if QUICK else 4
+IDLE_HTTP_DURATION = 2.0 if QUICK else 5.0
+IDLE_IN_PROCESS_RUNS = 8 if QUICK else 20
+IDLE_CPU_S = 3.0 if QUICK else 10.0
+
+
+def process_cpu_s(pid):
+    """CPU seconds (user + system) used so far by a running process, all its threads."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def model_thread_sleeps(pid):
+    """Voluntary context switches so far of the model worker threads and their OpenMP pool
+    threads (which inherit the worker's name): how often they went to sleep."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                if not f.read().startswith("model-worker"):
+                    continue
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        total += int(line.split()[1])
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def idle_http(weights, image224):
+    """HTTP at concurrency 1 (shipped defaults, 224x224 JPEG, end to end at the client)
+    against our explanation in process (the engine on a prepared input, batch 1), in
+    alternating bursts, back to back and with a pause before every request on both sides.
+    Also the CPU each side spends per request (libgomp's threads spin a while after each
+    parallel region before they sleep) and the server's CPU use when it is left idle."""
+    loop = engine_loop(weights, image224)
+    server = Server(weights, [], "idle")
+    out = {"pauses": {}}
+    try:
+        loop.run(1, 5)
+        for pause in IDLE_PAUSES_MS:
+            rounds = []
+            for r in range(IDLE_ROUNDS):
+                def in_process():
+                    cpu0 = process_cpu_s(loop.proc.pid)
+                    if pause:
+                        ms = []
+                        for _ in range(IDLE_IN_PROCESS_RUNS):
+                            time.sleep(pause / 1e3)
+                            ms += loop.run(1, 1)
+                    else:
+                        ms = loop.run(1, IDLE_IN_PROCESS_RUNS)
+                    cpu = process_cpu_s(loop.proc.pid) - cpu0
+                    return {"p50_ms": statistics.median(ms), "runs": len(ms),
+                            "cpu_ms_per_run": cpu * 1e3 / len(ms)}
+
+                def http():
+                    cpu0 = process_cpu_s(server.proc.pid)
+                    sleeps0 = model_thread_sleeps(server.proc.pid)
+                    h = run_json([BENCH, "http", "--url", server.url, "--image", image224,
+                                  "--concurrency", "1", "--duration", str(IDLE_HTTP_DURATION),
+                                  "--warmup", "0", "--pause-ms", str(pause)])
+                    cpu = process_cpu_s(server.proc.pid) - cpu0
+                    sleeps = model_thread_sleeps(server.proc.pid) - sleeps0
+                    lv = h["levels"][0]
+                    # The load generator sends one unrecorded request first.
+                    sent = lv["requests"] + 1
+                    st = lv["stages_ms"]
+                    return {"p50_ms": lv["latency_ms"]["p50"], "requests": lv["requests"],
+                            "errors": lv["errors"], "cpu_ms_per_request": cpu * 1e3 / sent,
+                            "model_thread_sleeps_per_request": sleeps / sent,
+                            "forward_p50_ms": st["forward"]["p50"],
+                            "queue_p50_ms": st["queue"]["p50"],
+                            "server_total_p50_ms": st["total"]["p50"]}
+
+                ip, hp = alternate(r, in_process, http)
+                rounds.append({"in_process": ip, "http": hp,
+                               "ratio": hp["p50_ms"] / ip["p50_ms"]})
+                log(f"  pause {pause} ms round {r + 1}: HTTP p50 {hp['p50_ms']:.1f} ms "
+                    f"(forward {hp['forward_p50_ms']:.1f}, queue {hp['queue_p50_ms']:.2f}), in "
+                    f"process {ip['p50_ms']:.1f} ms -> {hp['p50_ms'] / ip['p50_ms']:.2f}")
+            out["pauses"][str(pause)] = {
+                "rounds": rounds, "ratio": statistics.median(x["ratio"] for x in rounds),
+                "http_p50_ms": statistics.median(x["http"]["p50_ms"] for x in rounds),
+                "in_process_p50_ms": statistics.median(x["in_process"]["p50_ms"] for x in rounds)}
+        # Left alone: what the server burns with nobody asking (spinning threads would show).
+        time.sleep(1.0)
+        cpu0 = process_cpu_s(server.proc.pid)
+        time.sleep(IDLE_CPU_S)
+        out["idle_cpu_share"] = (process_cpu_s(server.proc.pid) - cpu0) / IDLE_CPU_S
+        out["idle_cpu_s"] = IDLE_CPU_S
+        out["server_threads"] = len(os.listdir(f"/proc/{server.proc.pid}/task"))
+    finally:
+        server.stop()
+        loop.close()
+    return out
+
+
+def cpu_features():
+    """The CPU's family/model and the instruction sets that decide which kernels run."""
+    wanted = ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16",
+              "amx_int8"]
+    info = {}
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("cpu family", "model", "flags") and key not in info:
+                info[key] = value.strip()
+            if not line.strip() and info:
+                break
+    flags = set(info.get("flags", "").split())
+    return {"family": info.get("cpu family", "?"), "model": info.get("model", "?"),
+            "isa": {f: f in flags for f in wanted}}
+
+
 def http_level(server, image, concurrency):
     """One load level; adds the mean batch size the workers formed meanwhile."""
     before = server.counters()
@@ -473,6 +601,7 @@ def machine():
         "commit": commit,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "load_before": os.getloadavg(),
+        "cpu_features": cpu_features(),
     }
 
 
@@ -500,6 +629,26 @@ def main():
         # Re-render the report and plots from the last run's figures, measuring nothing.
         with open(os.path.join(ROOT, "bench", "results.json")) as f:
             write_outputs(json.load(f))
+        return
+    if sys.argv[1:2] == ["--only"] and len(sys.argv) == 3:
+        # One part alone, while working on it: prints its figures, rewrites no report.
+        os.makedirs(SCRATCH, exist_ok=True)
+        assets = run_json([BENCH, "assets", "--out", SCRATCH])
+        weights, img224 = assets["weights"], assets["images"][0]["path"]
+        threads = int(os.environ.get("BENCH_THREADS", len(os.sched_getaffinity(0))))
+        parts = {
+            "idle": lambda: idle_http(weights, img224),
+            "ort": lambda: {k: paired_latency(weights, img224, threads, runtime=k)
+                            for k in ("onnxruntime", "onnxruntime-cam")},
+            "baseline": lambda: run_json([sys.executable,
+                                          os.path.join(ROOT, "bench", "baseline.py"),
+                                          "--weights", weights, "--image", img224,
+                                          "--threads", str(threads),
+                                          "--runs", str(BASELINE_RUNS)]),
+        }
+        if sys.argv[2] not in parts:
+            raise SystemExit(f"--only takes one of {', '.join(parts)}")
+        print(json.dumps({"machine": machine(), sys.argv[2]: parts[sys.argv[2]]()}, indent=1))
         return
     os.makedirs(SCRATCH, exist_ok=True)
     results = {"machine": machine(), "quick": QUICK, "settings": shipped_settings()}
@@ -583,12 +732,21 @@ def main():
     log(f"  median session {paired['latency']['ratio']:.2f}")
     log(f"paired: HTTP at concurrency 8 vs in process, {PAIRED_HTTP_ROUNDS} rounds per image")
     paired["http"] = paired_http(weights, img224, images)
+    log(f"paired: our explanation vs ONNX Runtime's forward, {PAIRED_LATENCY_ROUNDS} rounds")
+    paired["ort"] = paired_latency(weights, img224, threads, runtime="onnxruntime")
+    log(f"  median session {paired['ort']['ratio']:.2f}")
+    log("paired: our explanation vs ONNX Runtime's layer4 Grad-CAM (forward + map)")
+    paired["ort_cam"] = paired_latency(weights, img224, threads, runtime="onnxruntime-cam")
+    log(f"  median session {paired['ort_cam']['ratio']:.2f}")
     results["paired"] = paired
     log("phone photos: 4032x3024 JPEG in process and over HTTP")
     results["phone"] = phone(weights, img224, img1080, assets["phone"]["path"],
                              paired["http"]["1920x1080"])
     results["phone"]["machine"] = results["machine"]
     results["phone"]["photo"] = assets["phone"]
+    log(f"idle: HTTP at concurrency 1 vs in process, pauses {IDLE_PAUSES_MS} ms, "
+        f"{IDLE_ROUNDS} rounds")
+    results["idle_http"] = idle_http(weights, img224)
     results["elapsed_s"] = time.perf_counter() - started
     # How much of the machine other processes used meanwhile: the noise in every figure.
     busy1, total1 = machine_cpu()
@@ -727,6 +885,7 @@ def report(results):
                         ">= 0.9", r >= 0.9))
     phone_targets, phone_lines = phone_report(results)
     targets += phone_targets
+    targets += peer_and_idle_targets(results)
     verdicts = [f"{'PASS' if ok else 'MISS'}  {name}: {fig} -> {ratio:.2f} (target {want})"
                 for name, fig, ratio, want, ok in targets]
 
@@ -746,6 +905,10 @@ def report(results):
         w("> **BENCH_QUICK=1 run: short measurements, figures are rough.**\n")
     w("## Machine\n")
     w(f"- {m['nproc']} cores (nproc), {m['cpu']}, {m['memory_gib']} GiB memory, Linux {m['kernel']}")
+    if "cpu_features" in m:
+        f = m["cpu_features"]
+        w(f"- CPU family {f['family']} model {f['model']}; instruction sets: "
+          + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in f["isa"].items()))
     w(f"- libtorch / torch {base['torch']}, torchvision {base['torchvision']}, "
       f"grad-cam {base['grad_cam']}, {m['rustc']}")
     w(f"- commit {m['commit']}, {m['date']}, load average before the run "
@@ -836,7 +999,23 @@ def report(results):
       f"{on['explain_ms']['p90']:.1f} | {ours_per_s:.2f} |")
     w(f"| ours: `Engine::predict` (forward-only) | {on['predict_ms']['p50']:.1f} | "
       f"{on['predict_ms']['p90']:.1f} | {1e3 / on['predict_ms']['p50']:.2f} |")
+    if "ort_forward_ms" in base:
+        w(f"| ONNX Runtime {base['onnxruntime']} forward-only | "
+          f"{base['ort_forward_ms']['p50']:.1f} | {base['ort_forward_ms']['p90']:.1f} | "
+          f"{1e3 / base['ort_forward_ms']['p50']:.2f} |")
+        w(f"| ONNX Runtime layer4 Grad-CAM (forward with layer4 as an output + map) | "
+          f"{base['ort_cam_ms']['p50']:.1f} | {base['ort_cam_ms']['p90']:.1f} | "
+          f"{1e3 / base['ort_cam_ms']['p50']:.2f} |")
     w("")
+    if "ort_forward_ms" in base:
+        w("ONNX Runtime: the same weights exported in the bench with `torch.onnx.export` "
+          "(TorchScript exporter, opset 17), CPU provider, all graph optimisations, "
+          f"`intra_op_num_threads={base['threads']}`, `inter_op_num_threads=1`; its logits "
+          f"differ from PyTorch's by at most {base['ort_max_abs_diff']:.1e}. Its layer4 "
+          "Grad-CAM is `ReLU(fc.weight[c] . A) / 49` from layer4's activation A (exact for a "
+          "ResNet: the score's gradient with respect to A is `fc.weight[c] / 49` everywhere); "
+          f"it differs from autograd's raw layer4 map by at most "
+          f"{base['ort_cam_max_abs_diff']:.1e}.\n")
     w(f"{base['runs']} runs of each after {base['warmup']} warm-up runs, interleaved, "
       f"`torch.set_num_threads({base['threads']})`. Per second = 1000 / p50, on both sides.\n")
 
@@ -904,6 +1083,7 @@ def report(results):
           + f"; median ratio **{h['ratio']:.2f}**.")
     w("")
 
+    report_peers_and_idle(results, w)
     w("## What we tried\n")
     w("Each row was measured in this run; a change within "
       f"{NOISE * 100:.0f}% is reported as no difference.\n")
@@ -1137,6 +1317,95 @@ def phone_report(results):
       "Encoders by hand on the same overlay: the `image` crate's JPEG encoder 16-18 ms "
       "against `jpeg-encoder` 4-5 ms (shipped) at quality 85.\n")
     return targets, L
+def peer_and_idle_targets(results):
+    """Issue 14's goals 1 and 2, from the paired rounds (absent from older results)."""
+    out = []
+    paired = results["paired"]
+    if "ort" in paired:
+        o = paired["ort"]
+        mid = o["median_session"]
+        out.append(("Our explanation at layer4 (batch 1, fp32, in process) / ONNX Runtime "
+                    "forward (p50, paired)",
+                    f"{mid['ours_p50_ms']:.1f} / {mid['torch_p50_ms']:.1f} ms",
+                    o["ratio"], "<= 1.0", o["ratio"] <= 1.0))
+    for pause, v in results.get("idle_http", {}).get("pauses", {}).items():
+        how = "back to back" if pause == "0" else f"{pause} ms apart"
+        out.append((f"HTTP at concurrency 1 (224x224, end to end) / explanation in process "
+                    f"(p50, {how}, paired)",
+                    f"{v['http_p50_ms']:.1f} / {v['in_process_p50_ms']:.1f} ms",
+                    v["ratio"], "<= 1.10", v["ratio"] <= 1.10))
+    return out
+
+
+def report_peers_and_idle(results, w):
+    """Section 6: ONNX Runtime as the peer (paired) and the idle server."""
+    paired = results["paired"]
+    idle = results.get("idle_http")
+    if "ort" not in paired and not idle:
+        return
+    w("## 6. ONNX Runtime as the peer, and the idle server\n")
+    for key, what in (("ort", "ONNX Runtime's plain forward"),
+                      ("ort_cam", "ONNX Runtime's layer4 Grad-CAM (forward with layer4 as a "
+                                  "second output, then the map in NumPy)")):
+        if key not in paired:
+            continue
+        lat = paired[key]
+        w(f"- **Our explanation at layer4 vs {what}**, batch 1, same weights and threads, "
+          f"{len(lat['sessions'])} sessions of {lat['rounds']} rounds of "
+          f"{lat['runs_per_round']} runs a side, p50s: "
+          + "; ".join(f"ours {x['ours_p50_ms']:.1f} ms / ORT {x['torch_p50_ms']:.1f} ms = "
+                      f"{x['ratio']:.2f}" for x in lat["sessions"])
+          + f". Median session **{lat['ratio']:.2f}**.")
+    if idle:
+        w("- **HTTP at concurrency 1 vs the explanation in process** (`gradcam-bench http "
+          "--concurrency 1 [--pause-ms 200]` against the shipped defaults, 224x224 JPEG, "
+          "latency at the client from the first byte sent to the last byte read, overlay PNG "
+          "in the JSON; in process: `gradcam-bench engine-loop`, the network on a prepared "
+          "input, batch 1), alternating bursts; with a pause, each request on both sides "
+          "comes after that long idle:\n")
+        w("| Pause | Round | HTTP p50 ms | server forward p50 | server queue p50 | "
+          "in process p50 ms | ratio | server CPU ms / request | in-process CPU ms / run | "
+          "model threads' sleeps / request |")
+        w("|---|---|---|---|---|---|---|---|---|---|")
+        for pause, v in idle["pauses"].items():
+            for i, r in enumerate(v["rounds"]):
+                h, p = r["http"], r["in_process"]
+                w(f"| {pause} ms | {i + 1} | {h['p50_ms']:.1f} | {h['forward_p50_ms']:.1f} | "
+                  f"{h['queue_p50_ms']:.2f} | {p['p50_ms']:.1f} | {r['ratio']:.2f} | "
+                  f"{h['cpu_ms_per_request']:.0f} | {p['cpu_ms_per_run']:.0f} | "
+                  f"{h.get('model_thread_sleeps_per_request', float('nan')):.1f} |")
+        w("")
+        w(f"  Median ratios: "
+          + ", ".join(f"{'back to back' if k == '0' else k + ' ms apart'} "
+                      f"**{v['ratio']:.2f}**" for k, v in idle["pauses"].items())
+          + f". Left alone for {idle['idle_cpu_s']:.0f} s afterwards the server used "
+          f"**{idle['idle_cpu_share'] * 100:.1f}%** of one core ({idle['server_threads']} "
+          "threads). CPU per request counts every thread of the process, libgomp's spin "
+          "after the last parallel region included (a bounded spin, then sleep).\n")
+    w("What made an idle server slow, measured by hand (2026-11-29, this machine kind; "
+      "`/proc/<pid>/task/*/status` of the server, two builds side by side, alternating):\n")
+    w("- The server loaded the model on its main thread, whose OpenMP pool (libgomp, which "
+      "the PyPI libtorch uses) outlived the load. With 4 OpenMP threads in the process on "
+      "2 cores, libgomp throttles its spin between parallel regions (1,000 spins instead "
+      "of 300,000), so the model worker's pool thread slept and was woken **355 times per "
+      "request**; PyTorch in Python and `gradcam-bench engine-loop` hold one pool and do "
+      "not. The served forward took 34 ms back to back and 52 ms with 200 ms between "
+      "requests, against 28 ms in process (issue 14). `Engine::load` now does its tensor "
+      "work on a thread that ends with it (its pool goes with it): **1 to 6 sleeps per "
+      "request**, the same as in process. On a node with many cores (the Kubernetes "
+      "manifests) libgomp never throttled, so this is how the server always ran there.")
+    w("- `batch_wait_ms` (2 ms) was waited after every first job, with nobody else admitted: "
+      "a worker now waits only while admitted requests are still being decoded (queue p50 "
+      "2.1 ms -> 0.03 ms at concurrency 1).")
+    w("- The price of spinning, on a machine whose cores other processes hold: with the "
+      "load average at 11 on these 2 cores (other builds), the same A/B gave the served "
+      "forward (p50, back to back / 200 ms apart) **115 / 123 ms with the old stray pool "
+      "against 1,349 / 1,143 ms without** it; "
+      "`GOMP_SPINCOUNT` 1,000 / 10,000 / 50,000 / default: 121 / 530 / 1,372 / 1,386 ms. A "
+      "waiting thread that spins burns the time slice its partner needs. PyTorch eager and "
+      "our engine in process pay the same there (libgomp's default). Where the cores are "
+      "shared with other busy processes, set `GOMP_SPINCOUNT=1000` (or `OMP_WAIT_POLICY="
+      "passive`) in the server's environment; libgomp reads it when it loads.\n")
 
 
 def fmt_batch(level):

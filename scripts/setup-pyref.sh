@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Python environment for the reference checks and the baseline benchmark:
 # pytorch-grad-cam (PyPI grad-cam) and torchvision on the SAME torch version (2.13.0) that
-# the Rust build links against. Idempotent (stamp file). Prints the python path.
+# the Rust build links against, and ONNX Runtime for the benchmark's peer. Idempotent (stamp file). Prints the python path.
 set -euo pipefail
 cache="${GRADCAM_CACHE:-$HOME/.cache/gradcam-serve}"
 venv="$cache/pyref-torch-2.13.0"
@@ -15,5 +15,13 @@ if [ ! -f "$stamp" ]; then
   "$venv/bin/pip" install -q --disable-pip-version-check \
     torch==2.13.0 torchvision==0.28.0 grad-cam==1.5.7 safetensors >&2
   touch "$stamp"
+fi
+# The benchmark's ONNX Runtime baseline (bench/baseline.py exports the same weights with
+# torch.onnx.export, which needs `onnx`). Its own stamp, so that an existing venv gets it.
+ort_stamp="$venv/.onnxruntime-1.32.0"
+if [ ! -f "$ort_stamp" ]; then
+  echo "setup-pyref: installing onnxruntime 1.32.0 and onnx 1.23.2 into $venv (once)" >&2
+  "$venv/bin/pip" install -q --disable-pip-version-check onnxruntime==1.32.0 onnx==1.23.2 >&2
+  touch "$ort_stamp"
 fi
 echo "$venv/bin/python"

@@ -141,7 +141,7 @@ pub struct ServerArgs {
     /// Most images per batch [server.max_batch]
     #[arg(long, env = "GRADCAM_MAX_BATCH")]
     pub max_batch: Option<usize>,
-    /// Milliseconds to wait to fill a batch [server.batch_wait_ms]
+    /// Milliseconds to wait to fill a batch, while more requests are being decoded [server.batch_wait_ms]
     #[arg(long, env = "GRADCAM_BATCH_WAIT_MS")]
     pub batch_wait_ms: Option<u64>,
     /// Largest request body in bytes [server.max_upload_bytes]

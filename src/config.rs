@@ -60,7 +60,9 @@ pub struct ServerConfig {
     pub queue_capacity: usize,
     /// Most images one worker puts through the network together.
     pub max_batch: usize,
-    /// How long a worker waits for more requests to fill a batch, in milliseconds.
+    /// How long a worker waits for more requests to fill a batch, in milliseconds; it waits
+    /// only while other admitted requests are still being decoded (a lone request starts at
+    /// once).
     pub batch_wait_ms: u64,
     /// Largest accepted request body, in bytes; larger uploads get 413 (see `linger_bytes`).
     pub max_upload_bytes: usize,

@@ -189,7 +189,26 @@ pub enum LoadError {
 impl Engine {
     /// Loads the weights the config names (or demo weights) and its labels, and checks the
     /// default layer against the model.
+    ///
+    /// The load's tensor work (batch-norm folding, the oneDNN reorder) runs on a thread of
+    /// its own that ends with it. libgomp gives every thread that starts a parallel region a
+    /// pool of OpenMP threads that lives as long as that thread; a pool left on the
+    /// caller (the server's main thread) puts more OpenMP threads in the process than cores,
+    /// and libgomp then stops spinning between parallel regions: the model worker's pool
+    /// sleeps and is woken some 355 times per ResNet-50 pass, which cost +6 ms per
+    /// explanation back to back and +20 ms on an idle server (README, an idle server).
     pub fn load(config: &ModelConfig, default_layer: Layer) -> Result<Self, LoadError> {
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("model-load".into())
+                .spawn_scoped(scope, || Self::load_here(config, default_layer))
+                .expect("spawning the model loading thread")
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
+    fn load_here(config: &ModelConfig, default_layer: Layer) -> Result<Self, LoadError> {
         if config.threads > 0 {
             tch::set_num_threads(config.threads as i32);
         }

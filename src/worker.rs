@@ -6,10 +6,12 @@
 //! permit is free (else the caller answers 503 at once), so the queue cannot grow without
 //! bound. Each job carries a oneshot for its answer; a job whose caller has gone (client
 //! disconnected, timed out) is dropped before it is computed. A worker takes whatever is
-//! already queued, up to `max_batch`, into one pass through the network.
+//! already queued, up to `max_batch`, into one pass through the network, and waits up to
+//! `batch_wait_ms` for more only while admitted requests are still on their way to the
+//! queue (being decoded): with nobody else in flight, a lone request starts at once.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -51,6 +53,9 @@ struct Job {
 /// Counters and gauges the metrics endpoint reads.
 #[derive(Default)]
 pub struct WorkerStats {
+    /// Requests admitted and not yet queued (being decoded): the ones a worker
+    /// may wait for to fill a batch.
+    pub arriving: AtomicUsize,
     /// Jobs sent to the workers and not yet taken into a batch.
     pub waiting: AtomicUsize,
     /// Jobs in a batch that a worker is computing.
@@ -74,7 +79,36 @@ pub struct Workers {
 }
 
 /// Admission to the queue; dropping it frees the place.
-pub struct Admission(#[allow(dead_code)] OwnedSemaphorePermit);
+pub struct Admission {
+    _permit: OwnedSemaphorePermit,
+    stats: Arc<WorkerStats>,
+    /// Counted in `stats.arriving` until its job is queued or it is dropped.
+    arriving: AtomicBool,
+}
+
+impl Admission {
+    fn new(permit: OwnedSemaphorePermit, stats: Arc<WorkerStats>) -> Self {
+        stats.arriving.fetch_add(1, Ordering::SeqCst);
+        Self {
+            _permit: permit,
+            stats,
+            arriving: AtomicBool::new(true),
+        }
+    }
+
+    /// Its job is in the queue (or will never be): no worker should wait for it any more.
+    fn arrived(&self) {
+        if self.arriving.swap(false, Ordering::SeqCst) {
+            self.stats.arriving.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.arrived();
+    }
+}
 
 impl Workers {
     /// Starts one thread per explainer (each warms its own up first); `ready()` turns true
@@ -141,14 +175,15 @@ impl Workers {
 
     /// A place in the queue, or None when it is full.
     pub fn try_admit(&self) -> Option<Admission> {
-        self.permits.clone().try_acquire_owned().ok().map(Admission)
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        Some(Admission::new(permit, self.stats.clone()))
     }
 
     /// Queues one input and waits for its result. Dropping the returned future (the
     /// client went away) drops the job before a worker computes it.
     pub async fn explain(
         &self,
-        _admission: &Admission,
+        admission: &Admission,
         input: ModelInput,
         ask: Ask,
     ) -> Result<JobOutput, WorkerError> {
@@ -161,6 +196,7 @@ impl Workers {
         };
         let sender = self.sender.as_ref().ok_or(WorkerError::Stopped)?;
         self.stats.waiting.fetch_add(1, Ordering::SeqCst);
+        admission.arrived();
         if sender.send(job).is_err() {
             self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
             return Err(WorkerError::Stopped);
@@ -188,10 +224,14 @@ fn work(
         let mut batch = vec![first];
         let deadline = Instant::now() + batch_wait;
         while batch.len() < max_batch {
-            let next = if batch_wait.is_zero() {
-                receiver.try_recv().ok()
-            } else {
-                receiver.recv_deadline(deadline).ok()
+            // Wait only for requests already admitted and on their way: waiting for nobody
+            // costs a lone request `batch_wait` for nothing.
+            let next = match receiver.try_recv() {
+                Ok(job) => Some(job),
+                Err(_) if !batch_wait.is_zero() && stats.arriving.load(Ordering::SeqCst) > 0 => {
+                    receiver.recv_deadline(deadline).ok()
+                }
+                Err(_) => None,
             };
             match next {
                 Some(job) => batch.push(job),

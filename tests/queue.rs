@@ -111,6 +111,20 @@ fn queued_requests_are_batched_with_their_own_layers_and_targets() {
 }
 
 #[test]
+fn a_lone_request_does_not_wait_to_fill_a_batch() {
+    // An hour of batch_wait: the batch is handed over only because nobody else is coming.
+    let (app, gate) = App::start(config(|c| {
+        c.server.max_batch = 4;
+        c.server.batch_wait_ms = 3_600_000;
+    }));
+    let lone = send(&app, "");
+    assert_eq!(gate.next_batch().len(), 1);
+    gate.release();
+    assert_eq!(lone.join().unwrap().0, 200);
+    assert_eq!(app.state.workers.stats.arriving.load(Ordering::SeqCst), 0);
+}
+
+#[test]
 fn a_client_that_leaves_while_queued_costs_no_model_time() {
     let (app, gate) = App::start(config(|c| c.server.max_batch = 1));
     let first = send(&app, "");

@@ -142,6 +142,10 @@ enum Command {
         /// Print each level's result as a JSON line to stderr as well.
         #[arg(long)]
         verbose: bool,
+        /// Each client waits this long before each request (not counted in its latency):
+        /// an idle server between requests rather than a closed loop.
+        #[arg(long, default_value_t = 0.0)]
+        pause_ms: f64,
     },
 }
 
@@ -191,7 +195,16 @@ fn main() -> anyhow::Result<()> {
             duration,
             warmup,
             verbose,
-        } => http_bench(&url, &image, &concurrency, duration, warmup, verbose)?,
+            pause_ms,
+        } => http_bench(
+            &url,
+            &image,
+            &concurrency,
+            duration,
+            warmup,
+            verbose,
+            Duration::from_secs_f64(pause_ms / 1e3),
+        )?,
     };
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
@@ -725,10 +738,19 @@ struct Sample {
     stages: Option<[f64; 6]>,
 }
 
-fn client_loop(target: &Target, request: &[u8], warmup_end: Instant, end: Instant) -> Vec<Sample> {
+fn client_loop(
+    target: &Target,
+    request: &[u8],
+    warmup_end: Instant,
+    end: Instant,
+    pause: Duration,
+) -> Vec<Sample> {
     let mut samples = Vec::new();
     let mut conn: Option<Connection> = None;
     loop {
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
+        }
         let start = Instant::now();
         if start >= end {
             break;
@@ -785,6 +807,7 @@ fn http_bench(
     duration: f64,
     warmup: f64,
     verbose: bool,
+    pause: Duration,
 ) -> anyhow::Result<Value> {
     let target = Arc::new(parse_url(url)?);
     let bytes = std::fs::read(image).with_context(|| format!("reading {}", image.display()))?;
@@ -809,7 +832,7 @@ fn http_bench(
         let handles: Vec<_> = (0..c)
             .map(|_| {
                 let (target, request) = (target.clone(), request.clone());
-                std::thread::spawn(move || client_loop(&target, &request, warmup_end, end))
+                std::thread::spawn(move || client_loop(&target, &request, warmup_end, end, pause))
             })
             .collect();
         let samples: Vec<Sample> = handles
@@ -874,6 +897,7 @@ fn http_bench(
         "image_bytes": bytes.len(),
         "response_bytes": response_bytes,
         "warmup_s": warmup,
+        "pause_ms": pause.as_secs_f64() * 1e3,
         "levels": results,
     }))
 }
