@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{self, Layer};
+use crate::precision::Precision;
 use crate::preprocess::{InputSpec, ResizeMode, MEAN, STD};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -43,6 +44,9 @@ pub struct ModelConfig {
     /// Reorder the folded convolution weights once into oneDNN's own layout and keep the
     /// trunk's activations in it (about 0.9 of the time; needs `fold_batch_norm`).
     pub onednn_weights: bool,
+    /// The trunk's number format: `fp32`, or `bf16` (needs AVX-512 BF16 or AMX, refused at
+    /// start elsewhere; needs `fold_batch_norm` and `onednn_weights`).
+    pub precision: Precision,
     /// libtorch intra-op threads per worker; 0 leaves libtorch's default (one per core).
     pub threads: usize,
 }
@@ -113,6 +117,7 @@ impl Default for ModelConfig {
             resize: ResizeMode::Stretch,
             fold_batch_norm: true,
             onednn_weights: true,
+            precision: Precision::Fp32,
             threads: 0,
         }
     }

@@ -20,6 +20,7 @@ use crate::gradcam::{self, Ask, GradCamError, PassTimings, RawExplanation};
 use crate::labels::{Labels, LabelsError};
 use crate::model::{Layer, ModelError, ResNet};
 use crate::options::{Limits, Options};
+use crate::precision::{CpuFeatures, Precision};
 use crate::preprocess::{
     self, DecodeError, DecodeLimits, InputSpec, ModelInput, Region, ResizeMode,
 };
@@ -158,6 +159,25 @@ impl Engine {
     /// Loads the weights the config names (or demo weights) and its labels, and checks the
     /// default layer against the model.
     pub fn load(config: &ModelConfig, default_layer: Layer) -> Result<Self, LoadError> {
+        Self::load_on(config, default_layer, CpuFeatures::detect())
+    }
+
+    /// [`Engine::load`] as if on a CPU with `cpu`'s instruction sets (which decide whether
+    /// `precision = "bf16"` is allowed): tests check the refusal on any machine with it.
+    pub fn load_on(
+        config: &ModelConfig,
+        default_layer: Layer,
+        cpu: CpuFeatures,
+    ) -> Result<Self, LoadError> {
+        config.precision.check(cpu).map_err(LoadError::Setting)?;
+        let bf16 = config.precision == Precision::Bf16;
+        if bf16 && !(config.fold_batch_norm && config.onednn_weights) {
+            return Err(LoadError::Setting(
+                "model.precision = \"bf16\" runs on oneDNN's fused convolutions: it needs \
+                 fold_batch_norm = true and onednn_weights = true"
+                    .into(),
+            ));
+        }
         if config.threads > 0 {
             tch::set_num_threads(config.threads as i32);
         }
@@ -185,10 +205,19 @@ impl Engine {
         }
         // oneDNN's path has convolutions only: without folding, batch norm stays plain.
         if config.fold_batch_norm && config.onednn_weights {
-            if let Err(e) = model.use_onednn_weights(config.input_size as i64) {
-                tracing::warn!(
-                    "running with plain weights: reordering them for oneDNN failed: {e}"
-                );
+            let onednn = model
+                .use_onednn_weights_in(config.input_size as i64, config.precision)
+                .and_then(|()| model.use_fused_convolutions());
+            match onednn {
+                Err(e) if bf16 => {
+                    return Err(LoadError::Setting(format!(
+                        "model.precision = \"bf16\": libtorch's oneDNN convolutions refused \
+                         it: {e}"
+                    )))
+                }
+                // Unfused oneDNN convolutions, or plain weights when the reorder failed.
+                Err(e) => tracing::warn!("running without fused oneDNN convolutions: {e}"),
+                Ok(()) => {}
             }
             release_freed_memory();
         }
