@@ -60,7 +60,9 @@ fn check(message: *mut c_char) -> Result<(), tch::TchError> {
         return Ok(());
     }
     // SAFETY: a NUL-terminated string that the shim strdup'ed for us, freed once here.
-    let text = unsafe { CStr::from_ptr(message) }.to_string_lossy().into_owned();
+    let text = unsafe { CStr::from_ptr(message) }
+        .to_string_lossy()
+        .into_owned();
     unsafe { gcs_free_error(message) };
     Err(tch::TchError::Torch(text))
 }

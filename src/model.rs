@@ -388,11 +388,9 @@ impl ConvBn {
     /// On plain tensors, differentiable with respect to `x`.
     fn forward_with_grad(&self, x: &Tensor) -> Tensor {
         if self.weight.is_mkldnn() {
-            let weight = self
-                .plain_weight
-                .get_or_init(|| {
-                    tch::no_grad(|| self.weight.to_dense(None, false).to_kind(Kind::Float))
-                });
+            let weight = self.plain_weight.get_or_init(|| {
+                tch::no_grad(|| self.weight.to_dense(None, false).to_kind(Kind::Float))
+            });
             return self.forward_plain(x, weight);
         }
         self.forward_plain(x, &self.weight)
@@ -700,7 +698,10 @@ impl ResNet {
         let mut reordered = Vec::new();
         tch::no_grad(|| -> Result<(), tch::TchError> {
             let (h, w) = self.stem.output_size(input_size, input_size);
-            reordered.push(self.stem.onednn_weight([1, 3, input_size, input_size], kind)?);
+            reordered.push(
+                self.stem
+                    .onednn_weight([1, 3, input_size, input_size], kind)?,
+            );
             // After the 3x3, stride 2 max pool.
             let (mut h, mut w) = ((h + 1) / 2, (w + 1) / 2);
             let mut channels = self.stem.out_channels();

@@ -114,7 +114,11 @@ fn bf16_stays_close_to_fp32_on_the_parity_images() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
             .unwrap();
     let mut models = vec![("resnet50".to_string(), r.weights, r.cases)];
-    models.extend(r.models.into_iter().map(|m| (m.architecture, m.weights, m.cases)));
+    models.extend(
+        r.models
+            .into_iter()
+            .map(|m| (m.architecture, m.weights, m.cases)),
+    );
     let (mut cases, mut same_top1, mut same_top5_set, mut worst) = (0, 0, 0, 0f32);
     let mut per_layer: HashMap<String, f32> = HashMap::new();
     for (architecture, weights, model_cases) in &models {
