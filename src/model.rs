@@ -726,9 +726,9 @@ impl ResNet {
         Ok(())
     }
 
-    /// Runs the no-grad trunk with fused oneDNN convolutions (see src/fused.rs): on 2 cores
-    /// about 0.85 of the time of oneDNN tensors with a separate ReLU and add, the same
-    /// results up to float rounding. Needs `use_onednn_weights` first; a libtorch without
+    /// Runs the no-grad trunk with fused oneDNN convolutions (see src/fused.rs): 0.82 of the
+    /// time of oneDNN tensors with a separate ReLU and add (BENCHMARKS.md), the same results
+    /// up to float rounding. Needs `use_onednn_weights` first; a libtorch without
     /// the fused operators is refused here, with the model left as it was.
     pub fn use_fused_convolutions(&mut self) -> Result<(), tch::TchError> {
         if !self.stem.weight.is_mkldnn() {
