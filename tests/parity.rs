@@ -199,9 +199,10 @@ fn matches_pytorch_grad_cam_with_batch_norm_folded() {
 /// With batch norm unfolded the network runs pytorch-grad-cam's very operations, and every
 /// map agrees to the bit (measured: 0.0 everywhere). The shipped settings fold batch norm
 /// into the convolutions (faster): the activations then differ from PyTorch's by float
-/// rounding (about 1e-7 relative). At layer4 the map stays within 2.7e-6 (fused oneDNN convolutions). At earlier
-/// layers a map is a sum over hundreds of channels whose weights cancel, which magnifies
-/// that rounding: measured up to 3.1e-4 of the map's maximum (resnet50 at layer3.1), 1.4e-4
+/// rounding (about 1e-7 relative). At layer4 the map stays within 2.7e-6 (with the fused
+/// oneDNN convolutions). At earlier layers a map is a sum over hundreds of channels whose
+/// weights cancel, which magnifies that rounding: measured up to 3.1e-4 of the map's
+/// maximum (resnet50 at layer3.1), 1.4e-4
 /// for wide_resnet50_2 at layer3, invisible in the overlay (within 2 levels, a few hundred
 /// pixels a level further where the colour steps). Those layers are held to 1e-3 with
 /// folding, and to 1e-4 without.
