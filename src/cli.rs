@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::engine::{self, Engine};
 use crate::model::Layer;
 use crate::options::{Defaults, ExplainOptions, OverlayKind};
+use crate::precision::Precision;
 use crate::preprocess::{DecodeLimits, ResizeMode};
 use crate::weights;
 
@@ -122,6 +123,9 @@ pub struct ModelArgs {
     /// Keep the weights in oneDNN's layout (faster) [model.onednn_weights]
     #[arg(long, env = "GRADCAM_ONEDNN_WEIGHTS", num_args = 0..=1, default_missing_value = "true")]
     pub onednn_weights: Option<bool>,
+    /// fp32, or bf16 on CPUs with AVX-512 BF16 or AMX [model.precision]
+    #[arg(long, env = "GRADCAM_PRECISION")]
+    pub precision: Option<Precision>,
     /// libtorch intra-op threads per worker, 0 = default [model.threads]
     #[arg(long, env = "GRADCAM_THREADS")]
     pub threads: Option<usize>,
@@ -235,6 +239,7 @@ impl ModelArgs {
                 resize,
                 fold_batch_norm,
                 onednn_weights,
+                precision,
                 threads
             ]
         );

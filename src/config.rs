@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{self, Layer};
+use crate::precision::Precision;
 use crate::preprocess::{InputSpec, ResizeMode, MEAN, STD};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -44,6 +45,9 @@ pub struct ModelConfig {
     /// Reorder the convolution weights once into oneDNN's own layout and keep the fast
     /// path's activations in it (about 0.9 of the time).
     pub onednn_weights: bool,
+    /// The trunk's number format: `fp32`, or `bf16` (needs AVX-512 BF16 or AMX, refused at
+    /// start elsewhere; needs `fold_batch_norm` and `onednn_weights`).
+    pub precision: Precision,
     /// libtorch intra-op threads per worker; 0 leaves libtorch's default (one per core).
     pub threads: usize,
 }
@@ -118,6 +122,7 @@ impl Default for ModelConfig {
             resize: ResizeMode::Stretch,
             fold_batch_norm: true,
             onednn_weights: true,
+            precision: Precision::Fp32,
             threads: 0,
         }
     }

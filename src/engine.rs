@@ -20,6 +20,7 @@ use crate::gradcam::{self, Ask, GradCamError, PassTimings, RawExplanation};
 use crate::labels::{Labels, LabelsError};
 use crate::model::{Layer, ModelError, ResNet};
 use crate::options::{Limits, Options};
+use crate::precision::{CpuFeatures, Precision};
 use crate::preprocess::{
     self, DecodeError, DecodeLimits, InputSpec, ModelInput, Region, ResizeMode,
 };
@@ -198,17 +199,40 @@ impl Engine {
     /// sleeps and is woken some 355 times per ResNet-50 pass, which cost +6 ms per
     /// explanation back to back and +20 ms on an idle server (README, an idle server).
     pub fn load(config: &ModelConfig, default_layer: Layer) -> Result<Self, LoadError> {
+        Self::load_on(config, default_layer, CpuFeatures::detect())
+    }
+
+    /// [`Engine::load`] as if on a CPU with `cpu`'s instruction sets (which decide whether
+    /// `precision = "bf16"` is allowed): tests check the refusal on any machine with it.
+    pub fn load_on(
+        config: &ModelConfig,
+        default_layer: Layer,
+        cpu: CpuFeatures,
+    ) -> Result<Self, LoadError> {
         std::thread::scope(|scope| {
             std::thread::Builder::new()
                 .name("model-load".into())
-                .spawn_scoped(scope, || Self::load_here(config, default_layer))
+                .spawn_scoped(scope, || Self::load_here(config, default_layer, cpu))
                 .expect("spawning the model loading thread")
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         })
     }
 
-    fn load_here(config: &ModelConfig, default_layer: Layer) -> Result<Self, LoadError> {
+    fn load_here(
+        config: &ModelConfig,
+        default_layer: Layer,
+        cpu: CpuFeatures,
+    ) -> Result<Self, LoadError> {
+        config.precision.check(cpu).map_err(LoadError::Setting)?;
+        let bf16 = config.precision == Precision::Bf16;
+        if bf16 && !(config.fold_batch_norm && config.onednn_weights) {
+            return Err(LoadError::Setting(
+                "model.precision = \"bf16\" runs on oneDNN's fused convolutions: it needs \
+                 fold_batch_norm = true and onednn_weights = true"
+                    .into(),
+            ));
+        }
         if config.threads > 0 {
             tch::set_num_threads(config.threads as i32);
         }
@@ -235,10 +259,23 @@ impl Engine {
             model.fold_batch_norm();
         }
         if config.onednn_weights {
-            if let Err(e) = model.use_onednn_weights(config.input_size as i64) {
-                tracing::warn!(
-                    "running with plain weights: reordering them for oneDNN failed: {e}"
-                );
+            // The fused convolutions are the fast path's: on folded weights only.
+            let onednn = model
+                .use_onednn_weights_in(config.input_size as i64, config.precision)
+                .and_then(|()| match config.fold_batch_norm {
+                    true => model.use_fused_convolutions(),
+                    false => Ok(()),
+                });
+            match onednn {
+                Err(e) if bf16 => {
+                    return Err(LoadError::Setting(format!(
+                        "model.precision = \"bf16\": libtorch's oneDNN convolutions refused \
+                         it: {e}"
+                    )))
+                }
+                // Unfused oneDNN convolutions, or plain weights when the reorder failed.
+                Err(e) => tracing::warn!("running without fused oneDNN convolutions: {e}"),
+                Ok(()) => {}
             }
             release_freed_memory();
         }

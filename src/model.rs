@@ -15,6 +15,9 @@ use std::str::FromStr;
 
 use tch::{Kind, Tensor};
 
+use crate::fused::{self, Post};
+use crate::precision::Precision;
+
 const BN_EPS: f64 = 1e-5;
 /// Planes of layer1..layer4 (torchvision's `_make_layer(block, 64 * 2^i, ...)`).
 const PLANES: [i64; 4] = [64, 128, 256, 512];
@@ -460,10 +463,28 @@ impl ConvBn {
         });
     }
 
-    /// The weight reordered into oneDNN's blocked layout for an input of `input` shape
-    /// (the layout depends on the channels and the CPU far more than on the batch).
-    fn onednn_weight(&self, weight: &Tensor, input: [i64; 4]) -> Result<Tensor, tch::TchError> {
-        weight.f_to_mkldnn(None)?.f_mkldnn_reorder_conv2d_weight(
+    /// The folded convolution as a fused oneDNN one (oneDNN weights only).
+    fn fused(&self) -> fused::Conv<'_> {
+        let folded = self.folded.as_ref().expect("fused convolutions are folded");
+        fused::Conv {
+            weight: &folded.weight,
+            bias: Some(&folded.bias),
+            padding: self.padding,
+            stride: self.stride,
+            groups: self.groups,
+        }
+    }
+
+    /// `weight` reordered into oneDNN's blocked layout for an input of `input` shape
+    /// (the layout depends on the channels and the CPU far more than on the batch), its
+    /// values in `kind` (f32, or bf16 for `Precision::Bf16`).
+    fn onednn_weight(
+        &self,
+        weight: &Tensor,
+        input: [i64; 4],
+        kind: Kind,
+    ) -> Result<Tensor, tch::TchError> {
+        weight.f_to_kind(kind)?.f_to_mkldnn(None)?.f_mkldnn_reorder_conv2d_weight(
             [self.padding, self.padding],
             [self.stride, self.stride],
             [1, 1],
@@ -511,6 +532,22 @@ impl Block {
         y
     }
 
+    /// The same with fused oneDNN convolutions on strided tensors: the ReLUs, and the
+    /// shortcut add with the final ReLU, run inside the convolutions. Writes into `x` when
+    /// the shortcut is the identity, so it takes `x` by value.
+    fn forward_fused(&self, x: Tensor) -> Tensor {
+        let mut shortcut = match &self.downsample {
+            Some(d) => d.fused().forward(&x, Post::None),
+            None => x.shallow_clone(),
+        };
+        let (last, first) = self.convs.split_last().expect("a block has convolutions");
+        let mut y = x;
+        for conv in first {
+            y = conv.fused().forward(&y, Post::Relu);
+        }
+        last.fused().forward(&y, Post::AddRelu(&mut shortcut))
+    }
+
     /// Unfolded and out of place on plain tensors, as torchvision runs it, so that autograd
     /// can go back through it and every value equals pytorch-grad-cam's to the bit.
     fn forward_exact(&self, x: &Tensor) -> Tensor {
@@ -545,6 +582,8 @@ pub struct ResNet {
     blocks: Vec<Block>,
     fc_weight: Tensor,
     fc_bias: Tensor,
+    /// The no-grad trunk runs fused oneDNN convolutions (`use_fused_convolutions`).
+    fused: bool,
 }
 
 impl ResNet {
@@ -656,6 +695,7 @@ impl ResNet {
             blocks,
             fc_weight,
             fc_bias,
+            fused: false,
         }
     }
 
@@ -679,6 +719,18 @@ impl ResNet {
     /// every call; on 2 cores this runs a single image or a batch of 4 in about 0.9 of the
     /// time, with the same results at batch 1 to the bit.
     pub fn use_onednn_weights(&mut self, input_size: i64) -> Result<(), tch::TchError> {
+        self.use_onednn_weights_in(input_size, Precision::Fp32)
+    }
+
+    /// [`ResNet::use_onednn_weights`] with the folded weights' values in `precision` (the
+    /// unfolded ones, for the exact path, stay f32). Bf16 weights run only through the
+    /// fused convolutions (`use_fused_convolutions`).
+    pub fn use_onednn_weights_in(
+        &mut self,
+        input_size: i64,
+        precision: Precision,
+    ) -> Result<(), tch::TchError> {
+        let kind = precision.kind();
         // Each convolution's input shape, in `convs_mut` order.
         let mut inputs = Vec::new();
         let (h, w) = self.stem.output_size(input_size, input_size);
@@ -707,10 +759,10 @@ impl ResNet {
                 .zip(&inputs)
                 .map(|(conv, &input)| {
                     let folded = match &conv.folded {
-                        Some(f) => Some(conv.onednn_weight(&f.weight, input)?),
+                        Some(f) => Some(conv.onednn_weight(&f.weight, input, kind)?),
                         None => None,
                     };
-                    Ok((conv.onednn_weight(&conv.weight, input)?, folded))
+                    Ok((conv.onednn_weight(&conv.weight, input, Kind::Float)?, folded))
                 })
                 .collect::<Result<Vec<_>, tch::TchError>>()
         })?;
@@ -723,14 +775,47 @@ impl ResNet {
         Ok(())
     }
 
+    /// The number type of the fast path's oneDNN weights, when it has them.
+    fn fast_onednn_kind(&self) -> Option<Kind> {
+        let folded = self.stem.folded.as_ref()?;
+        folded.weight.is_mkldnn().then(|| folded.weight.kind())
+    }
+
+    /// Runs the no-grad trunk with fused oneDNN convolutions (see src/fused.rs): 0.82 of the
+    /// time of oneDNN tensors with a separate ReLU and add (BENCHMARKS.md), the same results
+    /// up to float rounding. Needs `use_onednn_weights` first; a libtorch without
+    /// the fused operators is refused here, with the model left as it was.
+    pub fn use_fused_convolutions(&mut self) -> Result<(), tch::TchError> {
+        let Some(kind) = self.fast_onednn_kind() else {
+            return Err(tch::TchError::Kind(
+                "fused convolutions need the folded weights in oneDNN's layout".into(),
+            ));
+        };
+        let probe = Tensor::zeros([1, 3, 32, 32], (kind, tch::Device::Cpu));
+        let _ = tch::no_grad(|| self.stem.fused().f_forward(&probe, Post::Relu))?;
+        self.fused = true;
+        Ok(())
+    }
+
     /// conv1 up to and including block `last` (an index into the blocks in network order),
     /// without autograd, on the fast path: [N, 3, H, W] normalised images to that block's
-    /// output, plain and contiguous. Equal to [`ResNet::features_exact`] up to float
+    /// output, plain and contiguous, in f32 whatever the fast path's precision. Equal to [`ResNet::features_exact`] up to float
     /// rounding (about 1e-6 relative), which is enough where only linear operations follow
     /// (the head, for layer4), but not where a ReLU that a gradient goes back through
     /// follows: an activation a rounding away from zero can flip that ReLU's mask and move
     /// an earlier layer's map by up to 3e-4 of its maximum (measured; see tests/parity.rs).
     pub fn features(&self, x: &Tensor, last: usize) -> Tensor {
+        if self.fused {
+            return tch::no_grad(|| {
+                let x = x.to_kind(self.fast_onednn_kind().expect("checked when fused"));
+                let x = self.stem.fused().forward(&x, Post::Relu);
+                let mut x = x.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+                for block in &self.blocks[..=last] {
+                    x = block.forward_fused(x);
+                }
+                x.to_kind(Kind::Float).contiguous()
+            });
+        }
         tch::no_grad(|| {
             let onednn = self
                 .stem

@@ -38,6 +38,7 @@ use gradcam_serve::explanation::Timing;
 use gradcam_serve::gradcam::Ask;
 use gradcam_serve::model::{self, Architecture, Layer};
 use gradcam_serve::options::{Defaults, ExplainOptions};
+use gradcam_serve::precision::Precision;
 use gradcam_serve::preprocess::{DecodeLimits, InputSpec, ResizeMode};
 
 /// The engine with the shipped settings on `weights`.
@@ -104,6 +105,9 @@ enum Command {
         /// libtorch intra-op threads; 0 leaves libtorch's default.
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// The trunk's number format (model.precision).
+        #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+        precision: Precision,
     },
     /// Phone photos in process: stage costs (wall and CPU) of a 4032x3024 JPEG with the
     /// shipped settings and as before them, the overlay encoders, the scaled decode's
@@ -172,8 +176,9 @@ fn main() -> anyhow::Result<()> {
             weights,
             image,
             threads,
+            precision,
         } => {
-            engine_loop(&weights, &image, threads)?;
+            engine_loop(&weights, &image, threads, precision)?;
             return Ok(());
         }
         Command::Phone {
@@ -542,11 +547,22 @@ fn engine_bench(
     }))
 }
 
-fn engine_loop(weights: &Path, image: &Path, threads: usize) -> anyhow::Result<()> {
+fn engine_loop(
+    weights: &Path,
+    image: &Path,
+    threads: usize,
+    precision: Precision,
+) -> anyhow::Result<()> {
     let bytes = std::fs::read(image).with_context(|| format!("reading {}", image.display()))?;
     let spec = InputSpec::imagenet(224);
     let prepared = engine::prepare(&bytes, DecodeLimits::default(), &spec, ResizeMode::Stretch)?;
-    let engine = shipped_engine(weights, threads)?;
+    let config = ModelConfig {
+        weights: weights.to_path_buf(),
+        threads,
+        precision,
+        ..ModelConfig::default()
+    };
+    let engine = Engine::load(&config, Layer::LAST)?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", json!({"threads": tch::get_num_threads()}))?;
     out.flush()?;
