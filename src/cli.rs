@@ -195,6 +195,13 @@ pub struct ExplainArgs {
     /// [explain.layer]
     #[arg(long = "default-layer", env = "GRADCAM_LAYER")]
     pub layer: Option<Layer>,
+    /// CAM method used when a request does not say: gradcam, hirescam, eigencam, ...
+    /// [explain.method]
+    #[arg(long = "default-method", env = "GRADCAM_METHOD")]
+    pub method: Option<crate::cam::Method>,
+    /// Allow method=scorecam (a forward pass per channel of the layer) [explain.allow_scorecam]
+    #[arg(long, env = "GRADCAM_ALLOW_SCORECAM", num_args = 0..=1, default_missing_value = "true")]
+    pub allow_scorecam: Option<bool>,
 }
 
 /// Three comma-separated numbers.
@@ -273,7 +280,7 @@ impl ServerArgs {
 impl ExplainArgs {
     pub fn apply(&self, config: &mut Config) {
         let e = &mut config.explain;
-        override_with!(self, e, [top_k, alpha, layer]);
+        override_with!(self, e, [top_k, alpha, layer, method, allow_scorecam]);
     }
 }
 

@@ -98,6 +98,12 @@ pub struct ExplainDefaults {
     pub alpha: f32,
     /// The layer explained when a request does not say.
     pub layer: Layer,
+    /// The CAM method used when a request does not say (`gradcam`, `hirescam`, ...).
+    pub method: crate::cam::Method,
+    /// Allow `method=scorecam`: one forward pass of the whole network per channel of the
+    /// layer (2048 at a ResNet-50's layer4, about a minute on two cores). Off: refused
+    /// with 422. Always bounded by `server.request_timeout_secs`.
+    pub allow_scorecam: bool,
 }
 
 impl Default for ModelConfig {
@@ -146,6 +152,8 @@ impl Default for ExplainDefaults {
             top_k: 5,
             alpha: 0.5,
             layer: Layer::LAST,
+            method: crate::cam::Method::GradCam,
+            allow_scorecam: false,
         }
     }
 }

@@ -51,6 +51,10 @@ pub enum GradCamError {
     TargetOutOfRange { target: usize, classes: usize },
     #[error("this {architecture} has no layer {layer}")]
     NoSuchLayer { layer: Layer, architecture: String },
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("abandoned: nobody waits for this explanation any more")]
+    Abandoned,
     #[error("libtorch failed: {0}")]
     Torch(#[from] tch::TchError),
 }
@@ -184,7 +188,7 @@ pub fn cam_from(activation: &[f32], gradient: &[f32], channels: usize) -> Vec<f3
 
 /// NumPy's float32 `add.reduce` over a contiguous run (`pairwise_sum`): eight running
 /// sums combined pairwise for runs of 8..=128, halves recursively above.
-fn numpy_sum(a: &[f32]) -> f32 {
+pub fn numpy_sum(a: &[f32]) -> f32 {
     let n = a.len();
     if n < 8 {
         a.iter().fold(0.0, |acc, &v| acc + v)

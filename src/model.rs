@@ -707,6 +707,28 @@ impl ResNet {
         self.features(x, self.blocks.len() - 1)
     }
 
+    /// The blocks after block `block`, then the head, without autograd: that block's
+    /// output ([N, C, h, w], plain) to raw logits. AblationCAM reruns only this part of the
+    /// network for its ablated copies of the layer's output.
+    pub fn logits_after(&self, x: &Tensor, block: usize) -> Tensor {
+        tch::no_grad(|| {
+            let rest = &self.blocks[block + 1..];
+            let onednn = self.stem.weight.is_mkldnn() && !rest.is_empty();
+            let mut x = if onednn {
+                x.g_to_mkldnn(None)
+            } else {
+                x.shallow_clone()
+            };
+            for b in rest {
+                x = b.forward(&x);
+            }
+            if onednn {
+                x = x.to_dense(None, false);
+            }
+            self.head(&x)
+        })
+    }
+
     /// Blocks `first..` on plain tensors with autograd: the output of the last block, and
     /// the output of each block in `keep` (indices, in any order) as it was computed.
     pub fn blocks_with_grad(
