@@ -442,7 +442,7 @@ fn engine_bench(
             let (explanation, png) = engine::finish(
                 &prepared.picture,
                 prepared.input.region,
-                &raw.remove(0),
+                &raw.remove(0).into(),
                 &options,
                 model,
                 Timing::default(),
