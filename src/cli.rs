@@ -203,6 +203,13 @@ pub struct ExplainArgs {
     /// [explain.overlay_max_side]
     #[arg(long, env = "GRADCAM_OVERLAY_MAX_SIDE")]
     pub overlay_max_side: Option<u32>,
+    /// CAM method used when a request does not say: gradcam, hirescam, eigencam, ...
+    /// [explain.method]
+    #[arg(long = "default-method", env = "GRADCAM_METHOD")]
+    pub method: Option<crate::cam::Method>,
+    /// Allow method=scorecam (a forward pass per channel of the layer) [explain.allow_scorecam]
+    #[arg(long, env = "GRADCAM_ALLOW_SCORECAM", num_args = 0..=1, default_missing_value = "true")]
+    pub allow_scorecam: Option<bool>,
 }
 
 /// Three comma-separated numbers.
@@ -282,7 +289,18 @@ impl ServerArgs {
 impl ExplainArgs {
     pub fn apply(&self, config: &mut Config) {
         let e = &mut config.explain;
-        override_with!(self, e, [top_k, alpha, layer, overlay_max_side]);
+        override_with!(
+            self,
+            e,
+            [
+                top_k,
+                alpha,
+                layer,
+                overlay_max_side,
+                method,
+                allow_scorecam
+            ]
+        );
     }
 }
 

@@ -107,6 +107,12 @@ pub struct ExplainDefaults {
     pub layer: Layer,
     /// Longest side of the overlay image when a request does not say (64..=16383).
     pub overlay_max_side: u32,
+    /// The CAM method used when a request does not say (`gradcam`, `hirescam`, ...).
+    pub method: crate::cam::Method,
+    /// Allow `method=scorecam`: one forward pass of the whole network per channel of the
+    /// layer (2048 at a ResNet-50's layer4, about a minute on two cores). Off: refused
+    /// with 422. Always bounded by `server.request_timeout_secs`.
+    pub allow_scorecam: bool,
 }
 
 impl Default for ModelConfig {
@@ -161,6 +167,8 @@ impl Default for ExplainDefaults {
             // near a quarter of 12 MP photos (4032x3024 decodes at 1008x756): those JPEGs are
             // decoded at that fraction in the DCT domain. Its PNG stays near 1 MB.
             overlay_max_side: 960,
+            method: crate::cam::Method::GradCam,
+            allow_scorecam: false,
         }
     }
 }

@@ -14,8 +14,11 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 use utoipa::ToSchema;
 
+use crate::cam::{self, CamAsk, CamExplanation};
 use crate::config::ModelConfig;
-use crate::explanation::{ClassScore, Explanation, ImageSize, ModelInfo, Saliency, Timing};
+use crate::explanation::{
+    ClassScore, Explanation, ImageSize, ModelInfo, Saliency, TargetMap, Timing,
+};
 use crate::gradcam::{self, Ask, GradCamError, PassTimings, RawExplanation};
 use crate::labels::{Labels, LabelsError};
 use crate::model::{Layer, ModelError, ResNet};
@@ -36,6 +39,20 @@ pub trait Explainer: Send {
         inputs: &[&ModelInput],
         asks: &[Ask],
     ) -> Result<(Vec<RawExplanation>, PassTimings), GradCamError>;
+
+    /// Explains one input with any CAM method, several targets or several layers
+    /// ([`cam::explain`]); `abandoned` says when nobody waits for the answer any more.
+    fn explain_cam(
+        &self,
+        _input: &ModelInput,
+        ask: &CamAsk,
+        _abandoned: &dyn Fn() -> bool,
+    ) -> Result<(CamExplanation, PassTimings), GradCamError> {
+        Err(GradCamError::Unsupported(format!(
+            "this explainer has only plain Grad-CAM, not {}",
+            ask.method
+        )))
+    }
 
     /// A first pass before the worker reports ready, so that the first request does not
     /// pay for libtorch's lazy set-up.
@@ -313,6 +330,15 @@ impl Explainer for Engine {
         gradcam::explain(&self.model, &batch_tensor(inputs), asks)
     }
 
+    fn explain_cam(
+        &self,
+        input: &ModelInput,
+        ask: &CamAsk,
+        abandoned: &dyn Fn() -> bool,
+    ) -> Result<(CamExplanation, PassTimings), GradCamError> {
+        cam::explain(&self.model, &batch_tensor(&[input]), ask, abandoned)
+    }
+
     fn warm_up(&self) {
         let size = self.description.input_size;
         let blank = ModelInput {
@@ -361,9 +387,10 @@ fn batch_tensor(inputs: &[&ModelInput]) -> Tensor {
     Tensor::from_slice(&data).view([inputs.len() as i64, 3, size, size])
 }
 
-/// Turns the network's answer into the explanation (classes with labels, the raw map as
-/// rows) and, when asked for, the overlay image (at the image's size, or scaled down to
-/// `options.overlay_max_side`) in `options.overlay_format`. The image comes back as bytes:
+/// Turns the network's answer into the explanation (classes with labels, the maps as
+/// rows) and, when asked for, the overlay image of the first target (at the image's size,
+/// or scaled down to `options.overlay_max_side`) in `options.overlay_format`; with several
+/// targets, each target's map and overlay are in `maps` too. The image comes back as bytes:
 /// the JSON answer embeds it with [`Explanation::to_json_with_overlay`], the CLI and
 /// `Accept: image/...` send it as it is. `image` is the uploaded image's own size, of which
 /// `picture` may be a smaller copy.
@@ -371,7 +398,7 @@ pub fn finish(
     picture: &RgbImage,
     image: ImageSize,
     region: Region,
-    raw: &RawExplanation,
+    raw: &CamExplanation,
     options: &Options,
     model: &ModelDescription,
     mut timing: Timing,
@@ -383,25 +410,46 @@ pub fn finish(
         score: raw.probabilities[i],
     };
     let top = gradcam::top_k(&raw.probabilities, options.top_k.max(1));
-    let overlay = render::render(
-        picture,
-        (image.width, image.height),
-        region,
-        (&raw.cam, raw.width, raw.height),
-        options,
-    );
+    let draw = |m: &cam::CamMap| {
+        render::render(
+            picture,
+            (image.width, image.height),
+            region,
+            (&m.map, m.width, m.height),
+            options,
+        )
+    };
+    let saliency = |m: &cam::CamMap| Saliency {
+        width: m.width,
+        height: m.height,
+        data: m.map.chunks(m.width.max(1)).map(<[f32]>::to_vec).collect(),
+        scaled: m.scaled,
+    };
+    let first = &raw.maps[0];
+    let overlay = draw(first);
+    let maps = (raw.maps.len() > 1).then(|| {
+        raw.maps
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let encoded = if i == 0 { overlay.clone() } else { draw(m) };
+                TargetMap::new(score(m.target), saliency(m), encoded.as_ref())
+            })
+            .collect()
+    });
     timing.render = start.elapsed().as_secs_f64() * 1e3;
+    let layers: Vec<String> = raw.layers.iter().map(ToString::to_string).collect();
+    let mut info = model.info(raw.layers[0]);
+    info.target_layer = layers.join(",");
     let explanation = Explanation {
         prediction: score(top[0].0),
         top_k: top.iter().map(|&(i, _)| score(i)).collect(),
-        target: score(raw.target),
-        saliency: Saliency {
-            width: raw.width,
-            height: raw.height,
-            data: raw.cam.chunks(raw.width).map(<[f32]>::to_vec).collect(),
-        },
+        target: score(first.target),
+        method: raw.method.to_string(),
+        saliency: saliency(first),
+        maps,
         image,
-        model: model.info(raw.layer),
+        model: info,
         timing_ms: timing,
         overlay_image: overlay.as_ref().map(render::EncodedOverlay::describe),
         overlay_png: None,
@@ -409,6 +457,26 @@ pub fn finish(
         overlay_webp: None,
     };
     (explanation, overlay)
+}
+
+/// Runs the network for one prepared input: plain Grad-CAM through the batched path
+/// ([`Explainer::explain`]), anything else through [`Explainer::explain_cam`].
+pub fn run_network(
+    explainer: &dyn Explainer,
+    input: &ModelInput,
+    options: &Options,
+    abandoned: &dyn Fn() -> bool,
+) -> Result<(CamExplanation, PassTimings), GradCamError> {
+    if options.cam.is_plain_gradcam() {
+        let ask = Ask {
+            target: options.target,
+            layer: options.layer,
+        };
+        let (mut raw, passes) = explainer.explain(&[input], &[ask])?;
+        Ok((raw.remove(0).into(), passes))
+    } else {
+        explainer.explain_cam(input, &options.cam, abandoned)
+    }
 }
 
 /// The whole pipeline in a row on this thread, for the CLI and the benchmark: the
@@ -428,11 +496,7 @@ pub fn explain_now(
         options.resize,
         options.overlay_max_side,
     )?;
-    let ask = Ask {
-        target: options.target,
-        layer: options.layer,
-    };
-    let (mut raw, passes) = explainer.explain(&[&prepared.input], &[ask])?;
+    let (raw, passes) = run_network(explainer, &prepared.input, options, &|| false)?;
     let timing = Timing {
         decode: prepared.decode_ms,
         forward: passes.forward_ms,
@@ -443,7 +507,7 @@ pub fn explain_now(
         &prepared.picture,
         prepared.image,
         prepared.input.region,
-        &raw.remove(0),
+        &raw,
         options,
         model,
         timing,

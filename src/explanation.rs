@@ -17,14 +17,69 @@ pub struct ClassScore {
     pub score: f32,
 }
 
-/// The raw Grad-CAM map at the target layer's resolution: ReLU(sum_k w_k A_k), not
-/// normalised, `height` rows of `width` values.
+/// The map, `height` rows of `width` values. For one layer without `aug_smooth` (`scaled`
+/// false): the method's raw map at the target layer's resolution after the ReLU, not
+/// normalised (for Grad-CAM ReLU(sum_k w_k A_k)), what pytorch-grad-cam scales and resizes.
+/// With several layers or `aug_smooth` (`scaled` true): the map pytorch-grad-cam returns,
+/// at the model input's size, in [0, 1].
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
-#[schema(example = json!({"width": 2, "height": 2, "data": [[0.0, 0.12], [0.5, 1.7]]}))]
+#[schema(example = json!({"width": 2, "height": 2, "data": [[0.0, 0.12], [0.5, 1.7]], "scaled": false}))]
 pub struct Saliency {
     pub width: usize,
     pub height: usize,
     pub data: Vec<Vec<f32>>,
+    /// Whether this is the scaled map at the input's size rather than the raw layer map.
+    #[serde(default)]
+    pub scaled: bool,
+}
+
+/// One explained class, when a request asks for several (`target=281,285`, `top_k_maps`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct TargetMap {
+    pub target: ClassScore,
+    pub saliency: Saliency,
+    /// What this class's overlay image is, as the answer's `overlay_image` (absent when
+    /// `overlay=false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay_image: Option<OverlayImage>,
+    /// Base64 PNG of this class's overlay (`overlay_format=png`, the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay_png: Option<String>,
+    /// Base64 JPEG of this class's overlay, with `overlay_format=jpeg`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay_jpeg: Option<String>,
+    /// Base64 lossless WebP of this class's overlay, with `overlay_format=webp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay_webp: Option<String>,
+}
+
+impl TargetMap {
+    pub fn new(target: ClassScore, saliency: Saliency, overlay: Option<&EncodedOverlay>) -> Self {
+        let (overlay_png, overlay_jpeg, overlay_webp) = base64_fields(overlay);
+        Self {
+            target,
+            saliency,
+            overlay_image: overlay.map(EncodedOverlay::describe),
+            overlay_png,
+            overlay_jpeg,
+            overlay_webp,
+        }
+    }
+}
+
+/// The overlay base64-encoded in its format's field: (png, jpeg, webp).
+fn base64_fields(
+    overlay: Option<&EncodedOverlay>,
+) -> (Option<String>, Option<String>, Option<String>) {
+    let Some(overlay) = overlay else {
+        return (None, None, None);
+    };
+    let text = Some(base64_simd::STANDARD.encode_to_string(&overlay.bytes));
+    match overlay.format {
+        OverlayFormat::Png => (text, None, None),
+        OverlayFormat::Jpeg => (None, text, None),
+        OverlayFormat::Webp => (None, None, text),
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
@@ -62,7 +117,14 @@ pub struct Explanation {
     pub top_k: Vec<ClassScore>,
     /// The class the map explains: the requested one, else the top-1.
     pub target: ClassScore,
+    /// The CAM method that made the maps (`gradcam`, `hirescam`, ...).
+    #[serde(default)]
+    pub method: String,
     pub saliency: Saliency,
+    /// With several targets: one entry per class, in the order asked (the first is
+    /// `target` and `saliency` again). Absent for one target.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub maps: Option<Vec<TargetMap>>,
     /// The uploaded image's size, after EXIF orientation.
     pub image: ImageSize,
     pub model: ModelInfo,
@@ -89,12 +151,7 @@ pub struct Explanation {
 impl Explanation {
     /// Puts the overlay into the answer, base64-encoded, in its format's field.
     pub fn embed_overlay(&mut self, overlay: &EncodedOverlay) {
-        let text = Some(base64_simd::STANDARD.encode_to_string(&overlay.bytes));
-        match overlay.format {
-            OverlayFormat::Png => self.overlay_png = text,
-            OverlayFormat::Jpeg => self.overlay_jpeg = text,
-            OverlayFormat::Webp => self.overlay_webp = text,
-        }
+        (self.overlay_png, self.overlay_jpeg, self.overlay_webp) = base64_fields(Some(overlay));
     }
 
     /// The compact JSON answer with `overlay` in its format's field: the same bytes as
@@ -140,7 +197,10 @@ mod tests {
                 width: 2,
                 height: 1,
                 data: vec![vec![0.5, 1e-9]],
+                scaled: false,
             },
+            method: "gradcam".into(),
+            maps: None,
             image: ImageSize {
                 width: 5,
                 height: 4,

@@ -53,6 +53,10 @@ pub enum GradCamError {
     TargetOutOfRange { target: usize, classes: usize },
     #[error("this {architecture} has no layer {layer}")]
     NoSuchLayer { layer: Layer, architecture: String },
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("abandoned: nobody waits for this explanation any more")]
+    Abandoned,
     #[error("libtorch failed: {0}")]
     Torch(#[from] tch::TchError),
 }
@@ -86,15 +90,7 @@ pub fn explain(
     let first = *blocks.iter().min().expect("a batch is not empty");
 
     let start = Instant::now();
-    // After the last block only linear operations follow, so the fast path's rounding
-    // stays at about 1e-6 of the map; before it, the gradient goes back through ReLUs
-    // whose masks that rounding can flip, so the network runs unfolded (see
-    // `ResNet::features`).
-    let prefix = if first + 1 == model.block_count() {
-        model.features(input, first)
-    } else {
-        model.features_exact(input, first)
-    };
+    let prefix = model.features_for_gradient(input, first);
     let leaf = prefix.detach().set_requires_grad(true);
     let (last, mut kept) = model.blocks_with_grad(&leaf, first + 1, &blocks);
     kept.insert(first, leaf);
@@ -192,7 +188,7 @@ pub fn cam_from(activation: &[f32], gradient: &[f32], channels: usize) -> Vec<f3
 
 /// NumPy's float32 `add.reduce` over a contiguous run (`pairwise_sum`): eight running
 /// sums combined pairwise for runs of 8..=128, halves recursively above.
-fn numpy_sum(a: &[f32]) -> f32 {
+pub fn numpy_sum(a: &[f32]) -> f32 {
     let n = a.len();
     if n < 8 {
         a.iter().fold(0.0, |acc, &v| acc + v)

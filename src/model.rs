@@ -484,13 +484,16 @@ impl ConvBn {
         input: [i64; 4],
         kind: Kind,
     ) -> Result<Tensor, tch::TchError> {
-        weight.f_to_kind(kind)?.f_to_mkldnn(None)?.f_mkldnn_reorder_conv2d_weight(
-            [self.padding, self.padding],
-            [self.stride, self.stride],
-            [1, 1],
-            self.groups,
-            Some(input.as_slice()),
-        )
+        weight
+            .f_to_kind(kind)?
+            .f_to_mkldnn(None)?
+            .f_mkldnn_reorder_conv2d_weight(
+                [self.padding, self.padding],
+                [self.stride, self.stride],
+                [1, 1],
+                self.groups,
+                Some(input.as_slice()),
+            )
     }
 
     /// Output height and width for an input of `h` x `w`.
@@ -762,7 +765,10 @@ impl ResNet {
                         Some(f) => Some(conv.onednn_weight(&f.weight, input, kind)?),
                         None => None,
                     };
-                    Ok((conv.onednn_weight(&conv.weight, input, Kind::Float)?, folded))
+                    Ok((
+                        conv.onednn_weight(&conv.weight, input, Kind::Float)?,
+                        folded,
+                    ))
                 })
                 .collect::<Result<Vec<_>, tch::TchError>>()
         })?;
@@ -799,7 +805,8 @@ impl ResNet {
 
     /// conv1 up to and including block `last` (an index into the blocks in network order),
     /// without autograd, on the fast path: [N, 3, H, W] normalised images to that block's
-    /// output, plain and contiguous, in f32 whatever the fast path's precision. Equal to [`ResNet::features_exact`] up to float
+    /// output, plain and contiguous, in f32 whatever the fast path's precision. Equal to
+    /// [`ResNet::features_exact`] up to float
     /// rounding (about 1e-6 relative), which is enough where only linear operations follow
     /// (the head, for layer4), but not where a ReLU that a gradient goes back through
     /// follows: an activation a rounding away from zero can flip that ReLU's mask and move
@@ -841,6 +848,18 @@ impl ResNet {
         })
     }
 
+    /// The output of block `last`, to be differentiated: from the fast path when `last` is
+    /// the last block (only the head follows, which is linear), else from the exact one,
+    /// since the gradient then goes back through ReLUs whose masks the fast path's rounding
+    /// could flip (see [`ResNet::features`]).
+    pub fn features_for_gradient(&self, x: &Tensor, last: usize) -> Tensor {
+        if last + 1 == self.blocks.len() {
+            self.features(x, last)
+        } else {
+            self.features_exact(x, last)
+        }
+    }
+
     /// The same on the unfolded weights: torchvision's operations, equal to
     /// pytorch-grad-cam's activations to the bit.
     pub fn features_exact(&self, x: &Tensor, last: usize) -> Tensor {
@@ -857,6 +876,34 @@ impl ResNet {
     /// conv1 .. layer4: the last block's output [N, C, H/32, W/32].
     pub fn trunk(&self, x: &Tensor) -> Tensor {
         self.features(x, self.blocks.len() - 1)
+    }
+
+    /// The blocks after block `block`, then the head, without autograd: that block's
+    /// output ([N, C, h, w], plain) to raw logits. AblationCAM reruns only this part of the
+    /// network for its ablated copies of the layer's output.
+    pub fn logits_after(&self, x: &Tensor, block: usize) -> Tensor {
+        tch::no_grad(|| {
+            let rest = &self.blocks[block + 1..];
+            // The fast path's blocks on f32 oneDNN tensors; anything else (no oneDNN
+            // weights, bf16 ones) runs the exact f32 blocks on plain tensors.
+            let onednn = self.fast_onednn_kind() == Some(Kind::Float) && !rest.is_empty();
+            let mut x = if onednn {
+                x.g_to_mkldnn(None)
+            } else {
+                x.shallow_clone()
+            };
+            for b in rest {
+                x = if onednn {
+                    b.forward(&x)
+                } else {
+                    b.forward_exact(&x)
+                };
+            }
+            if onednn {
+                x = x.to_dense(None, false);
+            }
+            self.head(&x)
+        })
     }
 
     /// Blocks `first..` on plain tensors with autograd: the output of the last block, and

@@ -3,8 +3,13 @@
 //! benchmark all use [`ExplainOptions`]; [`ExplainOptions::resolve`] checks it against the
 //! loaded model (class count, layers) and fills in the server's defaults.
 
+use std::fmt;
+use std::str::FromStr;
+
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
+
+use crate::cam::{CamAsk, Method, Targets, MAX_TARGETS};
 
 use crate::config::{Config, ExplainDefaults};
 use crate::model::Layer;
@@ -17,11 +22,12 @@ use crate::preprocess::ResizeMode;
 #[into_params(parameter_in = Query)]
 pub struct ExplainOptions {
     /// Class index to explain, 0..=999 for a 1000-class model (the loaded model's range is
-    /// in `GET /model`). Default: the top-1 class.
-    #[param(minimum = 0, maximum = 999)]
-    #[schema(nullable = false, minimum = 0, maximum = 999)]
+    /// in `GET /model`), or up to 10 of them comma-separated (`281,285`): one map each, the
+    /// first in the answer's usual fields, all in `maps`. Default: the top-1 class.
+    #[param(value_type = Option<String>, pattern = "^(0|[1-9][0-9]{0,5})(,(0|[1-9][0-9]{0,5})){0,9}$")]
+    #[schema(value_type = String, required = false, pattern = "^(0|[1-9][0-9]{0,5})(,(0|[1-9][0-9]{0,5})){0,9}$")]
     #[arg(long)]
-    pub target: Option<usize>,
+    pub target: Option<ClassList>,
     /// How many classes to list in `top_k`, 1..=1000 for a 1000-class model. Default 5.
     #[param(minimum = 1, maximum = 1000)]
     #[schema(nullable = false, minimum = 1, maximum = 1000)]
@@ -50,10 +56,12 @@ pub struct ExplainOptions {
     /// pytorch-grad-cam's `model.layerN[-1]`) or one block, `layer3.1` (`GET /model` lists
     /// them). The map's size follows the layer: 7x7 at layer4, 14x14 at layer3 for a
     /// 224-pixel input. Default: `layer4`.
-    #[param(value_type = Option<String>, pattern = "^layer[1-4](\\.(0|[1-9][0-9]{0,2}))?$")]
-    #[schema(value_type = String, required = false, pattern = "^layer[1-4](\\.(0|[1-9][0-9]{0,2}))?$")]
+    /// Several layers, comma-separated (`layer3,layer4`), give pytorch-grad-cam's
+    /// multi-layer map: each layer's map scaled to the input size, then their mean.
+    #[param(value_type = Option<String>, pattern = "^layer[1-4](\\.(0|[1-9][0-9]{0,2}))?(,layer[1-4](\\.(0|[1-9][0-9]{0,2}))?){0,7}$")]
+    #[schema(value_type = String, required = false, pattern = "^layer[1-4](\\.(0|[1-9][0-9]{0,2}))?(,layer[1-4](\\.(0|[1-9][0-9]{0,2}))?){0,7}$")]
     #[arg(long)]
-    pub layer: Option<Layer>,
+    pub layer: Option<LayerList>,
     /// Longest side of the overlay image in pixels, 64..=16383: a larger picture is scaled
     /// down to fit, its aspect ratio kept (a JPEG is then decoded at 1/2, 1/4 or 1/8 of its
     /// size where that is enough for the overlay and the model). Default: the server's
@@ -69,6 +77,30 @@ pub struct ExplainOptions {
     #[schema(value_type = String, required = false, pattern = "^(png|jpeg|webp)$")]
     #[arg(long)]
     pub overlay_format: Option<OverlayFormat>,
+    /// The CAM method, as pytorch-grad-cam 1.5.7 computes it: `gradcam` (GradCAM),
+    /// `hirescam`, `gradcam-elementwise`, `gradcam-plusplus` (or `gradcam++`), `xgradcam`,
+    /// `layercam`, `eigencam`, `eigengradcam`, `ablationcam`, `scorecam` (only where the
+    /// server allows it), `fem`. Default: the server's setting, `gradcam` unless changed.
+    #[param(value_type = Option<String>, pattern = "^(gradcam|hirescam|gradcam-elementwise|gradcam-plusplus|gradcam\\+\\+|xgradcam|layercam|eigencam|eigengradcam|ablationcam|scorecam|fem)$")]
+    #[schema(value_type = String, required = false, pattern = "^(gradcam|hirescam|gradcam-elementwise|gradcam-plusplus|gradcam\\+\\+|xgradcam|layercam|eigencam|eigengradcam|ablationcam|scorecam|fem)$")]
+    #[arg(long)]
+    pub method: Option<Method>,
+    /// pytorch-grad-cam's `eigen_smooth`: the first principal component of the weighted
+    /// activations instead of their sum. Default false.
+    #[schema(nullable = false)]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub eigen_smooth: Option<bool>,
+    /// pytorch-grad-cam's `aug_smooth`: the mean map over the image and its horizontal
+    /// flip, each times 0.9, 1 and 1.1 (six passes). The map is then the scaled one, at
+    /// the input's size. Default false.
+    #[schema(nullable = false)]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub aug_smooth: Option<bool>,
+    /// Explain the k most probable classes, 1..=10 (instead of `target`): one map each.
+    #[param(minimum = 1, maximum = 10)]
+    #[schema(nullable = false, minimum = 1, maximum = 10)]
+    #[arg(long)]
+    pub top_k_maps: Option<usize>,
 }
 
 /// What the answer's overlay image shows.
@@ -168,8 +200,105 @@ impl std::str::FromStr for OverlayFormat {
 /// The range of `overlay_max_side`: WebP's largest side at the top.
 pub const OVERLAY_MAX_SIDE: std::ops::RangeInclusive<u32> = 64..=16383;
 
+/// One or more class indices, written comma-separated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassList(pub Vec<usize>);
+
+impl ClassList {
+    pub fn one(class: usize) -> Self {
+        ClassList(vec![class])
+    }
+}
+
+impl FromStr for ClassList {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let classes: Vec<usize> = s
+            .split(',')
+            .map(|c| c.trim().parse::<usize>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| "must be a class index, or several comma-separated".to_string())?;
+        if classes.len() > MAX_TARGETS {
+            return Err(format!("at most {MAX_TARGETS} classes"));
+        }
+        Ok(ClassList(classes))
+    }
+}
+
+impl fmt::Display for ClassList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text: Vec<String> = self.0.iter().map(usize::to_string).collect();
+        f.write_str(&text.join(","))
+    }
+}
+
+/// One or more layers, written comma-separated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerList(pub Vec<Layer>);
+
+/// Most layers one request may aggregate.
+pub const MAX_LAYERS: usize = 8;
+
+impl LayerList {
+    pub fn one(layer: Layer) -> Self {
+        LayerList(vec![layer])
+    }
+}
+
+impl FromStr for LayerList {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let layers: Vec<Layer> = s
+            .split(',')
+            .map(|l| l.trim().parse::<Layer>())
+            .collect::<Result<_, _>>()?;
+        if layers.len() > MAX_LAYERS {
+            return Err(format!("at most {MAX_LAYERS} layers"));
+        }
+        Ok(LayerList(layers))
+    }
+}
+
+impl fmt::Display for LayerList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text: Vec<String> = self.0.iter().map(Layer::to_string).collect();
+        f.write_str(&text.join(","))
+    }
+}
+
+/// Written as the text the query takes; read from that text, or from a number (a class).
+macro_rules! serde_as_text {
+    ($t:ty) => {
+        impl Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.to_string())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                #[derive(Deserialize)]
+                #[serde(untagged)]
+                enum Text {
+                    Number(usize),
+                    Text(String),
+                }
+                let text = match Text::deserialize(d)? {
+                    Text::Number(n) => n.to_string(),
+                    Text::Text(t) => t,
+                };
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+serde_as_text!(ClassList);
+serde_as_text!(LayerList);
+
 /// The options' names, as the query and the form spell them.
-pub const NAMES: [&str; 8] = [
+pub const NAMES: [&str; 12] = [
     "target",
     "top_k",
     "alpha",
@@ -178,6 +307,10 @@ pub const NAMES: [&str; 8] = [
     "layer",
     "overlay_max_side",
     "overlay_format",
+    "method",
+    "eigen_smooth",
+    "aug_smooth",
+    "top_k_maps",
 ];
 
 /// A refused option: which, the value given, and what it must be.
@@ -200,9 +333,9 @@ impl OptionError {
 }
 
 /// The options of one explanation, every one decided and checked.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Options {
-    /// Class to explain; None: the top-1 class.
+    /// Class to explain (the first one listed); None: the top-1 class.
     pub target: Option<usize>,
     pub top_k: usize,
     /// Heat-map opacity in the overlay, 0..1.
@@ -210,10 +343,20 @@ pub struct Options {
     /// Whether to draw the overlay at all, and what.
     pub overlay: OverlayKind,
     pub resize: ResizeMode,
+    /// The (first) layer explained.
     pub layer: Layer,
     /// The overlay's longest side, in pixels.
     pub overlay_max_side: u32,
     pub overlay_format: OverlayFormat,
+    /// The method, the classes, every layer, and the smoothing options.
+    pub cam: CamAsk,
+}
+
+impl Options {
+    /// How many maps the answer will have.
+    pub fn map_count(&self) -> usize {
+        self.cam.targets.count()
+    }
 }
 
 /// What the options are checked against: the loaded model's classes and layers.
@@ -229,7 +372,7 @@ impl ExplainOptions {
         let v = value.trim();
         let err = |reason: &str| OptionError::new(name, value, reason);
         match name {
-            "target" => self.target = Some(v.parse().map_err(|_| err("must be a class index"))?),
+            "target" => self.target = Some(v.parse().map_err(|e: String| err(&e))?),
             "top_k" => self.top_k = Some(v.parse().map_err(|_| err("must be a whole number"))?),
             "alpha" => {
                 self.alpha = Some(
@@ -253,6 +396,21 @@ impl ExplainOptions {
             }
             "resize" => self.resize = Some(v.parse().map_err(|_| err("must be stretch or crop"))?),
             "layer" => self.layer = Some(v.parse().map_err(|e: String| err(&e))?),
+            "method" => self.method = Some(v.parse().map_err(|e: String| err(&e))?),
+            "eigen_smooth" => {
+                self.eigen_smooth = Some(boolean(v).ok_or_else(|| err("must be true or false"))?)
+            }
+            "aug_smooth" => {
+                self.aug_smooth = Some(boolean(v).ok_or_else(|| err("must be true or false"))?)
+            }
+            "top_k_maps" => {
+                self.top_k_maps = Some(
+                    v.parse::<usize>()
+                        .ok()
+                        .filter(|k| (1..=MAX_TARGETS).contains(k))
+                        .ok_or_else(|| err("must be a whole number in 1..=10"))?,
+                )
+            }
             _ => {
                 return Err(err(&format!(
                     "unknown option; the options are {}",
@@ -266,12 +424,16 @@ impl ExplainOptions {
     /// Every option `other` sets replaces this one's.
     pub fn override_with(&mut self, other: &ExplainOptions) {
         let o = other.clone();
-        self.target = o.target.or(self.target);
+        self.target = o.target.or(self.target.take());
         self.top_k = o.top_k.or(self.top_k);
         self.alpha = o.alpha.or(self.alpha);
         self.overlay = o.overlay.or(self.overlay);
         self.resize = o.resize.or(self.resize);
-        self.layer = o.layer.or(self.layer);
+        self.layer = o.layer.or(self.layer.take());
+        self.method = o.method.or(self.method);
+        self.eigen_smooth = o.eigen_smooth.or(self.eigen_smooth);
+        self.aug_smooth = o.aug_smooth.or(self.aug_smooth);
+        self.top_k_maps = o.top_k_maps.or(self.top_k_maps);
         self.overlay_max_side = o.overlay_max_side.or(self.overlay_max_side);
         self.overlay_format = o.overlay_format.or(self.overlay_format);
     }
@@ -283,12 +445,16 @@ impl ExplainOptions {
         limits: &Limits<'_>,
     ) -> Result<Options, OptionError> {
         let classes = limits.classes;
-        if let Some(t) = self.target.filter(|&t| t >= classes) {
+        let listed = self.target.as_ref().map(|t| t.0.as_slice()).unwrap_or(&[]);
+        if let Some(t) = listed.iter().find(|&&t| t >= classes) {
             return Err(OptionError::new(
                 "target",
                 t,
                 format!("must be a class index in 0..={}", classes - 1),
             ));
+        }
+        if listed.is_empty() && self.target.is_some() {
+            return Err(OptionError::new("target", "", "must be a class index"));
         }
         // The server's default is capped at the class count (5 for a 3-class model lists
         // all 3); a request that asks for more is refused.
@@ -303,8 +469,11 @@ impl ExplainOptions {
         if let Some(a) = self.alpha.filter(|a| !(0.0..=1.0).contains(a)) {
             return Err(OptionError::new("alpha", a, "must be a number in 0..=1"));
         }
-        let layer = self.layer.unwrap_or(defaults.layer);
-        if !limits.layers.contains(&layer) {
+        let layers = match &self.layer {
+            Some(list) if !list.0.is_empty() => list.0.clone(),
+            _ => vec![defaults.layer],
+        };
+        if let Some(layer) = layers.iter().find(|l| !limits.layers.contains(l)) {
             let last = limits
                 .layers
                 .last()
@@ -326,16 +495,63 @@ impl ExplainOptions {
                 "must be a whole number in 64..=16383",
             ));
         }
+        let method = self.method.unwrap_or(defaults.method);
+        if method == Method::ScoreCam && !defaults.allow_scorecam {
+            return Err(OptionError::new(
+                "method",
+                method,
+                "ScoreCAM runs the whole network once per channel of the layer (2048 at a \
+                 ResNet-50's layer4); this server does not allow it. Its operator can turn it \
+                 on with explain.allow_scorecam = true (GRADCAM_ALLOW_SCORECAM=true)",
+            ));
+        }
+        let targets = match (self.top_k_maps, listed) {
+            (Some(k), []) => {
+                if k > classes || !(1..=MAX_TARGETS).contains(&k) {
+                    return Err(OptionError::new(
+                        "top_k_maps",
+                        k,
+                        format!("must be in 1..={}", classes.min(MAX_TARGETS)),
+                    ));
+                }
+                Targets::TopK(k)
+            }
+            (Some(k), _) => {
+                return Err(OptionError::new(
+                    "top_k_maps",
+                    k,
+                    "explains the k most probable classes: give it or `target`, not both",
+                ))
+            }
+            (None, []) => Targets::Top1,
+            (None, listed) => Targets::Classes(listed.to_vec()),
+        };
         Ok(Options {
-            target: self.target,
+            target: listed.first().copied(),
             top_k,
             alpha: self.alpha.unwrap_or(defaults.alpha),
             overlay: self.overlay.unwrap_or_default(),
             resize: self.resize.unwrap_or(defaults.resize),
-            layer,
+            layer: layers[0],
+            cam: CamAsk {
+                method,
+                targets,
+                layers,
+                eigen_smooth: self.eigen_smooth.unwrap_or(false),
+                aug_smooth: self.aug_smooth.unwrap_or(false),
+            },
             overlay_max_side: self.overlay_max_side.unwrap_or(defaults.overlay_max_side),
             overlay_format: self.overlay_format.unwrap_or_default(),
         })
+    }
+}
+
+/// `true` or `false`, nothing else (1 and 0 are integers to a client that reads the spec).
+fn boolean(v: &str) -> Option<bool> {
+    match v {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => None,
     }
 }
 
@@ -347,6 +563,8 @@ pub struct Defaults {
     pub resize: ResizeMode,
     pub layer: Layer,
     pub overlay_max_side: u32,
+    pub method: Method,
+    pub allow_scorecam: bool,
 }
 
 impl Defaults {
@@ -356,6 +574,8 @@ impl Defaults {
             alpha,
             layer,
             overlay_max_side,
+            method,
+            allow_scorecam,
         } = config.explain;
         Defaults {
             top_k,
@@ -363,6 +583,8 @@ impl Defaults {
             resize: config.model.resize,
             layer,
             overlay_max_side,
+            method,
+            allow_scorecam,
         }
     }
 }

@@ -313,6 +313,7 @@ pub fn overlay(
 }
 
 /// An overlay image, encoded.
+#[derive(Debug, Clone)]
 pub struct EncodedOverlay {
     pub bytes: Vec<u8>,
     pub format: OverlayFormat,

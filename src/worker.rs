@@ -17,14 +17,15 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
+use crate::cam::{CamAsk, CamExplanation};
 use crate::config::ServerConfig;
 use crate::engine::{Explainer, ModelDescription};
-use crate::gradcam::{Ask, RawExplanation};
+use crate::gradcam::Ask;
 use crate::preprocess::ModelInput;
 
 /// One explanation's network result and where its time went.
 pub struct JobOutput {
-    pub raw: RawExplanation,
+    pub raw: CamExplanation,
     pub queue_ms: f64,
     pub forward_ms: f64,
     pub backward_ms: f64,
@@ -43,9 +44,18 @@ pub enum WorkerError {
     Stopped,
 }
 
+/// What a job asks of the network.
+enum Work {
+    /// Plain Grad-CAM: batched with the other such jobs at hand.
+    Batched(Ask),
+    /// Any other method, several targets or layers: run alone, giving up between chunks
+    /// when its caller has gone (see `cam::explain`).
+    Alone(CamAsk),
+}
+
 struct Job {
     input: ModelInput,
-    ask: Ask,
+    work: Work,
     enqueued: Instant,
     reply: oneshot::Sender<Result<JobOutput, WorkerError>>,
 }
@@ -187,10 +197,30 @@ impl Workers {
         input: ModelInput,
         ask: Ask,
     ) -> Result<JobOutput, WorkerError> {
+        self.submit(admission, input, Work::Batched(ask)).await
+    }
+
+    /// The same for any CAM method, target list or layer list. Dropping the future also
+    /// stops the work between chunks once it has started (AblationCAM, ScoreCAM).
+    pub async fn explain_cam(
+        &self,
+        admission: &Admission,
+        input: ModelInput,
+        ask: CamAsk,
+    ) -> Result<JobOutput, WorkerError> {
+        self.submit(admission, input, Work::Alone(ask)).await
+    }
+
+    async fn submit(
+        &self,
+        admission: &Admission,
+        input: ModelInput,
+        work: Work,
+    ) -> Result<JobOutput, WorkerError> {
         let (reply, answer) = oneshot::channel();
         let job = Job {
             input,
-            ask,
+            work,
             enqueued: Instant::now(),
             reply,
         };
@@ -248,15 +278,90 @@ fn work(
         if batch.is_empty() {
             continue;
         }
-        stats.running.fetch_add(batch.len(), Ordering::SeqCst);
-        run_batch(explainer, batch, stats);
+        let (batched, alone): (Vec<Job>, Vec<Job>) = batch
+            .into_iter()
+            .partition(|job| matches!(job.work, Work::Batched(_)));
+        if !batched.is_empty() {
+            stats.running.fetch_add(batched.len(), Ordering::SeqCst);
+            run_batch(explainer, batched, stats);
+        }
+        for job in alone {
+            stats.running.fetch_add(1, Ordering::SeqCst);
+            run_alone(explainer, job, stats);
+        }
     }
+}
+
+/// One job of a method that does not batch. Its caller may have gone while the batch
+/// before it ran: then it is dropped, as queued jobs are.
+fn run_alone(explainer: &dyn Explainer, job: Job, stats: &WorkerStats) {
+    let Work::Alone(ask) = &job.work else {
+        unreachable!("only alone jobs")
+    };
+    if job.reply.is_closed() {
+        stats.running.fetch_sub(1, Ordering::SeqCst);
+        stats.cancelled.fetch_add(1, Ordering::SeqCst);
+        return;
+    }
+    let started = Instant::now();
+    let abandoned = || job.reply.is_closed();
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        explainer.explain_cam(&job.input, ask, &abandoned)
+    }));
+    stats.running.fetch_sub(1, Ordering::SeqCst);
+    stats.batches.fetch_add(1, Ordering::SeqCst);
+    stats.batched_images.fetch_add(1, Ordering::SeqCst);
+    if let Some(n) = stats
+        .batch_sizes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_mut(0)
+    {
+        *n += 1;
+    }
+    let answer = match outcome {
+        Ok(Ok((raw, timings))) => Ok(JobOutput {
+            raw,
+            queue_ms: (started - job.enqueued).as_secs_f64() * 1e3,
+            forward_ms: timings.forward_ms,
+            backward_ms: timings.backward_ms,
+            batch_size: 1,
+        }),
+        Ok(Err(crate::gradcam::GradCamError::Abandoned)) => {
+            stats.cancelled.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::error!("model error: {e}");
+            Err(WorkerError::Model(e.to_string()))
+        }
+        Err(panic) => {
+            stats.panics.fetch_add(1, Ordering::SeqCst);
+            tracing::error!("model worker panicked: {}", panic_text(&*panic));
+            Err(WorkerError::Panicked)
+        }
+    };
+    let _ = job.reply.send(answer);
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic")
 }
 
 fn run_batch(explainer: &dyn Explainer, batch: Vec<Job>, stats: &WorkerStats) {
     let started = Instant::now();
     let inputs: Vec<&ModelInput> = batch.iter().map(|j| &j.input).collect();
-    let asks: Vec<Ask> = batch.iter().map(|j| j.ask).collect();
+    let asks: Vec<Ask> = batch
+        .iter()
+        .map(|j| match j.work {
+            Work::Batched(ask) => ask,
+            Work::Alone(_) => unreachable!("only batched jobs"),
+        })
+        .collect();
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| explainer.explain(&inputs, &asks)));
     let size = batch.len();
     stats.running.fetch_sub(size, Ordering::SeqCst);
@@ -284,7 +389,7 @@ fn run_batch(explainer: &dyn Explainer, batch: Vec<Job>, stats: &WorkerStats) {
         Ok(Ok((raws, timings))) => {
             for (job, raw) in batch.into_iter().zip(raws) {
                 let _ = job.reply.send(Ok(JobOutput {
-                    raw,
+                    raw: raw.into(),
                     queue_ms: (started - job.enqueued).as_secs_f64() * 1e3,
                     forward_ms: timings.forward_ms,
                     backward_ms: timings.backward_ms,
@@ -300,11 +405,7 @@ fn run_batch(explainer: &dyn Explainer, batch: Vec<Job>, stats: &WorkerStats) {
         }
         Err(panic) => {
             stats.panics.fetch_add(1, Ordering::SeqCst);
-            let what = panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| panic.downcast_ref::<&str>().copied())
-                .unwrap_or("unknown panic");
+            let what = panic_text(&*panic);
             tracing::error!("model worker panicked on a batch of {size}: {what}");
             for job in batch {
                 let _ = job.reply.send(Err(WorkerError::Panicked));

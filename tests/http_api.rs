@@ -832,18 +832,28 @@ fn a_fine_tuned_resnet18_with_ten_classes_and_labels() {
         .as_array()
         .unwrap();
     let param = |name: &str| params.iter().find(|p| p["name"] == name).unwrap().clone();
-    assert_eq!(param("target")["schema"]["maximum"], 9);
+    // `target` is a comma-separated list (a string): its range is in the description.
     assert!(param("target")["description"]
         .as_str()
         .unwrap()
         .contains("0..=9"));
     assert_eq!(param("top_k")["schema"]["maximum"], 10);
-    assert_eq!(
-        param("layer")["schema"]["enum"].as_array().unwrap().len(),
-        12
+    assert_eq!(param("top_k_maps")["schema"]["maximum"], 10);
+    // `layer` takes this model's 12 layer names, one or several comma-separated.
+    let pattern = param("layer")["schema"]["pattern"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        pattern.contains("layer4\\.1") && !pattern.contains("layer4\\.2"),
+        "{pattern}"
     );
     let form = &spec["components"]["schemas"]["ExplainUpload"]["properties"];
-    assert_eq!(form["target"]["maximum"], 9);
+    assert!(form["target"]["description"]
+        .as_str()
+        .unwrap()
+        .contains("0..=9"));
+    assert_eq!(form["layer"]["pattern"], pattern.as_str());
 
     // The CLI says the same.
     let out = std::process::Command::new(BIN)
@@ -927,4 +937,154 @@ fn bad_model_files_are_refused_at_start_naming_what_is_wrong() {
     std::fs::write(&weights, &bytes[..bytes.len() - 1000]).unwrap();
     let err = start(&[]);
     assert!(err.contains("xray-resnet18.safetensors"), "{err}");
+}
+
+/// The CAM methods, several targets and several layers, through query and form.
+#[test]
+fn methods_targets_and_layers_through_query_and_form() {
+    let server = Server::start(&[]);
+    let e: Explanation = server
+        .explain("?method=hirescam&layer=layer3", png(224, 224), "a.png")
+        .json()
+        .unwrap();
+    assert_eq!(e.method, "hirescam");
+    assert_eq!(e.model.target_layer, "layer3");
+    assert_eq!((e.saliency.width, e.saliency.height), (14, 14));
+    assert!(!e.saliency.scaled);
+    assert!(e.maps.is_none(), "one target: no list");
+    let via_form: Explanation = server
+        .explain_form(
+            "",
+            png(224, 224),
+            &[("method", "hirescam"), ("layer", "layer3")],
+        )
+        .json()
+        .unwrap();
+    assert_eq!(via_form.saliency, e.saliency);
+    // HiResCAM differs from Grad-CAM at layer3 (at layer4 they are equal for a ResNet).
+    let gradcam: Explanation = server
+        .explain("?layer=layer3", png(224, 224), "a.png")
+        .json()
+        .unwrap();
+    assert_eq!(gradcam.method, "gradcam");
+    assert_ne!(gradcam.saliency, e.saliency);
+    let plus: Explanation = server
+        .explain(
+            "?method=gradcam%2B%2B&eigen_smooth=true",
+            png(64, 64),
+            "a.png",
+        )
+        .json()
+        .unwrap();
+    assert_eq!(plus.method, "gradcam-plusplus");
+
+    // Several targets: the first in the usual fields, all in `maps`, each with an overlay.
+    let r = server.explain("?target=281,285,3", png(160, 120), "a.png");
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().unwrap();
+    let e: Explanation = serde_json::from_value(body.clone()).unwrap();
+    let maps = e.maps.as_ref().expect("a list for several targets");
+    let classes: Vec<usize> = maps.iter().map(|m| m.target.class_index).collect();
+    assert_eq!(classes, [281, 285, 3]);
+    assert_eq!(e.target, maps[0].target);
+    assert_eq!(e.saliency, maps[0].saliency);
+    assert_ne!(maps[0].saliency, maps[1].saliency);
+    for m in maps {
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(m.overlay_png.as_ref().expect("an overlay per target"))
+            .unwrap();
+        let overlay = image::load_from_memory(&png).unwrap();
+        assert_eq!((overlay.width(), overlay.height()), (160, 120));
+    }
+    let top: Explanation = server
+        .explain_form("", png(64, 64), &[("top_k_maps", "2")])
+        .json()
+        .unwrap();
+    let classes: Vec<usize> = top
+        .maps
+        .unwrap()
+        .iter()
+        .map(|m| m.target.class_index)
+        .collect();
+    assert_eq!(
+        classes,
+        [top.top_k[0].class_index, top.top_k[1].class_index]
+    );
+
+    // Several layers: pytorch-grad-cam's aggregated map, at the input's size.
+    let e: Explanation = server
+        .explain(
+            "?layer=layer3,layer4&method=layercam",
+            png(100, 80),
+            "a.png",
+        )
+        .json()
+        .unwrap();
+    assert_eq!(e.model.target_layer, "layer3,layer4");
+    assert!(e.saliency.scaled);
+    assert_eq!((e.saliency.width, e.saliency.height), (224, 224));
+    let all = e.saliency.data.concat();
+    assert!(all.iter().all(|v| (0.0..=1.0).contains(v)));
+
+    // aug_smooth: six passes, the scaled map.
+    let e: Explanation = server
+        .explain("?aug_smooth=true&method=eigencam", png(64, 64), "a.png")
+        .json()
+        .unwrap();
+    assert_eq!(e.method, "eigencam");
+    assert!(e.saliency.scaled);
+}
+
+#[test]
+fn method_refusals_say_what_is_allowed() {
+    let server = Server::start(&[]);
+    let body = problem(
+        server.explain("?method=gradcam3", png(64, 64), "a.png"),
+        422,
+    );
+    let detail = body["detail"].as_str().unwrap();
+    for name in [
+        "gradcam",
+        "hirescam",
+        "gradcam++",
+        "eigencam",
+        "ablationcam",
+        "fem",
+    ] {
+        assert!(detail.contains(name), "{detail}");
+    }
+    let body = problem(
+        server.explain_form("", png(64, 64), &[("method", "scorecam")]),
+        422,
+    );
+    assert!(
+        body["detail"].as_str().unwrap().contains("allow_scorecam"),
+        "{body}"
+    );
+    for query in [
+        "?target=1,2,3,4,5,6,7,8,9,10,11",
+        "?target=1,x",
+        "?target=1&top_k_maps=2",
+        "?top_k_maps=11",
+        "?layer=layer3,fc",
+        "?eigen_smooth=1",
+    ] {
+        problem(server.explain(query, png(64, 64), "a.png"), 422);
+    }
+    // One PNG holds one map.
+    let form = reqwest::blocking::multipart::Form::new().part(
+        "image",
+        reqwest::blocking::multipart::Part::bytes(png(64, 64)).file_name("x.png"),
+    );
+    let r = client()
+        .post(format!("{}/explain?target=1,2", server.url))
+        .header("accept", "image/png")
+        .multipart(form)
+        .send()
+        .unwrap();
+    let body = problem(r, 406);
+    assert!(body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("application/json"));
 }

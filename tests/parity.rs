@@ -86,7 +86,7 @@ fn check_against_reference(fold_batch_norm: bool) {
 fn check_case(dir: &std::path::Path, engine: &Engine, case: &Case, what: &str, tolerance: f32) {
     let model = engine.description();
     let mut chosen = ExplainOptions {
-        target: case.target,
+        target: case.target.map(gradcam_serve::options::ClassList::one),
         top_k: Some(5.min(model.num_classes)),
         alpha: Some(0.5),
         ..ExplainOptions::default()

@@ -502,7 +502,7 @@ fn engine_bench(
                 &prepared.picture,
                 prepared.image,
                 prepared.input.region,
-                &raw.remove(0),
+                &raw.remove(0).into(),
                 &options,
                 model,
                 Timing::default(),

@@ -160,7 +160,7 @@ fn run_once(
         &picture,
         image,
         input.region,
-        &raw.remove(0),
+        &raw.remove(0).into(),
         options,
         model,
         Timing::default(),
@@ -353,16 +353,16 @@ pub fn phone_bench(
 ) -> anyhow::Result<Value> {
     let bytes = std::fs::read(photo).with_context(|| format!("reading {}", photo.display()))?;
     let shipped = shipped_options(engine)?;
-    let mut before = shipped;
+    let mut before = shipped.clone();
     // The whole image as the overlay, as before the cap.
     before.overlay_max_side = *gradcam_serve::options::OVERLAY_MAX_SIDE.end();
-    let mut no_overlay = shipped;
+    let mut no_overlay = shipped.clone();
     no_overlay.overlay = gradcam_serve::options::OverlayKind::Off;
-    let mut heatmap = shipped;
+    let mut heatmap = shipped.clone();
     heatmap.overlay = gradcam_serve::options::OverlayKind::Heatmap;
-    let mut jpeg = shipped;
+    let mut jpeg = shipped.clone();
     jpeg.overlay_format = OverlayFormat::Jpeg;
-    let mut webp = shipped;
+    let mut webp = shipped.clone();
     webp.overlay_format = OverlayFormat::Webp;
     let mut variants = Vec::new();
     for (name, options, fitted, n) in [
@@ -372,7 +372,7 @@ pub fn phone_bench(
             false,
             (runs / 3).max(3),
         ),
-        ("shipped defaults", shipped, true, runs),
+        ("shipped defaults", shipped.clone(), true, runs),
         ("overlay=false", no_overlay, true, runs),
         ("overlay=heatmap", heatmap, true, runs),
         ("overlay_format=jpeg", jpeg, true, runs),

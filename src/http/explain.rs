@@ -92,7 +92,8 @@ impl OptionSource {
         (status = 408, description = "The upload did not arrive in time", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Upload over the byte limit, or image over the pixel limit", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not multipart/form-data", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "An option has a bad value; the detail names it", body = Problem, content_type = "application/problem+json"),
+        (status = 406, description = "`Accept: image/png` with several targets: one PNG cannot hold several maps (ask for JSON)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "An option has a bad value (an unknown `method` lists the valid ones; `scorecam` where the server does not allow it says how to turn it on); the detail names it", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "The model failed (logged; the server goes on)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Queue full or model still loading; see Retry-After", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u32, description = "Seconds to wait"))),
@@ -168,7 +169,14 @@ pub async fn explain(
     let options = chosen.resolve(&state.defaults, &model.limits())?;
     // With `Accept: image/...` the answer is the overlay image in that format.
     let want_image = wanted_image(&headers);
-    let mut render_options = options;
+    if want_image.is_some() && options.map_count() > 1 {
+        return Err(ApiError::NotAcceptable(format!(
+            "{} maps were asked for (target or top_k_maps) and one image holds one: ask for \
+             application/json, whose `maps` has an overlay per class, or for one target",
+            options.map_count()
+        )));
+    }
+    let mut render_options = options.clone();
     if let Some(format) = want_image {
         if let Some(given) = chosen.overlay_format.filter(|&f| f != format) {
             return Err(ApiError::invalid(
@@ -218,20 +226,30 @@ pub async fn explain(
     let picture = prepared.picture;
     let image_size = prepared.image;
     let region = prepared.input.region;
-    let ask = Ask {
-        target: options.target,
-        layer: options.layer,
+    // Plain Grad-CAM batches with other requests; anything else runs alone. On timeout
+    // the future is dropped, which tells the worker to stop (504 here at once).
+    let job = async {
+        if options.cam.is_plain_gradcam() {
+            let ask = Ask {
+                target: options.target,
+                layer: options.layer,
+            };
+            state.workers.explain(&admission, prepared.input, ask).await
+        } else {
+            let ask = options.cam.clone();
+            state
+                .workers
+                .explain_cam(&admission, prepared.input, ask)
+                .await
+        }
     };
-    let output = timeout_at(
-        deadline,
-        state.workers.explain(&admission, prepared.input, ask),
-    )
-    .await
-    .map_err(|_| ApiError::Timeout(timeout_secs))?
-    .map_err(|e| match e {
-        WorkerError::Stopped => ApiError::NotReady,
-        other => ApiError::Internal(other.to_string()),
-    })?;
+    let output = timeout_at(deadline, job)
+        .await
+        .map_err(|_| ApiError::Timeout(timeout_secs))?
+        .map_err(|e| match e {
+            WorkerError::Stopped => ApiError::NotReady,
+            other => ApiError::Internal(other.to_string()),
+        })?;
     drop(admission);
 
     let timing = Timing {

@@ -130,13 +130,19 @@ fn model_spec(classes: usize, layers: &[crate::model::Layer]) -> serde_json::Val
     let fix = |name: &str, schema: &mut serde_json::Value| -> Option<String> {
         let obj = schema.as_object_mut()?;
         match name {
-            "target" => {
-                obj.insert("maximum".into(), (classes - 1).into());
-                Some(format!(
-                    "Class index to explain, 0..={} (GET /model lists the labels). Default: \
-                     the top-1 class.",
-                    classes - 1
-                ))
+            "target" => Some(format!(
+                "Class index to explain, 0..={} (GET /model lists the labels), or up to {} \
+                 of them comma-separated (`1,2`): one map each, the first in the answer's \
+                 usual fields, all in `maps`. Default: the top-1 class.",
+                classes - 1,
+                crate::cam::MAX_TARGETS
+            )),
+            "top_k_maps" => {
+                obj.insert(
+                    "maximum".into(),
+                    classes.min(crate::cam::MAX_TARGETS).into(),
+                );
+                None
             }
             "top_k" => {
                 obj.insert("maximum".into(), classes.into());
@@ -145,8 +151,14 @@ fn model_spec(classes: usize, layers: &[crate::model::Layer]) -> serde_json::Val
                 ))
             }
             "layer" => {
-                obj.remove("pattern");
-                obj.insert("enum".into(), layers.clone().into());
+                // The model's own layer names, one or several comma-separated.
+                let names: Vec<String> = layers.iter().map(|l| l.replace('.', "\\.")).collect();
+                let one = format!("({})", names.join("|"));
+                let most = crate::options::MAX_LAYERS - 1;
+                obj.insert(
+                    "pattern".into(),
+                    format!("^{one}(,{one}){{0,{most}}}$").into(),
+                );
                 None
             }
             _ => None,

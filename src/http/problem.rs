@@ -58,6 +58,8 @@ pub enum ApiError {
     #[error("no such endpoint: {0}")]
     NotFound(String),
     #[error("{0}")]
+    NotAcceptable(String),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -76,6 +78,7 @@ impl ApiError {
             Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Unauthorized(_) => StatusCode::UNAUTHORIZED,
             NotFound(_) => StatusCode::NOT_FOUND,
+            NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -97,6 +100,7 @@ impl ApiError {
             Timeout(_) => ("timeout", "Explanation timed out"),
             Unauthorized(_) => ("unauthorized", "Unauthorized"),
             NotFound(_) => ("not-found", "Not found"),
+            NotAcceptable(_) => ("not-acceptable", "Not acceptable"),
             Internal(_) => ("internal", "Internal error"),
         }
     }

@@ -16,6 +16,8 @@ and, for other ResNet-family architectures and target layers (reference.json "mo
   <arch>-<layer>-case-N-overlay.png
                                show_cam_on_image for GradCAM at <layer> of <arch>
 
+  methods-<arch>.json, .f32    every CAM method (resnet50, resnet18): methods_reference.py
+
   reference.json "models": a list, one entry per architecture:
     {"architecture", "weights", "labels" (file name or null), "num_classes",
      "cases": [{"image", "layer", "target", "explained_class", "top5", "probabilities",
@@ -46,6 +48,8 @@ import pytorch_grad_cam.base_cam as base_cam
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+from methods_reference import methods_reference
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -273,9 +277,12 @@ def main(out_dir):
     print(f"reference: {len(cases)} resnet50 layer4 cases ({time.perf_counter() - start:.1f} s)")
 
     models = []
+    resnet18 = None
     for arch, spec in ARCHITECTURES.items():
         t = time.perf_counter()
         model = resnet50 if arch == "resnet50" else build_model(arch, *spec)
+        if arch == "resnet18":
+            resnet18 = model
         models.append(model_entry(out_dir, arch, model, recorder, images))
         print(f"reference: {arch}: {len(models[-1]['cases'])} cases ({time.perf_counter() - t:.1f} s)")
 
@@ -289,6 +296,12 @@ def main(out_dir):
     }
     with open(os.path.join(out_dir, "reference.json"), "w") as f:
         json.dump(reference, f)
+
+    # Every CAM method (tests/methods_parity.rs): methods-<arch>.json and .f32.
+    by_arch = {m["architecture"]: m for m in models}
+    for arch, model in (("resnet50", resnet50), ("resnet18", resnet18)):
+        methods_reference(out_dir, arch, by_arch[arch]["weights"], model, images, to_input,
+                          recorder)
     print(f"reference: {len(cases)} cases and {len(models)} models in {out_dir} "
           f"({time.perf_counter() - start:.1f} s)")
 

@@ -1,0 +1,394 @@
+//! Every CAM method of pytorch-grad-cam 1.5.7 that applies to a ResNet, for one image,
+//! with several targets and several layers in one call, and its `eigen_smooth` and
+//! `aug_smooth` options (see `Method` for the list).
+//!
+//! One pass serves every target: the network runs without autograd up to the earliest
+//! layer asked for, with it from there; each target then costs one backward pass from the
+//! logits to the layers (gradient methods only: EigenCAM, FEM, AblationCAM and ScoreCAM
+//! need none). AblationCAM reruns only the part of the network after the layer, ScoreCAM
+//! the whole network once per channel (both in chunks, giving up when nobody waits).
+//!
+//! What a map is: for one layer without `aug_smooth`, the method's map at the layer's
+//! resolution after the ReLU, not normalised (what pytorch-grad-cam hands to
+//! `scale_cam_image`), as Grad-CAM's `saliency` always was. With several layers or
+//! `aug_smooth`, the map pytorch-grad-cam returns, at the input's size, in [0, 1]: each
+//! layer's map min-max scaled and resized, their mean scaled again, and with `aug_smooth`
+//! the mean of that over the six augmented inputs. [`returned_map`] gives the latter for
+//! any map.
+
+mod maps;
+mod method;
+mod perturb;
+
+use std::time::Instant;
+
+use tch::{Kind, Tensor};
+
+pub use method::Method;
+
+use crate::gradcam::{self, GradCamError, PassTimings, RawExplanation};
+use crate::model::{Layer, ResNet};
+use crate::render;
+
+/// Most classes one request may explain.
+pub const MAX_TARGETS: usize = 10;
+
+/// Which classes to explain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Targets {
+    /// The top-1 class (with `aug_smooth`, each augmented input's own top-1, as
+    /// pytorch-grad-cam does without targets).
+    Top1,
+    /// These classes, in this order.
+    Classes(Vec<usize>),
+    /// The k most probable classes.
+    TopK(usize),
+}
+
+impl Targets {
+    /// How many maps the answer will have.
+    pub fn count(&self) -> usize {
+        match self {
+            Targets::Top1 => 1,
+            Targets::Classes(c) => c.len(),
+            Targets::TopK(k) => *k,
+        }
+    }
+}
+
+/// What to explain in one image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CamAsk {
+    pub method: Method,
+    pub targets: Targets,
+    /// One or more layers, aggregated as pytorch-grad-cam does with several target layers.
+    pub layers: Vec<Layer>,
+    pub eigen_smooth: bool,
+    pub aug_smooth: bool,
+}
+
+impl CamAsk {
+    /// Plain Grad-CAM of one class at one layer: what the batched `gradcam::explain` does.
+    pub fn is_plain_gradcam(&self) -> bool {
+        self.method == Method::GradCam
+            && self.targets.count() == 1
+            && !matches!(self.targets, Targets::TopK(_))
+            && self.layers.len() == 1
+            && !self.eigen_smooth
+            && !self.aug_smooth
+    }
+}
+
+/// One target's map.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CamMap {
+    pub target: usize,
+    /// Row-major `height` x `width`.
+    pub map: Vec<f32>,
+    pub width: usize,
+    pub height: usize,
+    /// False: the raw map at the layer's resolution; true: the map pytorch-grad-cam
+    /// returns, at the input's size (see the module's documentation).
+    pub scaled: bool,
+}
+
+/// The network's answer for one image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CamExplanation {
+    /// Softmax over the classes (of the image itself, not of an augmented copy).
+    pub probabilities: Vec<f32>,
+    pub method: Method,
+    pub layers: Vec<Layer>,
+    /// One per target, in order.
+    pub maps: Vec<CamMap>,
+}
+
+impl From<RawExplanation> for CamExplanation {
+    fn from(raw: RawExplanation) -> Self {
+        CamExplanation {
+            probabilities: raw.probabilities,
+            method: Method::GradCam,
+            layers: vec![raw.layer],
+            maps: vec![CamMap {
+                target: raw.target,
+                map: raw.cam,
+                width: raw.width,
+                height: raw.height,
+                scaled: false,
+            }],
+        }
+    }
+}
+
+/// The map as pytorch-grad-cam's `cam(input_tensor, targets)` returns it, at `width` x
+/// `height` (the input's size): a raw map scaled, resized and scaled again; a scaled map
+/// as it is.
+pub fn returned_map(m: &CamMap, width: usize, height: usize) -> Vec<f32> {
+    if m.scaled {
+        assert_eq!((m.width, m.height), (width, height));
+        return m.map.clone();
+    }
+    aggregate(&[(&m.map, m.width, m.height)], width, height)
+}
+
+/// `compute_cam_per_layer` + `aggregate_multi_layers` on ReLU'd layer maps: each one
+/// `scale_cam_image`d to the input size, their mean, its ReLU, scaled again.
+fn aggregate(layer_maps: &[(&Vec<f32>, usize, usize)], width: usize, height: usize) -> Vec<f32> {
+    let mut sum = vec![0f32; width * height];
+    for &(map, w, h) in layer_maps {
+        let scaled = render::resize_bilinear(&render::min_max_scale(map), w, h, width, height);
+        for (s, v) in sum.iter_mut().zip(scaled) {
+            *s += v;
+        }
+    }
+    let n = layer_maps.len() as f32;
+    let mean: Vec<f32> = sum.iter().map(|s| (s / n).max(0.0)).collect();
+    render::min_max_scale(&mean)
+}
+
+/// ttach's default augmentations in pytorch-grad-cam, in its order: (horizontal flip,
+/// multiplier) for flip in (no, yes) and multiplier in (0.9, 1, 1.1).
+const AUGMENTATIONS: [(bool, f64); 6] = [
+    (false, 0.9),
+    (false, 1.0),
+    (false, 1.1),
+    (true, 0.9),
+    (true, 1.0),
+    (true, 1.1),
+];
+/// The augmentation that leaves the image as it is.
+const IDENTITY: usize = 1;
+
+/// Explains one image (`input` [1, 3, H, W], normalised). `abandoned` is asked between
+/// the chunks of AblationCAM and ScoreCAM: true stops the work (the caller has gone).
+pub fn explain(
+    model: &ResNet,
+    input: &Tensor,
+    ask: &CamAsk,
+    abandoned: &dyn Fn() -> bool,
+) -> Result<(CamExplanation, PassTimings), GradCamError> {
+    let architecture = model.architecture();
+    let classes = architecture.num_classes;
+    let wanted: Vec<usize> = match &ask.targets {
+        Targets::Classes(c) => c.clone(),
+        _ => vec![],
+    };
+    if let Some(&target) = wanted.iter().find(|&&t| t >= classes) {
+        return Err(GradCamError::TargetOutOfRange { target, classes });
+    }
+    assert!(!ask.layers.is_empty(), "at least one layer");
+    let blocks: Vec<usize> = ask
+        .layers
+        .iter()
+        .map(|&layer| {
+            architecture
+                .block_index(layer)
+                .ok_or(GradCamError::NoSuchLayer {
+                    layer,
+                    architecture: architecture.name(),
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    let first = *blocks.iter().min().expect("a layer");
+    let size = input.size();
+    let (height, width) = (size[2] as usize, size[3] as usize);
+
+    let start = Instant::now();
+    let (batch, original) = if ask.aug_smooth {
+        let flipped = input.flip([3]);
+        let copies: Vec<Tensor> = AUGMENTATIONS
+            .iter()
+            .map(|&(flip, factor)| {
+                let x = if flip { &flipped } else { input };
+                if factor == 1.0 {
+                    x.shallow_clone()
+                } else {
+                    x * factor
+                }
+            })
+            .collect();
+        (Tensor::cat(&copies, 0), IDENTITY)
+    } else {
+        (input.shallow_clone(), 0)
+    };
+    let images = batch.size()[0] as usize;
+    let gradients = ask.method.uses_gradients();
+    let leaf = model
+        .features_for_gradient(&batch, first)
+        .detach()
+        .set_requires_grad(gradients);
+    let run = || {
+        let (last, mut kept) = model.blocks_with_grad(&leaf, first + 1, &blocks);
+        kept.insert(first, leaf.shallow_clone());
+        (model.head(&last), kept)
+    };
+    let (logits, kept) = if gradients { run() } else { tch::no_grad(run) };
+    let forward_ms = start.elapsed().as_secs_f64() * 1e3;
+
+    let start = Instant::now();
+    let flat_logits = Vec::<f32>::try_from(logits.detach().contiguous().view([-1]))?;
+    let probabilities = Vec::<f32>::try_from(
+        logits
+            .detach()
+            .get(original as i64)
+            .softmax(-1, Kind::Float),
+    )?;
+    let top1 = Vec::<i64>::try_from(logits.detach().argmax(1, false))?;
+    let targets: Vec<Option<usize>> = match &ask.targets {
+        Targets::Top1 => vec![None],
+        Targets::Classes(c) => c.iter().copied().map(Some).collect(),
+        Targets::TopK(k) => gradcam::top_k(&probabilities, *k)
+            .into_iter()
+            .map(|(c, _)| Some(c))
+            .collect(),
+    };
+    let activations: Vec<&Tensor> = blocks.iter().map(|b| &kept[b]).collect();
+    let values: Vec<Vec<f32>> = activations
+        .iter()
+        .map(|a| Vec::<f32>::try_from(a.detach().contiguous().view([-1])))
+        .collect::<Result<_, _>>()?;
+    let shapes: Vec<(usize, usize, usize)> = activations
+        .iter()
+        .map(|a| {
+            let s = a.size();
+            (s[1] as usize, s[2] as usize, s[3] as usize)
+        })
+        .collect();
+
+    let mut maps = Vec::with_capacity(targets.len());
+    for (j, target) in targets.iter().enumerate() {
+        let chosen: Vec<usize> = (0..images)
+            .map(|b| target.unwrap_or(top1[b] as usize))
+            .collect();
+        let grads: Vec<Vec<f32>> = if gradients {
+            let index = Tensor::from_slice(&chosen.iter().map(|&c| c as i64).collect::<Vec<_>>())
+                .unsqueeze(1);
+            let score = logits.gather(1, &index, false).sum(Kind::Float);
+            let retain = j + 1 < targets.len();
+            Tensor::f_run_backward(&[score], &activations, retain, false)?
+                .iter()
+                .map(|g| Vec::<f32>::try_from(g.contiguous().view([-1])))
+                .collect::<Result<_, _>>()?
+        } else {
+            vec![]
+        };
+        // Each image's map at each layer.
+        let mut per_image: Vec<Vec<Vec<f32>>> = Vec::with_capacity(images);
+        for (b, &class) in chosen.iter().enumerate() {
+            let mut per_layer = Vec::with_capacity(blocks.len());
+            for (l, &(channels, h, w)) in shapes.iter().enumerate() {
+                let n = channels * h * w;
+                let range = b * n..(b + 1) * n;
+                let a = &values[l][range.clone()];
+                let g = grads.get(l).map(|g| &g[range]);
+                let score = flat_logits[b * classes + class];
+                let one = |t: &Tensor| t.get(b as i64).unsqueeze(0);
+                let map = match ask.method {
+                    Method::EigenCam => maps::projection(a, channels),
+                    Method::Fem => maps::fem(a, channels),
+                    Method::AblationCam => {
+                        let w = perturb::ablation_weights(
+                            model,
+                            &one(&activations[l].detach()),
+                            blocks[l],
+                            class,
+                            score,
+                            abandoned,
+                        )?;
+                        maps::cam_image(&maps::Terms::Weights(w), a, channels, ask.eigen_smooth)
+                    }
+                    Method::ScoreCam => {
+                        let w = perturb::score_weights(
+                            model,
+                            &one(&batch),
+                            &one(&activations[l].detach()),
+                            class,
+                            abandoned,
+                        )?;
+                        maps::cam_image(&maps::Terms::Weights(w), a, channels, ask.eigen_smooth)
+                    }
+                    Method::GradCam if !ask.eigen_smooth => {
+                        gradcam::cam_from(a, g.expect("a gradient"), channels)
+                    }
+                    method => {
+                        let g = g.expect("a gradient");
+                        let terms = maps::terms(method, a, g, channels);
+                        // EigenGradCAM is the projection of gradient * activation, always.
+                        let project = ask.eigen_smooth || method == Method::EigenGradCam;
+                        maps::cam_image(&terms, a, channels, project)
+                    }
+                };
+                per_layer.push(maps::relu(map));
+            }
+            per_image.push(per_layer);
+        }
+        let class = chosen[original];
+        maps.push(if blocks.len() == 1 && !ask.aug_smooth {
+            let (_, h, w) = shapes[0];
+            CamMap {
+                target: class,
+                map: per_image.swap_remove(original).swap_remove(0),
+                width: w,
+                height: h,
+                scaled: false,
+            }
+        } else {
+            let returned: Vec<Vec<f32>> = per_image
+                .iter()
+                .enumerate()
+                .map(|(b, per_layer)| {
+                    let layer_maps: Vec<_> = per_layer
+                        .iter()
+                        .zip(&shapes)
+                        .map(|(m, &(_, h, w))| (m, w, h))
+                        .collect();
+                    let map = aggregate(&layer_maps, width, height);
+                    if ask.aug_smooth && AUGMENTATIONS[b].0 {
+                        flip_rows(&map, width)
+                    } else {
+                        map
+                    }
+                })
+                .collect();
+            // np.mean over the augmentations: summed one after another, divided.
+            let n = returned.len() as f32;
+            let mut sum = vec![0f32; width * height];
+            for m in &returned {
+                for (s, v) in sum.iter_mut().zip(m) {
+                    *s += v;
+                }
+            }
+            CamMap {
+                target: class,
+                map: if returned.len() == 1 {
+                    sum
+                } else {
+                    sum.iter().map(|s| s / n).collect()
+                },
+                width,
+                height,
+                scaled: true,
+            }
+        });
+    }
+    let backward_ms = start.elapsed().as_secs_f64() * 1e3;
+    Ok((
+        CamExplanation {
+            probabilities,
+            method: ask.method,
+            layers: ask.layers.clone(),
+            maps,
+        },
+        PassTimings {
+            forward_ms,
+            backward_ms,
+        },
+    ))
+}
+
+/// A row-major map mirrored left to right.
+fn flip_rows(map: &[f32], width: usize) -> Vec<f32> {
+    map.chunks_exact(width)
+        .flat_map(|row| row.iter().rev().copied())
+        .collect()
+}
