@@ -130,13 +130,23 @@ fn model_spec(classes: usize, layers: &[crate::model::Layer]) -> serde_json::Val
     let fix = |name: &str, schema: &mut serde_json::Value| -> Option<String> {
         let obj = schema.as_object_mut()?;
         match name {
-            "target" => Some(format!(
-                "Class index to explain, 0..={} (GET /model lists the labels), or up to {} \
+            "target" => {
+                // The model's class range, exactly, so that a schema-valid target is one
+                // the model has.
+                let one = format!("({})", index_pattern(classes - 1));
+                let most = crate::cam::MAX_TARGETS - 1;
+                obj.insert(
+                    "pattern".into(),
+                    format!("^{one}(,{one}){{0,{most}}}$").into(),
+                );
+                Some(format!(
+                    "Class index to explain, 0..={} (GET /model lists the labels), or up to {} \
                  of them comma-separated (`1,2`): one map each, the first in the answer's \
                  usual fields, all in `maps`. Default: the top-1 class.",
-                classes - 1,
-                crate::cam::MAX_TARGETS
-            )),
+                    classes - 1,
+                    crate::cam::MAX_TARGETS
+                ))
+            }
             "top_k_maps" => {
                 obj.insert(
                     "maximum".into(),
@@ -187,6 +197,37 @@ fn model_spec(classes: usize, layers: &[crate::model::Layer]) -> serde_json::Val
         }
     }
     spec
+}
+
+/// A regular expression for the whole numbers 0..=max, written without leading zeros.
+fn index_pattern(max: usize) -> String {
+    let digits: Vec<u32> = max
+        .to_string()
+        .chars()
+        .map(|c| c.to_digit(10).expect("a digit"))
+        .collect();
+    let n = digits.len();
+    if n == 1 {
+        return format!("[0-{max}]");
+    }
+    // Every shorter number, then those of max's length below max, then max itself.
+    let mut parts = vec!["[0-9]".to_string()];
+    parts.extend((2..n).map(|d| format!("[1-9][0-9]{{{}}}", d - 1)));
+    for (i, &digit) in digits.iter().enumerate() {
+        let low = u32::from(i == 0);
+        if digit > low {
+            let prefix: String = digits[..i].iter().map(u32::to_string).collect();
+            let rest = n - i - 1;
+            let tail = if rest > 0 {
+                format!("[0-9]{{{rest}}}")
+            } else {
+                String::new()
+            };
+            parts.push(format!("{prefix}[{low}-{}]{tail}", digit - 1));
+        }
+    }
+    parts.push(max.to_string());
+    parts.join("|")
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -381,4 +422,21 @@ fn cors(origins: &[String]) -> CorsLayer {
             HeaderName::from_static("server-timing"),
         ])
         .max_age(Duration::from_secs(3600))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::index_pattern;
+
+    #[test]
+    fn index_patterns_cover_exactly_the_class_range() {
+        assert_eq!(index_pattern(0), "[0-0]");
+        assert_eq!(index_pattern(9), "[0-9]");
+        assert_eq!(index_pattern(36), "[0-9]|[1-2][0-9]{1}|3[0-5]|36");
+        assert_eq!(
+            index_pattern(999),
+            "[0-9]|[1-9][0-9]{1}|[1-8][0-9]{2}|9[0-8][0-9]{1}|99[0-8]|999"
+        );
+        assert_eq!(index_pattern(100), "[0-9]|[1-9][0-9]{1}|100");
+    }
 }
