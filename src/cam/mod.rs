@@ -213,10 +213,14 @@ pub fn explain(
     };
     let images = batch.size()[0] as usize;
     let gradients = ask.method.uses_gradients();
-    let leaf = model
-        .features_for_gradient(&batch, first)
-        .detach()
-        .set_requires_grad(gradients);
+    // Only a gradient goes back through ReLUs whose masks the fast path's rounding could
+    // flip; the methods without one read the activations, equal to about 1e-6.
+    let prefix = if gradients {
+        model.features_for_gradient(&batch, first)
+    } else {
+        model.features(&batch, first)
+    };
+    let leaf = prefix.detach().set_requires_grad(gradients);
     let run = || {
         let (last, mut kept) = model.blocks_with_grad(&leaf, first + 1, &blocks);
         kept.insert(first, leaf.shallow_clone());
