@@ -15,6 +15,10 @@ Measures, batch 1, 224x224, after warm-up:
 
 Usage: python baseline.py --weights W.safetensors --image IMG.jpg --threads N [--runs R]
                           [--onnx OUT.onnx]
+       python baseline.py ... --methods [--slow-runs S]
+       (every pytorch-grad-cam method at layer4[-1], its top-1 class, with its default
+       settings: R rounds of the one-pass methods in rotated order, S runs each of
+       AblationCAM and ScoreCAM, for the methods table of `make bench`)
        python baseline.py ... --forward-loop [--runtime torch|onnxruntime|onnxruntime-cam]
        (forward-only on request, for bench/run.py's paired rounds: each stdin line
        "1 RUNS" is answered by one JSON line of latencies)
@@ -24,6 +28,7 @@ Prints one JSON document on stdout.
 """
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -33,7 +38,8 @@ import torchvision
 from PIL import Image
 from safetensors.torch import load_file
 
-from pytorch_grad_cam import GradCAM
+os.environ.setdefault("TQDM_DISABLE", "1")  # pytorch-grad-cam's progress bars, on stderr
+from pytorch_grad_cam import GradCAM  # noqa: E402 (tqdm reads the variable on import)
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -164,6 +170,43 @@ def raw_layer4_cam(model, x):
         handle.remove()
 
 
+# The API's method names and pytorch-grad-cam's classes (src/cam/method.rs).
+METHODS = {
+    "gradcam": "GradCAM", "hirescam": "HiResCAM", "gradcam-elementwise": "GradCAMElementWise",
+    "gradcam-plusplus": "GradCAMPlusPlus", "xgradcam": "XGradCAM", "layercam": "LayerCAM",
+    "eigencam": "EigenCAM", "eigengradcam": "EigenGradCAM", "ablationcam": "AblationCAM",
+    "scorecam": "ScoreCAM", "fem": "FEM",
+}
+SLOW = ("ablationcam", "scorecam")
+
+
+def methods_table(weights, x, runs, slow_runs):
+    """p50 of each method's `cam(input_tensor=x, targets=None)` (its top-1 class), with the
+    class's default batch sizes, as a user would call it."""
+    import pytorch_grad_cam
+
+    def make(cls):
+        # A model each: every CAM object hooks the layer of the model it wraps, and all
+        # hooks on one model would run on every method's passes.
+        model = load_model(weights)
+        return getattr(pytorch_grad_cam, cls)(model=model, target_layers=[model.layer4[-1]])
+
+    cams = {name: make(cls) for name, cls in METHODS.items()}
+    fast = [n for n in METHODS if n not in SLOW]
+    for name in fast:
+        timed(lambda: cams[name](input_tensor=x, targets=None), 1, 2)
+    times = {n: [] for n in METHODS}
+    for i in range(runs):
+        for step in range(len(fast)):
+            name = fast[(i + step) % len(fast)]
+            times[name] += timed(lambda: cams[name](input_tensor=x, targets=None), 1, 0)
+    for name in SLOW:
+        print(f"baseline: {METHODS[name]}, {slow_runs} runs", file=sys.stderr, flush=True)
+        # No warm-up run: the rounds above warmed the model, and one run is 2048 passes.
+        times[name] = timed(lambda: cams[name](input_tensor=x, targets=None), slow_runs, 0)
+    return {name: summarise(t) for name, t in times.items()}
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--weights", required=True)
@@ -175,9 +218,20 @@ def main():
     p.add_argument("--runtime", choices=["torch", "onnxruntime", "onnxruntime-cam"],
                    default="torch", help="what --forward-loop runs")
     p.add_argument("--onnx", help="the exported model (default: next to the weights)")
+    p.add_argument("--methods", action="store_true", help="time every CAM method")
+    p.add_argument("--slow-runs", type=int, default=3,
+                   help="runs of AblationCAM and ScoreCAM with --methods")
     a = p.parse_args()
 
     torch.set_num_threads(a.threads)
+    if a.methods:
+        x = load_input(a.image)
+        print(json.dumps({
+            "grad_cam": __import__("importlib.metadata").metadata.version("grad-cam"),
+            "threads": torch.get_num_threads(), "runs": a.runs, "slow_runs": a.slow_runs,
+            "methods": methods_table(a.weights, x, a.runs, a.slow_runs),
+        }, indent=2))
+        return
     # Two copies: GradCAM hooks the model it wraps, and the forward-only figure is of a model
     # without hooks, as a plain prediction service would run it.
     plain = load_model(a.weights)

@@ -19,10 +19,12 @@ matplotlib), after the release build. Steps:
               just this step and merges it into bench/results.json and BENCHMARKS.md
   8. idle     HTTP at concurrency 1 vs the explanation in process, back to back and with
               200 ms pauses, CPU per request and the idle server's CPU use
+  9. methods  every CAM method at layer4: ours (gradcam-bench methods, against our own
+              prediction in the same rounds) and pytorch-grad-cam's (baseline.py --methods)
 Scratch files go to target/bench/; results to bench/results.json, plots to bench/*.png,
 the report to BENCHMARKS.md. BENCH_QUICK=1 shortens every step (for trying the script out);
 `--report-only` re-renders BENCHMARKS.md and the plots from bench/results.json; `--only
-idle|ort|baseline` runs one part alone and prints its figures (BENCH_THREADS: threads).
+idle|ort|baseline|methods` runs one part alone and prints its figures (BENCH_THREADS: threads).
 """
 import datetime
 import json
@@ -57,6 +59,10 @@ PAIRED_HTTP_ROUNDS = 2 if QUICK else 4
 PAIRED_HTTP_DURATION = 2.0 if QUICK else 6.0
 PAIRED_HTTP_WARMUP = 1.0 if QUICK else 1.5
 PAUSE_S = 0.05
+# CAM methods (step 9): rounds of the one-pass methods; AblationCAM and ScoreCAM are
+# thousands of passes each (pytorch-grad-cam: about 3 minutes a run here), so one run.
+METHOD_RUNS = 4 if QUICK else 20
+METHOD_SLOW_RUNS = 1
 # Ratios within this of 1.0 are reported as "no measurable difference".
 NOISE = 0.03
 # Share of the CPU used by other processes during the run above which the report warns.
@@ -353,6 +359,82 @@ def trunk_section(results, w):
           "(reported, no target)\n")
     else:
         w(f"- bf16 not measured: {t['bf16_skipped']}\n")
+
+
+# ---------------------------------------------------------------------------------------
+# CAM methods (issue 11)
+
+# Methods whose cost is a pass per channel (or batch of channels) of the layer.
+SLOW_METHODS = ("ablationcam", "scorecam")
+
+
+def cam_methods(weights, image, threads):
+    """Every method at layer4, top-1 class, batch 1: ours in one process (interleaved with
+    our prediction), then pytorch-grad-cam's in another, same weights, image and threads."""
+    common = ["--weights", weights, "--image", image, "--threads", str(threads),
+              "--runs", str(METHOD_RUNS), "--slow-runs", str(METHOD_SLOW_RUNS)]
+    ours = run_json([BENCH, "methods", *common])
+    theirs = run_json([sys.executable, os.path.join(ROOT, "bench", "baseline.py"), "--methods",
+                       *common])
+    return {"ours": ours, "pytorch_grad_cam": theirs}
+
+
+def method_rows(m):
+    """(method, ours p50, ours / our prediction, theirs p50, theirs / ours) per method."""
+    ours, theirs = m["ours"], m["pytorch_grad_cam"]
+    predict = ours["prediction_ms"]["p50"]
+    rows = []
+    for name, o in ours["methods"].items():
+        t = theirs["methods"][name]["p50"]
+        rows.append((name, o["p50"], o["p50"] / predict, t, t / o["p50"]))
+    return rows
+
+
+def method_targets(results):
+    m = results.get("methods")
+    if m is None:
+        return []
+    rows = method_rows(m)
+    one_pass = [r for r in rows if r[0] not in SLOW_METHODS]
+    worst = max(one_pass, key=lambda r: r[2])
+    predict = m["ours"]["prediction_ms"]["p50"]
+    out = [(f"Slowest one-pass CAM method at layer4 ({worst[0]}) / our prediction (p50)",
+            f"{worst[1]:.1f} / {predict:.1f} ms", worst[2], "<= 1.10", worst[2] <= 1.10)]
+    by_name = {r[0]: r for r in rows}
+    for name, want in (("ablationcam", 20.0), ("scorecam", 1.0)):
+        r = by_name[name]
+        out.append((f"pytorch-grad-cam's {name} / ours at layer4 (p50)",
+                    f"{r[3] / 1e3:.1f} / {r[1] / 1e3:.2f} s", r[4],
+                    f">= {want:.0f}" if want > 1 else "> 1", r[4] >= want if want > 1
+                    else r[4] > want))
+    return out
+
+
+def methods_section(results, w):
+    m = results.get("methods")
+    if m is None:
+        return
+    ours, theirs = m["ours"], m["pytorch_grad_cam"]
+    w("## CAM methods at layer4\n")
+    w(f"Top-1 class, batch 1, 224x224, {ours['threads']} threads each side, same weights "
+      f"and image. Ours: `gradcam-bench methods` ({ours['runs']} rounds of our prediction "
+      "and every one-pass method in rotated order, then "
+      f"{ours['slow_runs']} run of AblationCAM and of ScoreCAM), the shipped settings, "
+      "the method's map at the layer's resolution as the API returns it. pytorch-grad-cam "
+      f"{theirs['grad_cam']}: `bench/baseline.py --methods`, `cam(input_tensor=x, "
+      "targets=None)` with each class's defaults (its map scaled to the input), the same "
+      "rounds in another process right after ours.\n")
+    w("| Method | ours p50 ms | / our prediction | pytorch-grad-cam p50 ms | "
+      "pytorch-grad-cam / ours |")
+    w("|---|---|---|---|---|")
+    for name, o, r, t, speed in method_rows(m):
+        w(f"| {name} | {o:.1f} | {r:.2f} | {t:.1f} | {speed:.1f} |")
+    w(f"| (our prediction) | {ours['prediction_ms']['p50']:.1f} | 1.00 | | |")
+    w("")
+    w("AblationCAM here reruns only what follows the layer (at layer4 the pooling and the "
+      "classifier) for each ablated channel; pytorch-grad-cam reruns the whole network for "
+      "every batch of 32 channels. ScoreCAM is a whole forward per channel (2048 at layer4) "
+      "on both sides: ours batches them through the fast path.\n")
 
 
 def paired_http(weights, image224, images):
@@ -738,6 +820,7 @@ def main():
             "idle": lambda: idle_http(weights, img224),
             "ort": lambda: {k: paired_latency(weights, img224, threads, runtime=k)
                             for k in ("onnxruntime", "onnxruntime-cam")},
+            "methods": lambda: cam_methods(weights, img224, threads),
             "baseline": lambda: run_json([sys.executable,
                                           os.path.join(ROOT, "bench", "baseline.py"),
                                           "--weights", weights, "--image", img224,
@@ -847,6 +930,9 @@ def main():
     results["idle_http"] = idle_http(weights, img224)
     log(f"trunk speed: our explanation fp32/bf16 vs ONNX Runtime, {TRUNK_ROUNDS} rounds")
     results["trunk_vs_ort"] = trunk_vs_ort(weights, img224, threads)
+    log(f"methods: every CAM method at layer4, ours and pytorch-grad-cam's ({METHOD_RUNS} "
+        f"rounds, {METHOD_SLOW_RUNS} run of AblationCAM and ScoreCAM: ~10 min)")
+    results["methods"] = cam_methods(weights, img224, threads)
     results["elapsed_s"] = time.perf_counter() - started
     # How much of the machine other processes used meanwhile: the noise in every figure.
     busy1, total1 = machine_cpu()
@@ -986,6 +1072,7 @@ def report(results):
     phone_targets, phone_lines = phone_report(results)
     targets += phone_targets
     targets += peer_and_idle_targets(results)
+    targets += method_targets(results)
     verdicts = [f"{'PASS' if ok else 'MISS'}  {name}: {fig} -> {ratio:.2f} (target {want})"
                 for name, fig, ratio, want, ok in targets]
 
@@ -1185,6 +1272,7 @@ def report(results):
 
     report_peers_and_idle(results, w)
     trunk_section(results, w)
+    methods_section(results, w)
     w("## What we tried\n")
     w("Each row was measured in this run; a change within "
       f"{NOISE * 100:.0f}% is reported as no difference.\n")

@@ -58,6 +58,10 @@ pub enum Command {
         /// Largest image accepted, in pixels.
         #[arg(long, env = "GRADCAM_MAX_PIXELS")]
         max_pixels: Option<u64>,
+        /// Allow --method scorecam (a forward pass per channel of the layer: minutes on a
+        /// few cores) [explain.allow_scorecam]
+        #[arg(long, env = "GRADCAM_ALLOW_SCORECAM", num_args = 0..=1, default_missing_value = "true")]
+        allow_scorecam: Option<bool>,
     },
     /// Load the model and print what GET /model answers: architecture, classes, labels,
     /// layers, input size, normalisation, weights digest (JSON).
@@ -332,10 +336,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             out,
             json,
             max_pixels,
+            allow_scorecam,
         } => {
             model.apply(&mut config);
             if let Some(m) = max_pixels {
                 config.server.max_pixels = m;
+            }
+            if let Some(allow) = allow_scorecam {
+                config.explain.allow_scorecam = allow;
             }
             config.validate()?;
             explain_file(&config, &image, &options, out.as_deref(), json)

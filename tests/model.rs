@@ -524,3 +524,47 @@ fn fetch_weights_offline_fails_clearly_and_writes_nothing() {
     );
     assert!(!dest.exists());
 }
+
+#[test]
+fn cli_runs_scorecam_only_when_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("x.png");
+    image::RgbImage::from_fn(40, 32, |x, y| {
+        image::Rgb([(x * 6) as u8, (y * 7) as u8, 90])
+    })
+    .save(&image)
+    .unwrap();
+    // A small network at a small size: 512 masked passes of 32x32 are quick.
+    let run = |allow: Option<&str>| {
+        let mut cli = std::process::Command::new(env!("CARGO_BIN_EXE_gradcam-serve"));
+        cli.args([
+            "explain",
+            "--demo-weights",
+            "--architecture",
+            "resnet18",
+            "--input-size",
+            "32",
+            "--method",
+            "scorecam",
+            "--json",
+        ])
+        .arg(&image)
+        .env_remove("GRADCAM_ALLOW_SCORECAM")
+        .current_dir(dir.path());
+        if let Some(value) = allow {
+            cli.env("GRADCAM_ALLOW_SCORECAM", value);
+        }
+        cli.output().unwrap()
+    };
+    let refused = run(None);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("GRADCAM_ALLOW_SCORECAM=true"), "{stderr}");
+
+    let allowed = run(Some("true"));
+    let stderr = String::from_utf8_lossy(&allowed.stderr);
+    assert!(allowed.status.success(), "{stderr}");
+    let answer: serde_json::Value = serde_json::from_slice(&allowed.stdout).unwrap();
+    assert_eq!(answer["method"], "scorecam", "{answer}");
+    assert_eq!(answer["saliency"]["width"], 1, "{answer}");
+}

@@ -8,8 +8,9 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 
-use common::held::{App, PANIC_TARGET};
+use common::held::{App, CamEvent, PANIC_TARGET};
 use common::{client, png, upload};
+use gradcam_serve::cam::Method;
 use gradcam_serve::config::Config;
 use gradcam_serve::explanation::Explanation;
 use serde_json::Value;
@@ -191,6 +192,43 @@ fn an_explanation_over_the_timeout_answers_504_and_the_server_goes_on() {
     gate.next_batch();
     gate.release();
     assert_eq!(next.join().unwrap().0, 200);
+}
+
+#[test]
+fn a_scorecam_job_over_the_timeout_answers_504_and_stops_between_its_chunks() {
+    let (app, gate) = App::start(config(|c| {
+        c.server.request_timeout_secs = 1;
+        c.explain.allow_scorecam = true;
+    }));
+    // ScoreCAM runs alone, a pass per channel; this one never finishes on its own.
+    let slow = send(&app, "?method=scorecam");
+    assert_eq!(gate.next_cam_event(), CamEvent::Started(Method::ScoreCam));
+    let (status, _, body) = slow.join().unwrap();
+    assert_eq!(status, 504, "{body}");
+    // Nobody waits for the answer any more: the job stops at its next chunk, and the
+    // worker is free without the test letting the job go.
+    assert_eq!(gate.next_cam_event(), CamEvent::Abandoned(Method::ScoreCam));
+    app.wait_for("the worker free", |s| {
+        s.workers.stats.running.load(Ordering::SeqCst) == 0
+    });
+    assert_eq!(app.state.workers.stats.cancelled.load(Ordering::SeqCst), 1);
+    let next = send(&app, "");
+    gate.next_batch();
+    gate.release();
+    assert_eq!(next.join().unwrap().0, 200);
+}
+
+#[test]
+fn a_scorecam_job_in_time_answers_with_its_method() {
+    let (app, gate) = App::start(config(|c| c.explain.allow_scorecam = true));
+    let job = send(&app, "?method=scorecam");
+    assert_eq!(gate.next_cam_event(), CamEvent::Started(Method::ScoreCam));
+    gate.release();
+    let (status, _, body) = job.join().unwrap();
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["method"], "scorecam", "{answer}");
+    assert_eq!(app.state.workers.stats.cancelled.load(Ordering::SeqCst), 0);
 }
 
 #[test]

@@ -12,6 +12,7 @@
 //!   compared with (PyTorch's forward, the server over HTTP), so that both sides of a
 //!   target ratio see the same machine: on a shared 2-core machine the speed drifts by
 //!   +-15 % within minutes.
+//! - `methods`: every CAM method at layer4 against the prediction (bench/src/methods.rs).
 //! - `http`: a closed-loop load generator over loopback against a running server: one
 //!   keep-alive connection per simulated client, plain HTTP/1.1 over std's TcpStream, so the
 //!   client costs next to nothing beside the server on the same cores.
@@ -30,6 +31,7 @@ use image::{codecs::jpeg::JpegEncoder, Rgb, RgbImage};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+mod methods;
 mod phone;
 
 use gradcam_serve::config::{Config, ModelConfig};
@@ -128,6 +130,23 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         threads: usize,
     },
+    /// Every CAM method at layer4 against the prediction, in process (issue 11's table).
+    Methods {
+        #[arg(long)]
+        weights: PathBuf,
+        /// The input-size image (224x224).
+        #[arg(long)]
+        image: PathBuf,
+        /// Rounds of the prediction and every one-pass method.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Runs of AblationCAM and of ScoreCAM.
+        #[arg(long, default_value_t = 3)]
+        slow_runs: usize,
+        /// libtorch intra-op threads; 0 leaves libtorch's default.
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
     /// Load generator: closed loop at each concurrency, against a running server.
     Http {
         /// Base URL, e.g. http://127.0.0.1:8080
@@ -193,6 +212,13 @@ fn main() -> anyhow::Result<()> {
             parity_dir.as_deref(),
             runs,
         )?,
+        Command::Methods {
+            weights,
+            image,
+            runs,
+            slow_runs,
+            threads,
+        } => methods::methods_bench(&weights, &image, runs, slow_runs, threads)?,
         Command::Http {
             url,
             image,

@@ -9,6 +9,7 @@ use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use gradcam_serve::cam::{CamAsk, CamExplanation, Method};
 use gradcam_serve::config::Config;
 use gradcam_serve::engine::{Explainer, ModelDescription};
 use gradcam_serve::gradcam::{Ask, GradCamError, PassTimings, RawExplanation};
@@ -27,7 +28,17 @@ const PATIENCE: Duration = Duration::from_secs(60);
 
 pub struct HeldExplainer {
     batches: Sender<Vec<Ask>>,
+    cams: Sender<CamEvent>,
     release: Arc<Mutex<Receiver<()>>>,
+}
+
+/// What the held explainer did with a job of another CAM method (one that does not batch).
+#[derive(Debug, Clone, PartialEq)]
+pub enum CamEvent {
+    /// It was handed the job.
+    Started(Method),
+    /// It saw between two of its "chunks" that nobody waits for the answer, and stopped.
+    Abandoned(Method),
 }
 
 impl Explainer for HeldExplainer {
@@ -42,34 +53,71 @@ impl Explainer for HeldExplainer {
         if asks.iter().any(|a| a.target == Some(PANIC_TARGET)) {
             panic!("the held explainer was asked to panic");
         }
-        let raws = inputs
-            .iter()
-            .zip(asks)
-            .map(|(input, ask)| {
-                // Something that depends on the input and the ask, nothing more.
-                let mean = input.chw.iter().sum::<f32>() / input.chw.len() as f32;
-                let mut probabilities: Vec<f32> =
-                    (0..CLASSES).map(|c| 1.0 + c as f32 * mean.abs()).collect();
-                let total: f32 = probabilities.iter().sum();
-                probabilities.iter_mut().for_each(|p| *p /= total);
-                let top = gradcam_serve::gradcam::top_k(&probabilities, 1)[0].0;
-                RawExplanation {
-                    probabilities,
-                    target: ask.target.unwrap_or(top),
-                    layer: ask.layer,
-                    cam: (0..49).map(|i| i as f32 * mean.abs()).collect(),
-                    width: 7,
-                    height: 7,
-                }
-            })
-            .collect();
-        Ok((raws, PassTimings::default()))
+        Ok((made_up(inputs, asks), PassTimings::default()))
     }
+
+    /// Works in "chunks" as AblationCAM and ScoreCAM do, asking `abandoned` between them,
+    /// until the test releases it.
+    fn explain_cam(
+        &self,
+        input: &ModelInput,
+        ask: &CamAsk,
+        abandoned: &dyn Fn() -> bool,
+    ) -> Result<(CamExplanation, PassTimings), GradCamError> {
+        let _ = self.cams.send(CamEvent::Started(ask.method));
+        loop {
+            if abandoned() {
+                let _ = self.cams.send(CamEvent::Abandoned(ask.method));
+                return Err(GradCamError::Abandoned);
+            }
+            match self
+                .release
+                .lock()
+                .unwrap()
+                .recv_timeout(Duration::from_millis(1))
+            {
+                Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+        }
+        let plain = Ask {
+            target: None,
+            layer: ask.layers[0],
+        };
+        let mut answer = CamExplanation::from(made_up(&[input], &[plain]).remove(0));
+        answer.method = ask.method;
+        Ok((answer, PassTimings::default()))
+    }
+}
+
+/// Answers that depend on the input and the ask, nothing more.
+fn made_up(inputs: &[&ModelInput], asks: &[Ask]) -> Vec<RawExplanation> {
+    inputs
+        .iter()
+        .zip(asks)
+        .map(|(input, ask)| {
+            let mean = input.chw.iter().sum::<f32>() / input.chw.len() as f32;
+            let mut probabilities: Vec<f32> =
+                (0..CLASSES).map(|c| 1.0 + c as f32 * mean.abs()).collect();
+            let total: f32 = probabilities.iter().sum();
+            probabilities.iter_mut().for_each(|p| *p /= total);
+            let top = gradcam_serve::gradcam::top_k(&probabilities, 1)[0].0;
+            RawExplanation {
+                probabilities,
+                target: ask.target.unwrap_or(top),
+                layer: ask.layer,
+                cam: (0..49).map(|i| i as f32 * mean.abs()).collect(),
+                width: 7,
+                height: 7,
+            }
+        })
+        .collect()
 }
 
 /// The test's side: what the explainer was handed, and the lever that lets it go on.
 pub struct Gate {
     batches: Receiver<Vec<Ask>>,
+    cams: Receiver<CamEvent>,
     release: Sender<()>,
 }
 
@@ -79,6 +127,13 @@ impl Gate {
         self.batches
             .recv_timeout(PATIENCE)
             .expect("the explainer was handed a batch")
+    }
+
+    /// Waits for what the explainer does next with a job of another CAM method.
+    pub fn next_cam_event(&self) -> CamEvent {
+        self.cams
+            .recv_timeout(PATIENCE)
+            .expect("the explainer reported on a CAM job")
     }
 
     /// Lets one held batch finish.
@@ -98,13 +153,19 @@ impl Gate {
 
 pub fn held_explainer() -> (HeldExplainer, Gate) {
     let (batches_tx, batches) = channel();
+    let (cams_tx, cams) = channel();
     let (release, release_rx) = channel();
     (
         HeldExplainer {
             batches: batches_tx,
+            cams: cams_tx,
             release: Arc::new(Mutex::new(release_rx)),
         },
-        Gate { batches, release },
+        Gate {
+            batches,
+            cams,
+            release,
+        },
     )
 }
 
