@@ -473,7 +473,7 @@ fn engine_bench(
         for _ in 0..warmup {
             engine.explain(&[input], &[at])?;
         }
-        let (mut predict, mut explain) = (vec![], vec![]);
+        let (mut predict, mut explain, mut fwd, mut bwd) = (vec![], vec![], vec![], vec![]);
         for i in 0..runs {
             for step in 0..2 {
                 let t = Instant::now();
@@ -481,8 +481,11 @@ fn engine_bench(
                     std::hint::black_box(engine.predict(&[input])?);
                     predict.push(ms_since(t));
                 } else {
-                    std::hint::black_box(engine.explain(&[input], &[at])?);
+                    let (raw, passes) = engine.explain(&[input], &[at])?;
                     explain.push(ms_since(t));
+                    fwd.push(passes.forward_ms);
+                    bwd.push(passes.backward_ms);
+                    std::hint::black_box(raw);
                 }
             }
         }
@@ -491,6 +494,9 @@ fn engine_bench(
             "layer": at.layer.to_string(),
             "predict_ms": p,
             "explain_ms": e,
+            // The explanation's two parts: up to the logits, then the gradient and map.
+            "forward_ms": summarise(&fwd),
+            "backward_ms": summarise(&bwd),
             "ratio_p50": e.p50 / p.p50,
         }));
     }
