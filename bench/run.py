@@ -1159,12 +1159,22 @@ def report(results):
     if eng.get("layers"):
         w("Explanation at each stage's last block (shipped settings), against prediction, "
           "interleaved; the map is 56x56 at layer1 down to 7x7 at layer4:\n")
-        w("| Layer | Prediction p50 (ms) | Explanation p50 / p90 (ms) | Ratio p50 |")
-        w("|---|---|---|---|")
+        w("| Layer | Prediction p50 (ms) | Explanation p50 / p90 (ms) | its forward p50 | "
+          "its backward + map p50 | Ratio p50 |")
+        w("|---|---|---|---|---|---|")
+        split = lambda l, k: f"{l[k]['p50']:.1f}" if k in l else "-"  # noqa: E731
         for l in eng["layers"]:
             w(f"| {l['layer']} | {l['predict_ms']['p50']:.1f} | {l['explain_ms']['p50']:.1f} / "
-              f"{l['explain_ms']['p90']:.1f} | {l['ratio_p50']:.3f} |")
+              f"{l['explain_ms']['p90']:.1f} | {split(l, 'forward_ms')} | "
+              f"{split(l, 'backward_ms')} | {l['ratio_p50']:.3f} |")
         w("")
+        w("Before layer4 the explanation's forward runs the network unfolded up to the layer "
+          "(torchvision's operations, pytorch-grad-cam's values to the bit: the fast path's "
+          "rounding flips ReLU masks that the gradient goes back through), and the blocks "
+          "after it on plain tensors; each plain-tensor convolution reorders its activations "
+          "into oneDNN's layout and back. A hand-written backward for those blocks, on "
+          "weights reordered once, was tried (2026-11-29) and measured the same "
+          "(layer3 1.85 against 1.84).\n")
     w("Whole pipeline in process (shipped defaults, overlay on), p50 ms per stage:\n")
     w("| Image | decode + resize | network (forward + Grad-CAM) | overlay + PNG | "
       "base64 + JSON | total |")
