@@ -32,14 +32,17 @@ import os
 import sys
 import time
 
-import numpy as np
-import torch
-import torchvision
-from PIL import Image
-from safetensors.torch import load_file
+# pytorch-grad-cam's progress bars (AblationCAM, ScoreCAM) on stderr: tqdm reads this
+# when it is first imported, which torch does.
+os.environ.setdefault("TQDM_DISABLE", "1")
 
-os.environ.setdefault("TQDM_DISABLE", "1")  # pytorch-grad-cam's progress bars, on stderr
-from pytorch_grad_cam import GradCAM  # noqa: E402 (tqdm reads the variable on import)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+from PIL import Image  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+from pytorch_grad_cam import GradCAM  # noqa: E402
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
