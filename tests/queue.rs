@@ -8,7 +8,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 
-use common::held::{App, CamEvent, PANIC_TARGET};
+use common::held::{App, CamEvent, Gate, PANIC_TARGET};
 use common::{client, png, upload};
 use gradcam_serve::cam::Method;
 use gradcam_serve::config::Config;
@@ -33,6 +33,14 @@ fn send(app: &App, query: &str) -> std::thread::JoinHandle<(u16, Option<String>,
             .map(|v| v.to_str().unwrap().to_string());
         (status, retry, r.text().unwrap())
     })
+}
+
+/// A plain request goes through the worker and is answered 200.
+fn the_next_request_is_served(app: &App, gate: &Gate) {
+    let next = send(app, "");
+    gate.next_batch();
+    gate.release();
+    assert_eq!(next.join().unwrap().0, 200);
 }
 
 fn metric(app: &App, name: &str) -> f64 {
@@ -63,10 +71,7 @@ fn a_full_queue_answers_503_with_retry_after_at_once() {
     gate.release();
     assert_eq!(first.join().unwrap().0, 200);
     // The place is free again.
-    let next = send(&app, "");
-    gate.next_batch();
-    gate.release();
-    assert_eq!(next.join().unwrap().0, 200);
+    the_next_request_is_served(&app, &gate);
 }
 
 #[test]
@@ -188,10 +193,7 @@ fn an_explanation_over_the_timeout_answers_504_and_the_server_goes_on() {
     // Its place is free, and the worker, once let go, serves the next request.
     assert_eq!(app.state.workers.in_flight(), 0);
     gate.release();
-    let next = send(&app, "");
-    gate.next_batch();
-    gate.release();
-    assert_eq!(next.join().unwrap().0, 200);
+    the_next_request_is_served(&app, &gate);
 }
 
 #[test]
@@ -212,10 +214,7 @@ fn a_scorecam_job_over_the_timeout_answers_504_and_stops_between_its_chunks() {
         s.workers.stats.running.load(Ordering::SeqCst) == 0
     });
     assert_eq!(app.state.workers.stats.cancelled.load(Ordering::SeqCst), 1);
-    let next = send(&app, "");
-    gate.next_batch();
-    gate.release();
-    assert_eq!(next.join().unwrap().0, 200);
+    the_next_request_is_served(&app, &gate);
 }
 
 #[test]
