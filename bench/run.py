@@ -401,12 +401,12 @@ def method_targets(results):
     out = [(f"Slowest one-pass CAM method at layer4 ({worst[0]}) / our prediction (p50)",
             f"{worst[1]:.1f} / {predict:.1f} ms", worst[2], "<= 1.10", worst[2] <= 1.10)]
     by_name = {r[0]: r for r in rows}
-    for name, want in (("ablationcam", 20.0), ("scorecam", 1.0)):
+    # Issue 11: AblationCAM at least 20 times faster, ScoreCAM faster at all.
+    for name, wanted, met in (("ablationcam", ">= 20", lambda x: x >= 20),
+                              ("scorecam", "> 1", lambda x: x > 1)):
         r = by_name[name]
         out.append((f"pytorch-grad-cam's {name} / ours at layer4 (p50)",
-                    f"{r[3] / 1e3:.1f} / {r[1] / 1e3:.2f} s", r[4],
-                    f">= {want:.0f}" if want > 1 else "> 1", r[4] >= want if want > 1
-                    else r[4] > want))
+                    f"{r[3] / 1e3:.1f} / {r[1] / 1e3:.2f} s", r[4], wanted, met(r[4])))
     return out
 
 
