@@ -4,7 +4,7 @@
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := serve
-.PHONY: serve build test lint bench fuzz load-test contract-test gateway-test image-test openapi clean-cache
+.PHONY: serve build test test-repeat lint bench fuzz load-test contract-test gateway-test image-test openapi clean-cache
 
 # Where libtorch lives (installed on first use; prints its path).
 LIBTORCH := $(shell scripts/setup-libtorch.sh)
@@ -38,6 +38,14 @@ test: $(PARITY)/reference.json
 	GRADCAM_PARITY_DIR=$(abspath $(PARITY)) cargo test --release --locked -- --include-ignored
 	scripts/contract_test.sh
 	scripts/browser-test.sh
+
+# `make test` RUNS times (default 5) in a row; BUSY=1 keeps every core busy meanwhile (one
+# `yes` per core), to show that no test depends on the machine's speed. Logs and a summary
+# line per run: target/repeat-test/. See scripts/repeat-test.sh.
+RUNS ?= 5
+BUSY ?= 0
+test-repeat:
+	RUNS=$(RUNS) BUSY=$(BUSY) scripts/repeat-test.sh
 
 # Performance figures against pytorch-grad-cam and PyTorch; rewrites BENCHMARKS.md.
 bench:
