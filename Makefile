@@ -42,8 +42,6 @@ test: $(PARITY)/reference.json
 # `make test` RUNS times (default 5) in a row; BUSY=1 keeps every core busy meanwhile (one
 # `yes` per core), to show that no test depends on the machine's speed. Logs and a summary
 # line per run: target/repeat-test/. See scripts/repeat-test.sh.
-RUNS ?= 5
-BUSY ?= 0
 test-repeat:
 	RUNS=$(RUNS) BUSY=$(BUSY) scripts/repeat-test.sh
 
