@@ -10,20 +10,62 @@ fn main() {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
     }
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
-    fused_convolutions(lib.map(PathBuf::from));
+    let root = libtorch_root(lib.map(PathBuf::from));
+    libtorch_version(&root);
+    fused_convolutions(&root);
+}
+
+/// $LIBTORCH, or the folder above the library folder torch-sys found.
+fn libtorch_root(lib: Option<PathBuf>) -> PathBuf {
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+    std::env::var_os("LIBTORCH")
+        .map(PathBuf::from)
+        .or_else(|| lib.and_then(|l| l.parent().map(PathBuf::from)))
+        .expect("LIBTORCH is not set and torch-sys did not say where libtorch is")
+}
+
+/// The version of the libtorch we link and the newest TorchScript file format it reads,
+/// from its own headers, for the messages that refuse a file it cannot read
+/// (`GRADCAM_LIBTORCH_VERSION`, `GRADCAM_LIBTORCH_MAX_FILE_FORMAT`).
+fn libtorch_version(root: &std::path::Path) {
+    let include = root.join("include");
+    let read = |path: PathBuf| {
+        println!("cargo:rerun-if-changed={}", path.display());
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+    };
+    let header = read(include.join("torch/headeronly/version.h"));
+    let number = |name: &str| -> u64 {
+        header
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("#define {name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} not found in torch/headeronly/version.h"))
+    };
+    let version = format!(
+        "{}.{}.{}",
+        number("TORCH_VERSION_MAJOR"),
+        number("TORCH_VERSION_MINOR"),
+        number("TORCH_VERSION_PATCH")
+    );
+    println!("cargo:rustc-env=GRADCAM_LIBTORCH_VERSION={version}");
+    let versions = read(include.join("caffe2/serialize/versions.h"));
+    let max = versions
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("constexpr uint64_t kMaxSupportedFileFormatVersion =")
+        })
+        .map(|v| v.trim().trim_end_matches(';').trim_end_matches('L'))
+        .and_then(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok())
+        .expect("kMaxSupportedFileFormatVersion not found in caffe2/serialize/versions.h");
+    println!("cargo:rustc-env=GRADCAM_LIBTORCH_MAX_FILE_FORMAT={max}");
 }
 
 /// Compiles csrc/fused_conv.cpp, the C++ shim to libtorch's fused oneDNN convolutions
-/// (see src/fused.rs), against the same libtorch headers that torch-sys compiles with:
-/// $LIBTORCH/include, or the include folder beside the library folder torch-sys found.
-fn fused_convolutions(lib: Option<PathBuf>) {
+/// (see src/fused.rs), against the same libtorch headers that torch-sys compiles with.
+fn fused_convolutions(root: &std::path::Path) {
     println!("cargo:rerun-if-changed=csrc/fused_conv.cpp");
-    println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
-    let root = std::env::var_os("LIBTORCH")
-        .map(PathBuf::from)
-        .or_else(|| lib.and_then(|l| l.parent().map(PathBuf::from)))
-        .expect("LIBTORCH is not set and torch-sys did not say where libtorch is");
     let include = root.join("include");
     // torch-sys's default too: the PyPI wheels since PyTorch 2.7 use the C++11 ABI.
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());

@@ -9,7 +9,6 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
 use crate::engine::{self, Engine};
-use crate::model::Layer;
 use crate::options::{Defaults, ExplainOptions, OverlayKind};
 use crate::precision::Precision;
 use crate::preprocess::{DecodeLimits, ResizeMode};
@@ -199,10 +198,11 @@ pub struct ExplainArgs {
     /// Heat-map opacity in the overlay, 0..1 [explain.alpha]
     #[arg(long, env = "GRADCAM_ALPHA")]
     pub alpha: Option<f32>,
-    /// Layer explained when a request does not say: layer1..layer4 or a block, layer3.1
+    /// Layer explained when a request does not say: for a ResNet layer1..layer4 or a block
+    /// (layer3.1), for an exported model one of its taps; default: the model's own
     /// [explain.layer]
     #[arg(long = "default-layer", env = "GRADCAM_LAYER")]
-    pub layer: Option<Layer>,
+    pub layer: Option<String>,
     /// Longest side of the overlay image when a request does not say, 64..=16383
     /// [explain.overlay_max_side]
     #[arg(long, env = "GRADCAM_OVERLAY_MAX_SIDE")]
@@ -244,9 +244,6 @@ impl ModelArgs {
             [
                 weights,
                 demo_weights,
-                input_size,
-                mean,
-                std,
                 resize,
                 fold_batch_norm,
                 onednn_weights,
@@ -256,6 +253,15 @@ impl ModelArgs {
         );
         if let Some(a) = &self.architecture {
             m.architecture = Some(a.clone());
+        }
+        if let Some(size) = self.input_size {
+            m.input_size = Some(size);
+        }
+        if let Some(mean) = self.mean {
+            m.mean = Some(mean);
+        }
+        if let Some(std) = self.std {
+            m.std = Some(std);
         }
         if let Some(l) = &self.labels {
             m.labels = Some(l.clone());
@@ -293,17 +299,13 @@ impl ServerArgs {
 impl ExplainArgs {
     pub fn apply(&self, config: &mut Config) {
         let e = &mut config.explain;
+        if let Some(layer) = &self.layer {
+            e.layer = Some(layer.clone());
+        }
         override_with!(
             self,
             e,
-            [
-                top_k,
-                alpha,
-                layer,
-                overlay_max_side,
-                method,
-                allow_scorecam
-            ]
+            [top_k, alpha, overlay_max_side, method, allow_scorecam]
         );
     }
 }
@@ -352,7 +354,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             model.apply(&mut config);
             defaults.apply(&mut config);
             config.validate()?;
-            let engine = Engine::load(&config.model, config.explain.layer)?;
+            let engine = Engine::load(&config.model, config.explain.layer.as_deref())?;
             println!("{}", serde_json::to_string_pretty(engine.description())?);
             Ok(())
         }
@@ -367,7 +369,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             sha256,
             force,
         } => {
-            crate::model::Architecture::named(&architecture, 1000)?;
+            crate::model::resnet::Architecture::named(&architecture, 1000)?;
             let url = url.unwrap_or_else(|| weights::official_weights_url(&architecture));
             let dest = dest.unwrap_or(config.model.weights);
             if dest.exists() && !force {
@@ -392,7 +394,7 @@ fn explain_file(
     out: Option<&std::path::Path>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let engine = Engine::load(&config.model, config.explain.layer)?;
+    let engine = Engine::load(&config.model, config.explain.layer.as_deref())?;
     let model = engine.description();
     let mut options = options.clone();
     options.overlay = Some(if out.is_some() || json {

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{self, Layer};
 use crate::precision::Precision;
 use crate::preprocess::{InputSpec, ResizeMode, MEAN, STD};
 
@@ -20,11 +19,13 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
-    /// Safetensors file with a torchvision ResNet-family state dict. A relative path is
-    /// taken from the config file's folder.
+    /// The model: a safetensors file with a torchvision ResNet-family state dict (the
+    /// native path), or a TorchScript file exported by `python -m gradcam_export` (any
+    /// classifier); told apart by content. A relative path is taken from the config file's
+    /// folder.
     pub weights: PathBuf,
-    /// The architecture the weights must be (`resnet18`, `resnext50_32x4d`, ...); None:
-    /// whatever the file's tensors say. Also the architecture of demo weights.
+    /// The architecture the model must be (`resnet18`, `efficientnet_b0`, ...); None:
+    /// whatever the file holds. Also the architecture of demo weights.
     pub architecture: Option<String>,
     /// Class names, one per line or a JSON array of strings; None: ImageNet's for 1000
     /// classes, else `class N`. A relative path is taken from the config file's folder.
@@ -32,11 +33,13 @@ pub struct ModelConfig {
     /// Run with seeded random weights when the weights file is missing (labels are then
     /// meaningless, and every answer says `"weights": "demo-random"`).
     pub demo_weights: bool,
-    /// Side of the square model input, in pixels (a multiple of 32).
-    pub input_size: u32,
-    /// Per-channel (RGB) mean and standard deviation the model was trained with.
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
+    /// Side of the square model input, in pixels (a multiple of 32); None: the exported
+    /// file's, or 224 for a ResNet.
+    pub input_size: Option<u32>,
+    /// Per-channel (RGB) mean and standard deviation the model was trained with; None: the
+    /// exported file's, or ImageNet's for a ResNet.
+    pub mean: Option<[f32; 3]>,
+    pub std: Option<[f32; 3]>,
     /// `stretch` (whole image to the input size) or `crop` (torchvision's resize + centre crop).
     pub resize: ResizeMode,
     /// Fold batch norm into a copy of the convolutions at load time for the fast path
@@ -103,8 +106,9 @@ pub struct ExplainDefaults {
     pub top_k: usize,
     /// Heat-map opacity in the overlay when a request does not say.
     pub alpha: f32,
-    /// The layer explained when a request does not say.
-    pub layer: Layer,
+    /// The layer explained when a request does not say; None: the model's default
+    /// (`layer4` for a ResNet, the exported file's default tap).
+    pub layer: Option<String>,
     /// Longest side of the overlay image when a request does not say (64..=16383).
     pub overlay_max_side: u32,
     /// The CAM method used when a request does not say (`gradcam`, `hirescam`, ...).
@@ -122,9 +126,9 @@ impl Default for ModelConfig {
             architecture: None,
             labels: None,
             demo_weights: false,
-            input_size: 224,
-            mean: MEAN,
-            std: STD,
+            input_size: None,
+            mean: None,
+            std: None,
             resize: ResizeMode::Stretch,
             fold_batch_norm: true,
             onednn_weights: true,
@@ -161,7 +165,7 @@ impl Default for ExplainDefaults {
         Self {
             top_k: 5,
             alpha: 0.5,
-            layer: Layer::LAST,
+            layer: None,
             // A web page shows an overlay at most about 1000 CSS pixels wide, and 960 is
             // exactly half or a quarter of the common large sizes (1920x1080, 3840x2160) and
             // near a quarter of 12 MP photos (4032x3024 decodes at 1008x756): those JPEGs are
@@ -222,23 +226,17 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         let m = &self.model;
-        if m.input_size < 32 || m.input_size > 1024 || !m.input_size.is_multiple_of(32) {
-            return bad(format!(
-                "model.input_size = {} (a multiple of 32 in 32..=1024)",
-                m.input_size
-            ));
-        }
-        if let Some(name) = &m.architecture {
-            if let Err(e) = model::Architecture::named(name, 1) {
-                return bad(format!("model.architecture: {e}"));
+        if let Some(size) = m.input_size {
+            if !(32..=1024).contains(&size) || !size.is_multiple_of(32) {
+                return bad(format!(
+                    "model.input_size = {size} (a multiple of 32 in 32..=1024)"
+                ));
             }
         }
-        if m.std.iter().any(|s| !(s.is_finite() && *s > 0.0))
-            || m.mean.iter().any(|v| !v.is_finite())
-        {
+        let (mean, std) = (m.mean.unwrap_or(MEAN), m.std.unwrap_or(STD));
+        if std.iter().any(|s| !(s.is_finite() && *s > 0.0)) || mean.iter().any(|v| !v.is_finite()) {
             return bad(format!(
-                "model.mean = {:?}, model.std = {:?} (finite numbers, std above 0)",
-                m.mean, m.std
+                "model.mean = {mean:?}, model.std = {std:?} (finite numbers, std above 0)"
             ));
         }
         let s = &self.server;
@@ -279,11 +277,12 @@ impl Config {
 }
 
 impl ModelConfig {
-    pub fn input_spec(&self) -> InputSpec {
+    /// The input the settings ask for, where they say; the model's own elsewhere.
+    pub fn input_spec_or(&self, model: InputSpec) -> InputSpec {
         InputSpec {
-            size: self.input_size,
-            mean: self.mean,
-            std: self.std,
+            size: self.input_size.unwrap_or(model.size),
+            mean: self.mean.unwrap_or(model.mean),
+            std: self.std.unwrap_or(model.std),
         }
     }
 }
@@ -321,7 +320,7 @@ mod tests {
         );
         assert!(err.contains("bnid"), "{err}");
         let mut c = Config::default();
-        c.model.input_size = 100;
+        c.model.input_size = Some(100);
         assert!(c.validate().unwrap_err().to_string().contains("input_size"));
     }
 

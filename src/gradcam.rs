@@ -1,28 +1,22 @@
-//! Grad-CAM at any block of a ResNet, computed the way pytorch-grad-cam computes it
-//! (`GradCAM(model, target_layers=[model.layer4[-1]])`), for a batch of images.
-//!
-//! Everything up to the target layer runs without autograd: on the fast paths (folded
-//! batch norm, oneDNN weights) for the last block (`layer4`), after which only the head
-//! follows; unfolded, as torchvision runs it, for earlier layers, whose gradients go back
-//! through ReLUs that the fast path's rounding could flip. That layer's output becomes the only leaf that needs a
-//! gradient, the blocks after it and the head run with autograd, and the backward pass of
-//! the target logits reaches that leaf and nothing else: no parameter gradients, no graph
-//! before the layer. At layer4 an explanation thus costs a forward pass plus a few
-//! microseconds.
+//! Grad-CAM, computed the way pytorch-grad-cam computes it (`GradCAM(model,
+//! target_layers=[...])`), for a batch of images, on any [`Network`]: one forward pass that
+//! keeps the layers asked for, one backward pass from the chosen logits to them (no
+//! parameter gradients, no graph before the earliest layer: see each network's `forward`),
+//! then each image's map from its layer's activation and gradient.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use tch::{Kind, Tensor};
 
-use crate::model::{Layer, ResNet};
+use crate::model::{layer_indices, Network, NetworkError};
 
 /// What to explain in one image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ask {
     /// The class whose raw logit is differentiated; None: the top-1 class.
     pub target: Option<usize>,
-    pub layer: Layer,
+    /// The layer, as the network names it.
+    pub layer: String,
 }
 
 /// What the network says about one image.
@@ -33,7 +27,7 @@ pub struct RawExplanation {
     /// The class whose raw logit was differentiated.
     pub target: usize,
     /// The layer explained.
-    pub layer: Layer,
+    pub layer: String,
     /// ReLU(sum_k w_k A_k), unnormalised, row-major `height` x `width`.
     pub cam: Vec<f32>,
     pub width: usize,
@@ -51,53 +45,43 @@ pub struct PassTimings {
 pub enum GradCamError {
     #[error("target class {target} is out of range (0..={})", classes - 1)]
     TargetOutOfRange { target: usize, classes: usize },
-    #[error("this {architecture} has no layer {layer}")]
-    NoSuchLayer { layer: Layer, architecture: String },
+    #[error("this model has no layer {0}")]
+    NoSuchLayer(String),
     #[error("{0}")]
     Unsupported(String),
     #[error("abandoned: nobody waits for this explanation any more")]
     Abandoned,
     #[error("libtorch failed: {0}")]
     Torch(#[from] tch::TchError),
+    #[error(transparent)]
+    Network(#[from] NetworkError),
 }
 
 /// Explains a batch: `input` is [N, 3, S, S] normalised, `asks[i]` what to explain in
-/// image i. Images may ask for different layers: the network runs without autograd up to
-/// the earliest one, and with it from there, keeping the output of each layer asked for.
+/// image i. Images may ask for different layers: the pass keeps each of them.
 pub fn explain(
-    model: &ResNet,
+    network: &dyn Network,
     input: &Tensor,
     asks: &[Ask],
 ) -> Result<(Vec<RawExplanation>, PassTimings), GradCamError> {
     let n = input.size()[0] as usize;
     assert_eq!(n, asks.len(), "one ask per image");
-    let architecture = model.architecture();
-    let classes = architecture.num_classes;
+    let classes = network.num_classes();
     if let Some(target) = asks.iter().filter_map(|a| a.target).find(|&t| t >= classes) {
         return Err(GradCamError::TargetOutOfRange { target, classes });
     }
-    let blocks: Vec<usize> = asks
-        .iter()
-        .map(|a| {
-            architecture
-                .block_index(a.layer)
-                .ok_or(GradCamError::NoSuchLayer {
-                    layer: a.layer,
-                    architecture: architecture.name(),
-                })
-        })
-        .collect::<Result<_, _>>()?;
-    let first = *blocks.iter().min().expect("a batch is not empty");
+    let names: Vec<String> = asks.iter().map(|a| a.layer.clone()).collect();
+    let per_image = layer_indices(network, &names).map_err(GradCamError::NoSuchLayer)?;
+    let mut layers = per_image.clone();
+    layers.sort_unstable();
+    layers.dedup();
 
     let start = Instant::now();
-    let prefix = model.features_for_gradient(input, first);
-    let leaf = prefix.detach().set_requires_grad(true);
-    let (last, mut kept) = model.blocks_with_grad(&leaf, first + 1, &blocks);
-    kept.insert(first, leaf);
-    let logits = model.head(&last);
+    let pass = network.forward(input, &layers, true)?;
     let forward_ms = start.elapsed().as_secs_f64() * 1e3;
 
     let start = Instant::now();
+    let logits = &pass.logits;
     let chosen: Vec<i64> = {
         let top1 = Vec::<i64>::try_from(logits.detach().argmax(1, false))?;
         asks.iter()
@@ -109,35 +93,29 @@ pub fn explain(
     // is every image's own gradient at once.
     let index = Tensor::from_slice(&chosen).unsqueeze(1);
     let score = logits.gather(1, &index, false).sum(Kind::Float);
-    let mut layers: Vec<usize> = kept.keys().copied().collect();
-    layers.sort_unstable();
-    let activations: Vec<&Tensor> = layers.iter().map(|b| &kept[b]).collect();
-    let gradients = Tensor::f_run_backward(&[score], &activations, false, false)?;
-    let mut values: HashMap<usize, LayerValues> = HashMap::new();
-    for ((&block, activation), gradient) in layers.iter().zip(&activations).zip(gradients) {
+    let gradients = network.gradients(&pass, &score, false)?;
+    let mut values = Vec::with_capacity(layers.len());
+    for (activation, gradient) in pass.maps.iter().zip(&gradients) {
         let size = activation.size();
-        values.insert(
-            block,
-            LayerValues {
-                activation: Vec::try_from(activation.detach().contiguous().view([-1]))?,
-                gradient: Vec::try_from(gradient.contiguous().view([-1]))?,
-                channels: size[1] as usize,
-                height: size[2] as usize,
-                width: size[3] as usize,
-            },
-        );
+        values.push(LayerValues {
+            activation: Vec::try_from(activation.contiguous().view([-1]))?,
+            gradient: Vec::try_from(gradient.contiguous().view([-1]))?,
+            channels: size[1] as usize,
+            height: size[2] as usize,
+            width: size[3] as usize,
+        });
     }
     let probabilities = logits.detach().softmax(-1, Kind::Float);
     let probabilities = Vec::<f32>::try_from(probabilities.contiguous().view([-1]))?;
     let out = (0..n)
         .map(|i| {
-            let v = &values[&blocks[i]];
+            let v = &values[layers.binary_search(&per_image[i]).expect("kept")];
             let per_image = v.channels * v.height * v.width;
             let range = i * per_image..(i + 1) * per_image;
             RawExplanation {
                 probabilities: probabilities[i * classes..(i + 1) * classes].to_vec(),
                 target: chosen[i] as usize,
-                layer: asks[i].layer,
+                layer: asks[i].layer.clone(),
                 cam: cam_from(&v.activation[range.clone()], &v.gradient[range], v.channels),
                 width: v.width,
                 height: v.height,
@@ -213,9 +191,10 @@ pub fn numpy_sum(a: &[f32]) -> f32 {
 }
 
 /// Plain prediction (no explanation), for comparing costs: softmax [N, classes].
-pub fn predict(model: &ResNet, input: &Tensor) -> Result<Vec<f32>, GradCamError> {
-    let probabilities = tch::no_grad(|| model.head(&model.trunk(input)).softmax(-1, Kind::Float));
-    Ok(Vec::<f32>::try_from(probabilities.view([-1]))?)
+pub fn predict(network: &dyn Network, input: &Tensor) -> Result<Vec<f32>, GradCamError> {
+    let logits = network.logits(input)?;
+    let probabilities = tch::no_grad(|| logits.softmax(-1, Kind::Float));
+    Ok(Vec::<f32>::try_from(probabilities.contiguous().view([-1]))?)
 }
 
 /// The `k` most probable classes, most probable first (ties: lower index first).

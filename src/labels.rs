@@ -61,6 +61,14 @@ impl Labels {
         })
     }
 
+    /// The labels an exported model file carries.
+    pub fn embedded(names: Vec<String>) -> Self {
+        Labels {
+            names,
+            source: "model file".into(),
+        }
+    }
+
     pub fn default_for(classes: usize) -> Self {
         if classes == 1000 {
             Labels {

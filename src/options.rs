@@ -10,10 +10,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::cam::{CamAsk, Method, Targets, MAX_TARGETS};
-
 use crate::config::{Config, ExplainDefaults};
-use crate::model::Layer;
 use crate::preprocess::ResizeMode;
+pub use crate::render::{OverlayFormat, OverlayKind, OverlayOptions};
 
 /// What a caller may choose per explanation; None: the server's default.
 #[derive(
@@ -52,14 +51,16 @@ pub struct ExplainOptions {
     // The CLI's --resize is the setting (model.resize), which is this option's default.
     #[arg(skip)]
     pub resize: Option<ResizeMode>,
-    /// The layer to explain: `layer1` .. `layer4` (a stage's last block, as
-    /// pytorch-grad-cam's `model.layerN[-1]`) or one block, `layer3.1` (`GET /model` lists
-    /// them). The map's size follows the layer: 7x7 at layer4, 14x14 at layer3 for a
-    /// 224-pixel input. Default: `layer4`.
+    /// The layer to explain, as `GET /model` lists the loaded model's: for a ResNet
+    /// `layer1` .. `layer4` (a stage's last block, as pytorch-grad-cam's
+    /// `model.layerN[-1]`) or one block, `layer3.1`; for an exported model, a tap's module
+    /// name (`features.8`). The map's size follows the layer: 7x7 at a ResNet's layer4,
+    /// 14x14 at layer3 for a 224-pixel input. Default: the model's default layer
+    /// (`layer4` for a ResNet).
     /// Several layers, comma-separated (`layer3,layer4`), give pytorch-grad-cam's
     /// multi-layer map: each layer's map scaled to the input size, then their mean.
-    #[param(value_type = Option<String>, pattern = "^layer[1-4](\\.(0|[1-9][0-9]{0,2}))?(,layer[1-4](\\.(0|[1-9][0-9]{0,2}))?){0,7}$")]
-    #[schema(value_type = String, required = false, pattern = "^layer[1-4](\\.(0|[1-9][0-9]{0,2}))?(,layer[1-4](\\.(0|[1-9][0-9]{0,2}))?){0,7}$")]
+    #[param(value_type = Option<String>, pattern = "^[A-Za-z0-9_.-]{1,200}(,[A-Za-z0-9_.-]{1,200}){0,7}$")]
+    #[schema(value_type = String, required = false, pattern = "^[A-Za-z0-9_.-]{1,200}(,[A-Za-z0-9_.-]{1,200}){0,7}$")]
     #[arg(long)]
     pub layer: Option<LayerList>,
     /// Longest side of the overlay image in pixels, 64..=16383: a larger picture is scaled
@@ -103,18 +104,6 @@ pub struct ExplainOptions {
     pub top_k_maps: Option<usize>,
 }
 
-/// What the answer's overlay image shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OverlayKind {
-    /// The heat map blended over the picture (`overlay=true`).
-    #[default]
-    Blend,
-    /// No overlay image (`overlay=false`).
-    Off,
-    /// The coloured heat map alone (`overlay=heatmap`).
-    Heatmap,
-}
-
 impl std::str::FromStr for OverlayKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -150,35 +139,6 @@ impl<'de> Deserialize<'de> for OverlayKind {
             Given::Flag(true) => Ok(Self::Blend),
             Given::Flag(false) => Ok(Self::Off),
             Given::Word(w) => w.parse().map_err(serde::de::Error::custom),
-        }
-    }
-}
-
-/// How the overlay image is encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OverlayFormat {
-    #[default]
-    Png,
-    Jpeg,
-    Webp,
-}
-
-impl OverlayFormat {
-    pub fn media_type(self) -> &'static str {
-        match self {
-            Self::Png => "image/png",
-            Self::Jpeg => "image/jpeg",
-            Self::Webp => "image/webp",
-        }
-    }
-
-    /// The answer's field that holds the overlay in this format.
-    pub fn field(self) -> &'static str {
-        match self {
-            Self::Png => "overlay_png",
-            Self::Jpeg => "overlay_jpeg",
-            Self::Webp => "overlay_webp",
         }
     }
 }
@@ -233,16 +193,17 @@ impl fmt::Display for ClassList {
     }
 }
 
-/// One or more layers, written comma-separated.
+/// One or more layer names, written comma-separated. Which names exist is the model's
+/// business (`resolve` checks them); here a name is letters, digits, `_`, `.` and `-`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LayerList(pub Vec<Layer>);
+pub struct LayerList(pub Vec<String>);
 
 /// Most layers one request may aggregate.
 pub const MAX_LAYERS: usize = 8;
 
 impl LayerList {
-    pub fn one(layer: Layer) -> Self {
-        LayerList(vec![layer])
+    pub fn one(layer: &str) -> Self {
+        LayerList(vec![layer.to_string()])
     }
 }
 
@@ -250,10 +211,17 @@ impl FromStr for LayerList {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let layers: Vec<Layer> = s
-            .split(',')
-            .map(|l| l.trim().parse::<Layer>())
-            .collect::<Result<_, _>>()?;
+        let layers: Vec<String> = s.split(',').map(|l| l.trim().to_string()).collect();
+        let name = |l: &String| {
+            (1..=200).contains(&l.len())
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        };
+        if let Some(bad) = layers.iter().find(|l| !name(l)) {
+            return Err(format!(
+                "`{bad}` is not a layer name (GET /model lists the model's layers)"
+            ));
+        }
         if layers.len() > MAX_LAYERS {
             return Err(format!("at most {MAX_LAYERS} layers"));
         }
@@ -263,8 +231,7 @@ impl FromStr for LayerList {
 
 impl fmt::Display for LayerList {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let text: Vec<String> = self.0.iter().map(Layer::to_string).collect();
-        f.write_str(&text.join(","))
+        f.write_str(&self.0.join(","))
     }
 }
 
@@ -335,19 +302,10 @@ impl OptionError {
 /// The options of one explanation, every one decided and checked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Options {
-    /// Class to explain (the first one listed); None: the top-1 class.
-    pub target: Option<usize>,
     pub top_k: usize,
-    /// Heat-map opacity in the overlay, 0..1.
-    pub alpha: f32,
-    /// Whether to draw the overlay at all, and what.
-    pub overlay: OverlayKind,
     pub resize: ResizeMode,
-    /// The (first) layer explained.
-    pub layer: Layer,
-    /// The overlay's longest side, in pixels.
-    pub overlay_max_side: u32,
-    pub overlay_format: OverlayFormat,
+    /// How the overlay image is drawn and encoded.
+    pub overlay: OverlayOptions,
     /// The method, the classes, every layer, and the smoothing options.
     pub cam: CamAsk,
 }
@@ -362,7 +320,9 @@ impl Options {
 /// What the options are checked against: the loaded model's classes and layers.
 pub struct Limits<'a> {
     pub classes: usize,
-    pub layers: &'a [Layer],
+    pub layers: &'a [String],
+    /// The layer explained when a request names none.
+    pub default_layer: &'a str,
 }
 
 impl ExplainOptions {
@@ -471,18 +431,19 @@ impl ExplainOptions {
         }
         let layers = match &self.layer {
             Some(list) if !list.0.is_empty() => list.0.clone(),
-            _ => vec![defaults.layer],
+            _ => vec![defaults
+                .layer
+                .clone()
+                .unwrap_or_else(|| limits.default_layer.to_string())],
         };
         if let Some(layer) = layers.iter().find(|l| !limits.layers.contains(l)) {
-            let last = limits
-                .layers
-                .last()
-                .map(Layer::to_string)
-                .unwrap_or_default();
             return Err(OptionError::new(
                 "layer",
                 layer,
-                format!("this model has no such layer: layer1 .. layer4, or a block layer1.0 .. {last} (GET /model lists them)"),
+                format!(
+                    "this model has no such layer: {} (GET /model lists them)",
+                    layer_summary(limits.layers)
+                ),
             ));
         }
         if let Some(s) = self
@@ -527,12 +488,14 @@ impl ExplainOptions {
             (None, listed) => Targets::Classes(listed.to_vec()),
         };
         Ok(Options {
-            target: listed.first().copied(),
             top_k,
-            alpha: self.alpha.unwrap_or(defaults.alpha),
-            overlay: self.overlay.unwrap_or_default(),
             resize: self.resize.unwrap_or(defaults.resize),
-            layer: layers[0],
+            overlay: OverlayOptions {
+                kind: self.overlay.unwrap_or_default(),
+                alpha: self.alpha.unwrap_or(defaults.alpha),
+                max_side: self.overlay_max_side.unwrap_or(defaults.overlay_max_side),
+                format: self.overlay_format.unwrap_or_default(),
+            },
             cam: CamAsk {
                 method,
                 targets,
@@ -540,10 +503,20 @@ impl ExplainOptions {
                 eigen_smooth: self.eigen_smooth.unwrap_or(false),
                 aug_smooth: self.aug_smooth.unwrap_or(false),
             },
-            overlay_max_side: self.overlay_max_side.unwrap_or(defaults.overlay_max_side),
-            overlay_format: self.overlay_format.unwrap_or_default(),
         })
     }
+}
+
+/// The layers for a message: all of them when few, else the first and last few.
+fn layer_summary(layers: &[String]) -> String {
+    if layers.len() <= 12 {
+        return layers.join(", ");
+    }
+    format!(
+        "{}, ... {}",
+        layers[..8].join(", "),
+        layers[layers.len() - 3..].join(", ")
+    )
 }
 
 /// `true` or `false`, nothing else (1 and 0 are integers to a client that reads the spec).
@@ -556,12 +529,13 @@ fn boolean(v: &str) -> Option<bool> {
 }
 
 /// What a request gets for each option it does not set: the server's settings.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Defaults {
     pub top_k: usize,
     pub alpha: f32,
     pub resize: ResizeMode,
-    pub layer: Layer,
+    /// None: the model's own default layer.
+    pub layer: Option<String>,
     pub overlay_max_side: u32,
     pub method: Method,
     pub allow_scorecam: bool,
@@ -576,7 +550,7 @@ impl Defaults {
             overlay_max_side,
             method,
             allow_scorecam,
-        } = config.explain;
+        } = config.explain.clone();
         Defaults {
             top_k,
             alpha,
@@ -593,10 +567,19 @@ impl Defaults {
 mod tests {
     use super::*;
 
-    fn layers() -> Vec<Layer> {
-        crate::model::Architecture::named("resnet18", 10)
-            .unwrap()
-            .layers()
+    /// A ResNet-18's layers: each stage, then its two blocks each.
+    fn layers() -> Vec<String> {
+        let stages = (1..=4).map(|s| format!("layer{s}"));
+        let blocks = (1..=4).flat_map(|s| (0..2).map(move |b| format!("layer{s}.{b}")));
+        stages.chain(blocks).collect()
+    }
+
+    fn limits(classes: usize, layers: &[String]) -> Limits<'_> {
+        Limits {
+            classes,
+            layers,
+            default_layer: "layer4",
+        }
     }
 
     fn defaults() -> Defaults {
@@ -619,26 +602,24 @@ mod tests {
             o.set(name, value).unwrap();
         }
         let layers = layers();
-        let limits = Limits {
-            classes: 10,
-            layers: &layers,
-        };
+        let limits = limits(10, &layers);
         let r = o.resolve(&defaults(), &limits).unwrap();
-        assert_eq!(r.target, Some(7));
+        assert_eq!(r.cam.targets, Targets::Classes(vec![7]));
         assert_eq!(r.top_k, 3);
-        assert_eq!(r.alpha, 0.25);
-        assert_eq!(r.overlay, OverlayKind::Off);
+        assert_eq!(r.overlay.alpha, 0.25);
+        assert_eq!(r.overlay.kind, OverlayKind::Off);
         assert_eq!(r.resize, ResizeMode::Crop);
-        assert_eq!(r.layer.to_string(), "layer3.1");
-        assert_eq!(r.overlay_max_side, 512);
-        assert_eq!(r.overlay_format, OverlayFormat::Webp);
+        assert_eq!(r.cam.layers, ["layer3.1"]);
+        assert_eq!(r.overlay.max_side, 512);
+        assert_eq!(r.overlay.format, OverlayFormat::Webp);
         let d = ExplainOptions::default()
             .resolve(&defaults(), &limits)
             .unwrap();
         assert_eq!(
-            (d.overlay, d.overlay_max_side, d.overlay_format),
+            (d.overlay.kind, d.overlay.max_side, d.overlay.format),
             (OverlayKind::Blend, 960, OverlayFormat::Png)
         );
+        assert_eq!(d.cam.layers, ["layer4"], "the model's default layer");
         for (name, value) in [
             ("target", "-1"),
             ("alpha", "2"),
@@ -651,7 +632,9 @@ mod tests {
             ("overlay_format", "gif"),
             ("overlay_format", "PNG"),
             ("resize", "fit"),
-            ("layer", "fc"),
+            ("layer", "fc["),
+            ("layer", "layer4,"),
+            ("layer", "a b"),
             ("colour", "red"),
         ] {
             let e = ExplainOptions::default().set(name, value).unwrap_err();
@@ -662,22 +645,21 @@ mod tests {
     #[test]
     fn ranges_follow_the_models_class_count_and_layers() {
         let layers = layers();
-        let limits = Limits {
-            classes: 10,
-            layers: &layers,
-        };
+        let limits = limits(10, &layers);
         let check = |name: &str, value: &str| {
             let mut o = ExplainOptions::default();
             o.set(name, value).unwrap();
             o.resolve(&defaults(), &limits)
         };
         assert!(check("target", "9").is_ok());
-        let three = Limits {
-            classes: 3,
-            layers: &layers,
-        };
         let r = ExplainOptions::default()
-            .resolve(&defaults(), &three)
+            .resolve(
+                &defaults(),
+                &Limits {
+                    classes: 3,
+                    ..limits
+                },
+            )
             .unwrap();
         assert_eq!(r.top_k, 3, "the default of 5 is capped at the class count");
         let e = check("target", "10").unwrap_err();
@@ -688,6 +670,8 @@ mod tests {
         assert!(check("layer", "layer3.1").is_ok());
         let e = check("layer", "layer3.2").unwrap_err();
         assert!(e.reason.contains("layer4.1"), "{e}");
+        let e = check("layer", "fc").unwrap_err();
+        assert!(e.reason.contains("no such layer"), "{e}");
     }
 
     #[test]

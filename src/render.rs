@@ -1,118 +1,67 @@
 //! From a raw Grad-CAM map to the heat-map overlay a person looks at, as pytorch-grad-cam
 //! draws it: min-max scaling, bilinear upsampling (OpenCV INTER_LINEAR), min-max scaling
 //! again (its `aggregate_multi_layers` rescales the upsampled map, which moves pixels by up
-//! to 3 levels), OpenCV's JET colours, a weighted blend, rescaled to full range.
+//! to 3 levels; the scaling itself is `cam::scale`), OpenCV's JET colours, a weighted blend,
+//! rescaled to full range; then encoded as the request asks (`OverlayOptions`).
 
 use image::{ImageEncoder, RgbImage};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::cam::scale::{min_max_scale, Upsampler};
 use crate::colormap;
-use crate::options::{Options, OverlayFormat, OverlayKind};
 use crate::preprocess::{self, Region};
 
-/// `x - min`, then `/ (max + 1e-7)`: values in [0, 1). A flat map becomes all zeros, never
-/// NaN. (Subtracting the minimum matters even when every value is positive.)
-pub fn min_max_scale(map: &[f32]) -> Vec<f32> {
-    let min = map.iter().copied().fold(f32::INFINITY, f32::min);
-    let shifted: Vec<f32> = map.iter().map(|v| v - min).collect();
-    let max = shifted.iter().copied().fold(0.0, f32::max);
-    shifted.iter().map(|v| v / (max + 1e-7)).collect()
+/// What the answer's overlay image shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OverlayKind {
+    /// The heat map blended over the picture (`overlay=true`).
+    #[default]
+    Blend,
+    /// No overlay image (`overlay=false`).
+    Off,
+    /// The coloured heat map alone (`overlay=heatmap`).
+    Heatmap,
 }
 
-/// OpenCV INTER_LINEAR taps from `src` samples to `dst`: for each output index, the two
-/// source indices and the weight of the second (pixel centres aligned, edges clamped).
-fn taps(src: usize, dst: usize) -> Vec<(usize, usize, f32)> {
-    let scale = src as f64 / dst as f64;
-    (0..dst)
-        .map(|d| {
-            let f = (d as f64 + 0.5) * scale - 0.5;
-            let i = f.floor();
-            let (i, frac) = if i < 0.0 {
-                (0, 0.0)
-            } else if i as usize >= src - 1 {
-                (src - 1, 0.0)
-            } else {
-                (i as usize, (f - i) as f32)
-            };
-            (i, (i + 1).min(src - 1), frac)
-        })
-        .collect()
+/// How the overlay image is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OverlayFormat {
+    #[default]
+    Png,
+    Jpeg,
+    Webp,
 }
 
-/// Bilinear upsampling with OpenCV's INTER_LINEAR sampling (pixel centres aligned, i.e.
-/// `align_corners=False`, edges clamped), one output row at a time. Each source row is
-/// interpolated along x once; an output pixel is then one step along y between two of
-/// them: the same float operations as a pixel-by-pixel bilinear, so the same values, at a
-/// fraction of the cost, and a large picture's map is never held whole.
-struct Upsampler {
-    rows: Vec<Vec<f32>>,
-    ys: Vec<(usize, usize, f32)>,
-}
-
-impl Upsampler {
-    fn new(map: &[f32], width: usize, height: usize, out_width: usize, out_height: usize) -> Self {
-        assert_eq!(map.len(), width * height);
-        let xs = taps(width, out_width);
-        let rows = map
-            .chunks_exact(width)
-            .map(|row| {
-                xs.iter()
-                    .map(|&(x0, x1, fx)| row[x0] * (1.0 - fx) + row[x1] * fx)
-                    .collect()
-            })
-            .collect();
-        Self {
-            rows,
-            ys: taps(height, out_height),
+impl OverlayFormat {
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Self::Png => "image/png",
+            Self::Jpeg => "image/jpeg",
+            Self::Webp => "image/webp",
         }
     }
 
-    /// Output row `y` into `out` (of the output width).
-    fn row(&self, y: usize, out: &mut [f32]) {
-        let (y0, y1, fy) = self.ys[y];
-        let (top, bottom) = (&self.rows[y0], &self.rows[y1]);
-        for ((o, t), b) in out.iter_mut().zip(top).zip(bottom) {
-            *o = t * (1.0 - fy) + b * fy;
+    /// The answer's field that holds the overlay in this format.
+    pub fn field(self) -> &'static str {
+        match self {
+            Self::Png => "overlay_png",
+            Self::Jpeg => "overlay_jpeg",
+            Self::Webp => "overlay_webp",
         }
-    }
-
-    /// The smallest and largest output values.
-    fn range(&self, out_width: usize) -> (f32, f32) {
-        // Eight lanes, so the compiler can keep them in one vector register each.
-        let (mut lo, mut hi) = ([f32::INFINITY; 8], [f32::NEG_INFINITY; 8]);
-        let mut row = vec![0f32; out_width];
-        for y in 0..self.ys.len() {
-            self.row(y, &mut row);
-            for chunk in row.chunks(8) {
-                for (i, &v) in chunk.iter().enumerate() {
-                    lo[i] = if v < lo[i] { v } else { lo[i] };
-                    hi[i] = if v > hi[i] { v } else { hi[i] };
-                }
-            }
-        }
-        (
-            lo.into_iter().fold(f32::INFINITY, f32::min),
-            hi.into_iter().fold(f32::NEG_INFINITY, f32::max),
-        )
     }
 }
 
-/// Bilinear resize of a row-major `width` x `height` map, with OpenCV's INTER_LINEAR
-/// sampling (pixel centres aligned, i.e. `align_corners=False`, edges clamped).
-pub fn resize_bilinear(
-    map: &[f32],
-    width: usize,
-    height: usize,
-    out_width: usize,
-    out_height: usize,
-) -> Vec<f32> {
-    let up = Upsampler::new(map, width, height, out_width, out_height);
-    let mut out = vec![0f32; out_width * out_height];
-    for (y, row) in out.chunks_exact_mut(out_width.max(1)).enumerate() {
-        up.row(y, row);
-    }
-    out
+/// How one overlay image is drawn and encoded: a request's overlay options, decided.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OverlayOptions {
+    pub kind: OverlayKind,
+    /// Heat-map opacity, 0..=1 (pytorch-grad-cam's `1 - image_weight`).
+    pub alpha: f32,
+    /// The longest side, in pixels.
+    pub max_side: u32,
+    pub format: OverlayFormat,
 }
 
 /// The second min-max scaling of pytorch-grad-cam (its `scale_cam_image` after the
@@ -374,18 +323,18 @@ pub fn render(
     image: (u32, u32),
     region: Region,
     map: (&[f32], usize, usize),
-    options: &Options,
+    options: &OverlayOptions,
 ) -> Option<EncodedOverlay> {
-    if options.overlay == OverlayKind::Off {
+    if options.kind == OverlayKind::Off {
         return None;
     }
     let (pw, ph) = picture.dimensions();
-    let (w, h) = fitted_size(image.0, image.1, options.overlay_max_side);
+    let (w, h) = fitted_size(image.0, image.1, options.max_side);
     // The picture is never smaller than the overlay but for rounding: never upsample.
     let (w, h) = (w.min(pw), h.min(ph));
     let region = scale_region(region, (pw, ph), (w, h));
     let (cam, mw, mh) = map;
-    let drawn = match options.overlay {
+    let drawn = match options.kind {
         OverlayKind::Heatmap => heatmap(cam, mw, mh, region, w, h),
         _ if (w, h) == (pw, ph) => overlay(picture, cam, mw, mh, region, options.alpha),
         _ => overlay(
@@ -398,9 +347,9 @@ pub fn render(
         ),
     };
     Some(EncodedOverlay {
-        bytes: encode(&drawn, options.overlay_format),
-        format: options.overlay_format,
-        kind: options.overlay,
+        bytes: encode(&drawn, options.format),
+        format: options.format,
+        kind: options.kind,
         width: w,
         height: h,
     })
@@ -498,38 +447,7 @@ pub fn encode_png(image: &RgbImage) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn min_max_scale_subtracts_the_minimum() {
-        let s = min_max_scale(&[2.0, 3.0, 4.0]);
-        assert_eq!(s[0], 0.0);
-        assert!((s[1] - 0.5).abs() < 1e-6);
-        assert!(s[2] <= 1.0 && s[2] > 0.9999);
-    }
-
-    #[test]
-    fn flat_map_scales_to_zeros_not_nan() {
-        assert_eq!(min_max_scale(&[0.0; 4]), vec![0.0; 4]);
-        assert_eq!(min_max_scale(&[3.0; 4]), vec![0.0; 4]);
-    }
-
-    #[test]
-    fn bilinear_matches_opencv_on_a_known_case() {
-        // cv2.resize(np.float32([[0, 1], [2, 3]]), (4, 4), interpolation=INTER_LINEAR)
-        let out = resize_bilinear(&[0.0, 1.0, 2.0, 3.0], 2, 2, 4, 4);
-        let want = [
-            0.0, 0.25, 0.75, 1.0, 0.5, 0.75, 1.25, 1.5, 1.5, 1.75, 2.25, 2.5, 2.0, 2.25, 2.75, 3.0,
-        ];
-        for (a, b) in out.iter().zip(want) {
-            assert!((a - b).abs() < 1e-6, "{out:?}");
-        }
-    }
-
-    #[test]
-    fn same_size_resize_is_identity() {
-        let map: Vec<f32> = (0..49).map(|v| v as f32).collect();
-        assert_eq!(resize_bilinear(&map, 7, 7, 7, 7), map);
-    }
+    use crate::cam::scale::taps;
 
     #[test]
     fn overlay_has_picture_size_and_hot_spot_is_red() {

@@ -90,7 +90,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let mut explainers: Vec<Box<dyn Explainer>> = Vec::new();
     let mut model = None;
     for _ in 0..config.server.workers {
-        let engine = Engine::load(&config.model, config.explain.layer)?;
+        let engine = Engine::load(&config.model, config.explain.layer.as_deref())?;
         model.get_or_insert_with(|| engine.description().clone());
         explainers.push(Box::new(engine));
     }

@@ -1,5 +1,6 @@
-//! Where the model's weights come from: a safetensors file, seeded random demo weights, or
-//! a download of the official torchvision weights. `model` checks them tensor by tensor.
+//! Where the native ResNet's weights come from: a safetensors file, seeded random demo
+//! weights, or a download of the official torchvision weights. `model::resnet` checks them
+//! tensor by tensor.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -7,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::model::{self, Architecture, ModelError, ResNet};
+use crate::model::resnet::{self, Architecture, ModelError, ResNet};
 
 /// Seed of the demo weights: the same demo model on every machine.
 pub const DEMO_SEED: u64 = 20_260_101;
@@ -28,17 +29,21 @@ pub enum WeightsError {
         source: std::io::Error,
     },
     #[error(
-        "weights file {path} is a PyTorch pickle checkpoint (.pth), not safetensors; \
-         convert it once with: python -c \"import torch, safetensors.torch as st; \
-         sd = torch.load('{path}', map_location='cpu'); \
-         sd = sd.get('state_dict', sd); \
+        "{path} is a PyTorch pickle checkpoint (torch.save, a .pth file), which the server \
+         cannot run as it is. Export the model with its target layers: `python -m \
+         gradcam_export torchvision ARCH --weights {path} -o model.pt` for a torchvision \
+         architecture, or gradcam_export.export(model, target_layers=[...], path=\"model.pt\") \
+         in Python (docs/model-format.md); a ResNet-family state dict may instead be converted \
+         to safetensors: python -c \"import torch, safetensors.torch as st; \
+         sd = torch.load('{path}', map_location='cpu'); sd = sd.get('state_dict', sd); \
          st.save_file({{k: v.contiguous() for k, v in sd.items()}}, 'model.safetensors')\""
     )]
     PickleCheckpoint { path: PathBuf },
     #[error("weights file {path} is not a valid safetensors file: {reason}")]
     Malformed { path: PathBuf, reason: String },
-    #[error("weights file {path}: {source}")]
-    Model { path: PathBuf, source: ModelError },
+    // Not `source`: the message already says it, and a source would be printed again.
+    #[error("weights file {path}: {error}")]
+    Model { path: PathBuf, error: ModelError },
 }
 
 /// The named tensors of a weights file, and how to name them in every answer.
@@ -75,19 +80,51 @@ pub fn load_file(
     architecture: Option<&str>,
 ) -> Result<(ResNet, String), WeightsError> {
     let file = read_file(path)?;
+    let tensors = without_wrapper_prefix(file.tensors, path);
     let network =
-        ResNet::from_tensors(file.tensors, architecture).map_err(|source| WeightsError::Model {
+        ResNet::from_tensors(tensors, architecture).map_err(|error| WeightsError::Model {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
     Ok((network, file.id))
+}
+
+/// Prefixes that training wrappers put before every tensor name: `DataParallel`'s
+/// `module.`, Lightning's `model.`, detection and SSL packages' `backbone.`.
+const WRAPPER_PREFIXES: [&str; 3] = ["module.", "model.", "backbone."];
+
+/// The tensors with a wrapper prefix that every name carries taken off (several, nested,
+/// as `module.backbone.`), and the prefix named in the log; otherwise as they are.
+pub fn without_wrapper_prefix(
+    mut tensors: Vec<(String, tch::Tensor)>,
+    path: &Path,
+) -> Vec<(String, tch::Tensor)> {
+    let mut removed = String::new();
+    while let Some(prefix) = WRAPPER_PREFIXES.iter().find(|p| {
+        !tensors.is_empty()
+            && tensors.iter().all(|(n, _)| n.starts_with(*p))
+            && !tensors.iter().any(|(n, _)| n == "fc.weight")
+    }) {
+        removed.push_str(prefix);
+        for (name, _) in &mut tensors {
+            name.drain(..prefix.len());
+        }
+    }
+    if !removed.is_empty() {
+        tracing::info!(
+            "{}: every tensor name began with `{removed}`, a training wrapper's prefix; read \
+             without it",
+            path.display()
+        );
+    }
+    tensors
 }
 
 /// Seeded random weights of `architecture` (resnet50 when not given), 1000 classes.
 pub fn demo(architecture: Option<&str>) -> Result<WeightsFile, ModelError> {
     let architecture = Architecture::named(architecture.unwrap_or("resnet50"), 1000)?;
     Ok(WeightsFile {
-        tensors: model::random_tensors(&architecture, DEMO_SEED),
+        tensors: resnet::random_tensors(&architecture, DEMO_SEED),
         id: DEMO_ID.to_string(),
     })
 }

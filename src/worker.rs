@@ -189,34 +189,20 @@ impl Workers {
         Some(Admission::new(permit, self.stats.clone()))
     }
 
-    /// Queues one input and waits for its result. Dropping the returned future (the
-    /// client went away) drops the job before a worker computes it.
+    /// Queues one input and waits for its result: plain Grad-CAM is batched with the other
+    /// such jobs at hand, anything else runs alone ([`CamAsk::batched`] decides). Dropping
+    /// the returned future (the client went away) drops the job before a worker computes
+    /// it, and stops a job that runs alone between its chunks (AblationCAM, ScoreCAM).
     pub async fn explain(
-        &self,
-        admission: &Admission,
-        input: ModelInput,
-        ask: Ask,
-    ) -> Result<JobOutput, WorkerError> {
-        self.submit(admission, input, Work::Batched(ask)).await
-    }
-
-    /// The same for any CAM method, target list or layer list. Dropping the future also
-    /// stops the work between chunks once it has started (AblationCAM, ScoreCAM).
-    pub async fn explain_cam(
         &self,
         admission: &Admission,
         input: ModelInput,
         ask: CamAsk,
     ) -> Result<JobOutput, WorkerError> {
-        self.submit(admission, input, Work::Alone(ask)).await
-    }
-
-    async fn submit(
-        &self,
-        admission: &Admission,
-        input: ModelInput,
-        work: Work,
-    ) -> Result<JobOutput, WorkerError> {
+        let work = match ask.batched() {
+            Some(one) => Work::Batched(one),
+            None => Work::Alone(ask),
+        };
         let (reply, answer) = oneshot::channel();
         let job = Job {
             input,
@@ -357,8 +343,8 @@ fn run_batch(explainer: &dyn Explainer, batch: Vec<Job>, stats: &WorkerStats) {
     let inputs: Vec<&ModelInput> = batch.iter().map(|j| &j.input).collect();
     let asks: Vec<Ask> = batch
         .iter()
-        .map(|j| match j.work {
-            Work::Batched(ask) => ask,
+        .map(|j| match &j.work {
+            Work::Batched(ask) => ask.clone(),
             Work::Alone(_) => unreachable!("only batched jobs"),
         })
         .collect();

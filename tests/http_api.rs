@@ -785,7 +785,7 @@ fn resnet18_files(
     dir: &std::path::Path,
     classes: usize,
 ) -> (std::path::PathBuf, std::path::PathBuf) {
-    use gradcam_serve::model::{self, Architecture};
+    use gradcam_serve::model::resnet::{self as model, Architecture};
     let weights = dir.join("xray-resnet18.safetensors");
     let architecture = Architecture::named("resnet18", classes).unwrap();
     tch::Tensor::write_safetensors(&model::random_tensors(&architecture, 5), &weights).unwrap();

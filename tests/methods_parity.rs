@@ -11,7 +11,6 @@ use gradcam_serve::cam::{self, CamExplanation};
 use gradcam_serve::config::ModelConfig;
 use gradcam_serve::engine::{self, Engine};
 use gradcam_serve::gradcam;
-use gradcam_serve::model::Layer;
 use gradcam_serve::options::{Defaults, ExplainOptions};
 use gradcam_serve::preprocess::DecodeLimits;
 use serde::Deserialize;
@@ -77,7 +76,7 @@ fn engine(dir: &Path, case: &Case, fold_batch_norm: bool) -> Engine {
             fold_batch_norm,
             ..ModelConfig::default()
         },
-        Layer::LAST,
+        None,
     )
     .expect("reference weights load")
 }
@@ -113,7 +112,7 @@ fn explain(dir: &Path, engine: &Engine, case: &Case) -> CamExplanation {
         options.resize,
     )
     .unwrap();
-    let (raw, _) = engine::run_network(engine, &prepared.input, &options, &|| false).unwrap();
+    let (raw, _) = engine::run_network(engine, &prepared.input, &options.cam, &|| false).unwrap();
     raw
 }
 

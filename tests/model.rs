@@ -5,7 +5,8 @@ use std::path::Path;
 use gradcam_serve::config::ModelConfig;
 use gradcam_serve::engine::{Engine, LoadError};
 use gradcam_serve::gradcam::{self, Ask};
-use gradcam_serve::model::{self, Architecture, Layer, ModelError, ResNet};
+use gradcam_serve::model;
+use gradcam_serve::model::resnet::{self, Architecture, ModelError, ResNet};
 use gradcam_serve::weights::{self, WeightsError};
 use tch::{Kind, Tensor};
 
@@ -14,15 +15,15 @@ fn arch(name: &str, classes: usize) -> Architecture {
 }
 
 fn random_model(name: &str, classes: usize, seed: u64) -> ResNet {
-    ResNet::from_tensors(model::random_tensors(&arch(name, classes), seed), None).unwrap()
+    ResNet::from_tensors(resnet::random_tensors(&arch(name, classes), seed), None).unwrap()
 }
 
 fn demo_model() -> ResNet {
     random_model("resnet50", 1000, 7)
 }
 
-fn layer(name: &str) -> Layer {
-    name.parse().unwrap()
+fn layer(name: &str) -> String {
+    name.to_string()
 }
 
 /// One ask per target, all at `at`.
@@ -57,7 +58,7 @@ fn layer4_gradcam_equals_the_closed_form() {
         assert_eq!((raw.width, raw.height), (7, 7));
         let a = activation.get(i as i64); // [2048, 7, 7]
         let w = model.fc_weight().get(raw.target as i64); // [2048]
-        assert_eq!(raw.layer, Layer::LAST);
+        assert_eq!(raw.layer, "layer4");
         let closed = (w.view([2048, 1, 1]) * &a)
             .sum_dim_intlist([0].as_slice(), false, Kind::Float)
             .relu()
@@ -195,7 +196,7 @@ fn write(path: &Path, tensors: &[(String, Tensor)]) {
 }
 
 fn r50(seed: u64) -> Vec<(String, Tensor)> {
-    model::random_tensors(&arch("resnet50", 1000), seed)
+    resnet::random_tensors(&arch("resnet50", 1000), seed)
 }
 
 fn load_error(path: &Path, architecture: Option<&str>) -> WeightsError {
@@ -235,7 +236,7 @@ fn weights_files_load_and_bad_ones_are_named() {
     assert!(matches!(
         err,
         WeightsError::Model {
-            source: ModelError::MissingTensor(_),
+            error: ModelError::MissingTensor(_),
             ..
         }
     ));
@@ -365,8 +366,8 @@ fn earlier_layers_agree_with_and_without_onednn_and_in_mixed_batches() {
     let (batched, _) = gradcam::explain(&onednn, &x, &mixed).unwrap();
     for (i, ask) in mixed.iter().enumerate() {
         let one = x.narrow(0, i as i64, 1);
-        let (alone, _) = gradcam::explain(&onednn, &one, &[*ask]).unwrap();
-        let (reference, _) = gradcam::explain(&plain, &one, &[*ask]).unwrap();
+        let (alone, _) = gradcam::explain(&onednn, &one, std::slice::from_ref(ask)).unwrap();
+        let (reference, _) = gradcam::explain(&plain, &one, std::slice::from_ref(ask)).unwrap();
         for other in [&alone[0], &reference[0]] {
             assert_eq!(batched[i].target, other.target, "image {i}");
             assert_eq!(
@@ -389,7 +390,7 @@ fn earlier_layers_agree_with_and_without_onednn_and_in_mixed_batches() {
 fn a_labels_file_of_the_wrong_length_is_refused_at_load() {
     let dir = tempfile::tempdir().unwrap();
     let weights = dir.path().join("r18.safetensors");
-    write(&weights, &model::random_tensors(&arch("resnet18", 10), 1));
+    write(&weights, &resnet::random_tensors(&arch("resnet18", 10), 1));
     let labels = dir.path().join("labels.txt");
     std::fs::write(&labels, "a\nb\nc\n").unwrap();
     let config = ModelConfig {
@@ -397,10 +398,7 @@ fn a_labels_file_of_the_wrong_length_is_refused_at_load() {
         labels: Some(labels.clone()),
         ..ModelConfig::default()
     };
-    let text = Engine::load(&config, Layer::LAST)
-        .err()
-        .unwrap()
-        .to_string();
+    let text = Engine::load(&config, None).err().unwrap().to_string();
     assert!(
         text.contains("3 labels") && text.contains("10 classes"),
         "{text}"
@@ -412,13 +410,13 @@ fn a_labels_file_of_the_wrong_length_is_refused_at_load() {
             .collect::<String>(),
     )
     .unwrap();
-    let engine = Engine::load(&config, Layer::LAST).unwrap();
+    let engine = Engine::load(&config, None).unwrap();
     let d = engine.description();
     assert_eq!((d.architecture.as_str(), d.num_classes), ("resnet18", 10));
     assert_eq!(d.labels[9], "finding 9");
     assert_eq!(d.layers.len(), 4 + 8);
     // A default layer the model lacks is refused too.
-    let text = Engine::load(&config, layer("layer4.2"))
+    let text = Engine::load(&config, Some("layer4.2"))
         .err()
         .unwrap()
         .to_string();
@@ -434,7 +432,7 @@ fn missing_weights_without_demo_mode_is_a_clear_error() {
         weights: "/nowhere/resnet50.safetensors".into(),
         ..ModelConfig::default()
     };
-    let err = Engine::load(&config, Layer::LAST).err().unwrap();
+    let err = Engine::load(&config, None).err().unwrap();
     assert!(matches!(err, LoadError::NoWeights(_)));
     let text = err.to_string();
     assert!(
@@ -446,7 +444,7 @@ fn missing_weights_without_demo_mode_is_a_clear_error() {
             demo_weights: true,
             ..config.clone()
         },
-        Layer::LAST,
+        None,
     )
     .unwrap();
     assert!(demo.description().is_demo());
@@ -459,7 +457,7 @@ fn missing_weights_without_demo_mode_is_a_clear_error() {
             architecture: Some("resnet18".into()),
             ..config
         },
-        Layer::LAST,
+        None,
     )
     .unwrap();
     assert_eq!(demo18.description().architecture, "resnet18");

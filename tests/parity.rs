@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use gradcam_serve::config::ModelConfig;
 use gradcam_serve::engine::{self, Engine, Explainer};
 use gradcam_serve::gradcam::Ask;
-use gradcam_serve::model::Layer;
 use gradcam_serve::options::ExplainOptions;
 use gradcam_serve::preprocess::DecodeLimits;
 use gradcam_serve::render;
@@ -66,7 +65,7 @@ fn engine(dir: &std::path::Path, weights: &str, fold_batch_norm: bool) -> Engine
             fold_batch_norm,
             ..ModelConfig::default()
         },
-        Layer::LAST,
+        None,
     )
     .expect("reference weights load")
 }
@@ -225,7 +224,7 @@ fn every_architecture_and_layer_matches_pytorch_grad_cam() {
                     fold_batch_norm,
                     ..ModelConfig::default()
                 },
-                Layer::LAST,
+                None,
             )
             .unwrap_or_else(|e| panic!("{}: {e}", m.architecture));
             let model = engine.description();
@@ -287,7 +286,9 @@ fn batched_run_equals_one_by_one() {
     let inputs: Vec<_> = prepared.iter().map(|p| &p.input).collect();
     let (batched, _) = engine.explain(&inputs, &asks).unwrap();
     for (i, p) in prepared.iter().enumerate() {
-        let (single, _) = engine.explain(&[&p.input], &[asks[i]]).unwrap();
+        let (single, _) = engine
+            .explain(&[&p.input], std::slice::from_ref(&asks[i]))
+            .unwrap();
         assert_eq!(batched[i].target, single[0].target);
         let scale = single[0].cam.iter().copied().fold(1e-12f32, f32::max);
         for (a, b) in batched[i].cam.iter().zip(&single[0].cam) {

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use gradcam_serve::config::ModelConfig;
 use gradcam_serve::engine::{self, Engine, Explainer, LoadError};
 use gradcam_serve::gradcam::{Ask, RawExplanation};
-use gradcam_serve::model::Layer;
 use gradcam_serve::precision::{CpuFeatures, Precision};
 use gradcam_serve::preprocess::{DecodeLimits, ResizeMode};
 use serde::Deserialize;
@@ -32,14 +31,14 @@ const NO_BF16: CpuFeatures = CpuFeatures {
 #[test]
 fn bf16_is_refused_at_start_naming_the_missing_instruction_sets() {
     let Err(LoadError::Setting(refusal)) =
-        Engine::load_on(&demo_config(Precision::Bf16), Layer::LAST, NO_BF16)
+        Engine::load_on(&demo_config(Precision::Bf16), None, NO_BF16)
     else {
         panic!("bf16 on a CPU without AVX-512 BF16 or AMX must be refused");
     };
     assert!(refusal.contains("AVX-512 BF16"), "{refusal}");
     assert!(refusal.contains("AMX"), "{refusal}");
     // fp32, the default, loads on the same CPU.
-    Engine::load_on(&demo_config(Precision::Fp32), Layer::LAST, NO_BF16).unwrap();
+    Engine::load_on(&demo_config(Precision::Fp32), None, NO_BF16).unwrap();
 }
 
 #[test]
@@ -52,7 +51,7 @@ fn bf16_needs_the_onednn_path() {
         onednn_weights: false,
         ..demo_config(Precision::Bf16)
     };
-    let Err(LoadError::Setting(refusal)) = Engine::load_on(&config, Layer::LAST, with_bf16) else {
+    let Err(LoadError::Setting(refusal)) = Engine::load_on(&config, None, with_bf16) else {
         panic!("bf16 without onednn_weights must be refused");
     };
     assert!(refusal.contains("onednn_weights"), "{refusal}");
@@ -129,7 +128,7 @@ fn bf16_stays_close_to_fp32_on_the_parity_images() {
                 precision,
                 ..ModelConfig::default()
             };
-            Engine::load(&config, Layer::LAST).unwrap()
+            Engine::load(&config, None).unwrap()
         };
         let (fp32, bf16) = (load(Precision::Fp32), load(Precision::Bf16));
         for case in model_cases {

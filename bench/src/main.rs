@@ -38,7 +38,7 @@ use gradcam_serve::config::{Config, ModelConfig};
 use gradcam_serve::engine::{self, Engine, Explainer};
 use gradcam_serve::explanation::Timing;
 use gradcam_serve::gradcam::Ask;
-use gradcam_serve::model::{self, Architecture, Layer};
+use gradcam_serve::model::resnet::{self as model, Architecture, Layer};
 use gradcam_serve::options::{Defaults, ExplainOptions};
 use gradcam_serve::precision::Precision;
 use gradcam_serve::preprocess::{DecodeLimits, InputSpec, ResizeMode};
@@ -50,14 +50,14 @@ fn shipped_engine(weights: &Path, threads: usize) -> anyhow::Result<Engine> {
         threads,
         ..ModelConfig::default()
     };
-    Ok(Engine::load(&config, Layer::LAST)?)
+    Ok(Engine::load(&config, None)?)
 }
 
 /// An explanation of the top-1 class at `layer`.
 fn ask(layer: Layer) -> Ask {
     Ask {
         target: None,
-        layer,
+        layer: layer.to_string(),
     }
 }
 
@@ -399,20 +399,20 @@ fn engine_bench(
     for (fold, onednn) in [(false, false), (true, false), (true, true)] {
         let config = ModelConfig {
             weights: weights.to_path_buf(),
-            input_size,
+            input_size: Some(input_size),
             fold_batch_norm: fold,
             onednn_weights: onednn,
             threads,
             ..ModelConfig::default()
         };
-        let engine = Engine::load(&config, Layer::LAST)?;
+        let engine = Engine::load(&config, None)?;
         eprintln!(
             "engine: fold_batch_norm={fold}, onednn_weights={onednn}, {} libtorch threads, {runs} runs",
             tch::get_num_threads()
         );
         for _ in 0..warmup {
             engine.predict(&[input])?;
-            engine.explain(&[input], &[layer4])?;
+            engine.explain(&[input], std::slice::from_ref(&layer4))?;
         }
         let (mut predict, mut explain, mut fwd, mut bwd) = (vec![], vec![], vec![], vec![]);
         // Alternate the order so that neither side always runs second (warmer caches).
@@ -425,7 +425,7 @@ fn engine_bench(
                     std::hint::black_box(p);
                 } else {
                     let t = Instant::now();
-                    let (raw, passes) = engine.explain(&[input], &[layer4])?;
+                    let (raw, passes) = engine.explain(&[input], std::slice::from_ref(&layer4))?;
                     explain.push(ms_since(t));
                     fwd.push(passes.forward_ms);
                     bwd.push(passes.backward_ms);
@@ -435,7 +435,7 @@ fn engine_bench(
         }
         // Batches of 4 (the server's default max_batch): images per second.
         let batch: Vec<_> = std::iter::repeat_n(input, 4).collect();
-        let targets = [layer4; 4];
+        let targets = vec![layer4.clone(); 4];
         engine.explain(&batch, &targets)?;
         let batch_runs = (runs / 4).max(5);
         let mut batch4 = Vec::new();
@@ -471,7 +471,7 @@ fn engine_bench(
             at.layer
         );
         for _ in 0..warmup {
-            engine.explain(&[input], &[at])?;
+            engine.explain(&[input], std::slice::from_ref(&at))?;
         }
         let (mut predict, mut explain, mut fwd, mut bwd) = (vec![], vec![], vec![], vec![]);
         for i in 0..runs {
@@ -481,7 +481,7 @@ fn engine_bench(
                     std::hint::black_box(engine.predict(&[input])?);
                     predict.push(ms_since(t));
                 } else {
-                    let (raw, passes) = engine.explain(&[input], &[at])?;
+                    let (raw, passes) = engine.explain(&[input], std::slice::from_ref(&at))?;
                     explain.push(ms_since(t));
                     fwd.push(passes.forward_ms);
                     bwd.push(passes.backward_ms);
@@ -525,10 +525,10 @@ fn engine_bench(
                 limits,
                 &spec,
                 ResizeMode::Stretch,
-                options.overlay_max_side,
+                options.overlay.max_side,
             )?;
             let t = Instant::now();
-            let (mut raw, _) = engine.explain(&[&prepared.input], &[layer4])?;
+            let (mut raw, _) = engine.explain(&[&prepared.input], std::slice::from_ref(&layer4))?;
             let network_ms = ms_since(t);
             let (explanation, png) = engine::finish(
                 &prepared.picture,
@@ -594,7 +594,7 @@ fn engine_loop(
         precision,
         ..ModelConfig::default()
     };
-    let engine = Engine::load(&config, Layer::LAST)?;
+    let engine = Engine::load(&config, None)?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", json!({"threads": tch::get_num_threads()}))?;
     out.flush()?;

@@ -14,7 +14,6 @@ use serde_json::{json, Value};
 
 use gradcam_serve::cam::{CamAsk, Method, Targets};
 use gradcam_serve::engine::{self, Engine, Explainer};
-use gradcam_serve::model::Layer;
 use gradcam_serve::preprocess::{DecodeLimits, InputSpec, ModelInput, ResizeMode};
 
 use crate::{ask, ms_since, shipped_engine, summarise};
@@ -29,12 +28,14 @@ fn is_slow(method: Method) -> bool {
 /// plain Grad-CAM through the batched pass, every other method through `explain_cam`.
 fn explain_once(engine: &Engine, input: &ModelInput, method: Method) -> anyhow::Result<()> {
     if method == Method::GradCam {
-        std::hint::black_box(engine.explain(&[input], &[ask(Layer::LAST)])?);
+        std::hint::black_box(
+            engine.explain(&[input], &[ask(gradcam_serve::model::resnet::Layer::LAST)])?,
+        );
     } else {
         let cam = CamAsk {
             method,
             targets: Targets::Top1,
-            layers: vec![Layer::LAST],
+            layers: vec!["layer4".into()],
             eigen_smooth: false,
             aug_smooth: false,
         };

@@ -18,7 +18,6 @@ use gradcam_serve::config::Config;
 use gradcam_serve::engine::{self, Engine, Explainer, Prepared};
 use gradcam_serve::explanation::Timing;
 use gradcam_serve::gradcam::Ask;
-use gradcam_serve::model::Layer;
 use gradcam_serve::options::{Defaults, ExplainOptions, Options, OverlayFormat};
 use gradcam_serve::preprocess::{self, DecodeLimits, Region};
 use gradcam_serve::render;
@@ -134,7 +133,7 @@ fn run_once(
             limits,
             &spec,
             options.resize,
-            options.overlay_max_side,
+            options.overlay.max_side,
         )?
     } else {
         engine::prepare(bytes, limits, &spec, options.resize)?
@@ -144,9 +143,9 @@ fn run_once(
     let (t, p0) = (Instant::now(), cpu_ms(PROCESS_CPU));
     let ask = Ask {
         target: None,
-        layer: Layer::LAST,
+        layer: "layer4".into(),
     };
-    let (mut raw, _) = engine.explain(&[&prepared.input], &[ask])?;
+    let (mut raw, _) = engine.explain(&[&prepared.input], std::slice::from_ref(&ask))?;
     let (network_wall, network_cpu) = (ms_since(t), cpu_ms(PROCESS_CPU) - p0);
 
     let (t, c0) = (Instant::now(), cpu_ms(THREAD_CPU));
@@ -203,7 +202,7 @@ fn best_cpu(runs: usize, mut f: impl FnMut()) -> f64 {
 
 /// Each way to encode the shipped overlay (the blend at 960x720): time and size.
 fn encoders(picture: &RgbImage, map: &[f32], options: &Options) -> Vec<Value> {
-    let (w, h) = render::fitted_size(picture.width(), picture.height(), options.overlay_max_side);
+    let (w, h) = render::fitted_size(picture.width(), picture.height(), options.overlay.max_side);
     let small = preprocess::resized(picture, w, h);
     let whole = Region {
         x: 0,
@@ -211,7 +210,7 @@ fn encoders(picture: &RgbImage, map: &[f32], options: &Options) -> Vec<Value> {
         width: w,
         height: h,
     };
-    let blend = render::overlay(&small, map, 7, 7, whole, options.alpha);
+    let blend = render::overlay(&small, map, 7, 7, whole, options.overlay.alpha);
     let mut rows = Vec::new();
     let mut row = |name: &str, runs: usize, encode: &dyn Fn() -> Vec<u8>| {
         let bytes = encode().len();
@@ -272,7 +271,7 @@ fn fidelity(engine: &Engine, photos: &[(String, RgbImage)]) -> anyhow::Result<Ve
     let options = shipped_options(engine)?;
     let ask = Ask {
         target: None,
-        layer: Layer::LAST,
+        layer: "layer4".into(),
     };
     let mut rows = Vec::new();
     for (name, photo) in photos {
@@ -285,10 +284,10 @@ fn fidelity(engine: &Engine, photos: &[(String, RgbImage)]) -> anyhow::Result<Ve
             limits,
             &spec,
             options.resize,
-            options.overlay_max_side,
+            options.overlay.max_side,
         )?;
-        let (mut a, _) = engine.explain(&[&whole.input], &[ask])?;
-        let (mut b, _) = engine.explain(&[&scaled.input], &[ask])?;
+        let (mut a, _) = engine.explain(&[&whole.input], std::slice::from_ref(&ask))?;
+        let (mut b, _) = engine.explain(&[&scaled.input], std::slice::from_ref(&ask))?;
         let (a, b) = (a.remove(0), b.remove(0));
         let top5 = |p: &[f32]| -> Vec<usize> {
             gradcam_serve::gradcam::top_k(p, 5)
@@ -355,15 +354,15 @@ pub fn phone_bench(
     let shipped = shipped_options(engine)?;
     let mut before = shipped.clone();
     // The whole image as the overlay, as before the cap.
-    before.overlay_max_side = *gradcam_serve::options::OVERLAY_MAX_SIDE.end();
+    before.overlay.max_side = *gradcam_serve::options::OVERLAY_MAX_SIDE.end();
     let mut no_overlay = shipped.clone();
-    no_overlay.overlay = gradcam_serve::options::OverlayKind::Off;
+    no_overlay.overlay.kind = gradcam_serve::options::OverlayKind::Off;
     let mut heatmap = shipped.clone();
-    heatmap.overlay = gradcam_serve::options::OverlayKind::Heatmap;
+    heatmap.overlay.kind = gradcam_serve::options::OverlayKind::Heatmap;
     let mut jpeg = shipped.clone();
-    jpeg.overlay_format = OverlayFormat::Jpeg;
+    jpeg.overlay.format = OverlayFormat::Jpeg;
     let mut webp = shipped.clone();
-    webp.overlay_format = OverlayFormat::Webp;
+    webp.overlay.format = OverlayFormat::Webp;
     let mut variants = Vec::new();
     for (name, options, fitted, n) in [
         (
@@ -397,13 +396,13 @@ pub fn phone_bench(
         DecodeLimits::default(),
         &spec,
         shipped.resize,
-        shipped.overlay_max_side,
+        shipped.overlay.max_side,
     )?;
     let ask = Ask {
         target: None,
-        layer: Layer::LAST,
+        layer: "layer4".into(),
     };
-    let (raw, _) = engine.explain(&[&prepared.input], &[ask])?;
+    let (raw, _) = engine.explain(&[&prepared.input], std::slice::from_ref(&ask))?;
     let picture = engine::prepare(&bytes, DecodeLimits::default(), &spec, shipped.resize)?.picture;
     let encoders = encoders(&picture, &raw[0].cam, &shipped);
 
@@ -430,7 +429,7 @@ pub fn phone_bench(
         "photo": photo,
         "photo_bytes": bytes.len(),
         "threads": tch::get_num_threads(),
-        "overlay_max_side": shipped.overlay_max_side,
+        "overlay_max_side": shipped.overlay.max_side,
         "variants": variants,
         "encoders": encoders,
         "fidelity": fidelity,

@@ -1,12 +1,14 @@
-//! Every CAM method of pytorch-grad-cam 1.5.7 that applies to a ResNet, for one image,
-//! with several targets and several layers in one call, and its `eigen_smooth` and
-//! `aug_smooth` options (see `Method` for the list).
+//! Every CAM method of pytorch-grad-cam 1.5.7 that works from a layer's activations (and
+//! gradients, or reruns), for one image, with several targets and several layers in one
+//! call, and its `eigen_smooth` and `aug_smooth` options (see `Method` for the list), on
+//! any [`Network`].
 //!
-//! One pass serves every target: the network runs without autograd up to the earliest
-//! layer asked for, with it from there; each target then costs one backward pass from the
+//! One pass serves every target: the network keeps the layers asked for (without autograd
+//! before the earliest of them); each target then costs one backward pass from the
 //! logits to the layers (gradient methods only: EigenCAM, FEM, AblationCAM and ScoreCAM
-//! need none). AblationCAM reruns only the part of the network after the layer, ScoreCAM
-//! the whole network once per channel (both in chunks, giving up when nobody waits).
+//! need none). AblationCAM reruns the network with the layer's output ablated (only what
+//! follows the layer where the network can), ScoreCAM the whole network once per channel
+//! (both in chunks, giving up when nobody waits).
 //!
 //! What a map is: for one layer without `aug_smooth`, the method's map at the layer's
 //! resolution after the ReLU, not normalised (what pytorch-grad-cam hands to
@@ -19,6 +21,7 @@
 mod maps;
 mod method;
 mod perturb;
+pub mod scale;
 
 use std::time::Instant;
 
@@ -27,8 +30,7 @@ use tch::{Kind, Tensor};
 pub use method::Method;
 
 use crate::gradcam::{self, GradCamError, PassTimings, RawExplanation};
-use crate::model::{Layer, ResNet};
-use crate::render;
+use crate::model::{layer_indices, Network};
 
 /// Most classes one request may explain.
 pub const MAX_TARGETS: usize = 10;
@@ -61,8 +63,9 @@ impl Targets {
 pub struct CamAsk {
     pub method: Method,
     pub targets: Targets,
-    /// One or more layers, aggregated as pytorch-grad-cam does with several target layers.
-    pub layers: Vec<Layer>,
+    /// One or more layers (as the network names them), aggregated as pytorch-grad-cam does
+    /// with several target layers.
+    pub layers: Vec<String>,
     pub eigen_smooth: bool,
     pub aug_smooth: bool,
 }
@@ -70,12 +73,25 @@ pub struct CamAsk {
 impl CamAsk {
     /// Plain Grad-CAM of one class at one layer: what the batched `gradcam::explain` does.
     pub fn is_plain_gradcam(&self) -> bool {
-        self.method == Method::GradCam
-            && self.targets.count() == 1
-            && !matches!(self.targets, Targets::TopK(_))
+        self.batched().is_some()
+    }
+
+    /// The same ask for the batched `gradcam::explain`, when it is plain Grad-CAM of one
+    /// class (or the top-1) at one layer; None: it runs alone through [`explain`].
+    pub fn batched(&self) -> Option<gradcam::Ask> {
+        let target = match &self.targets {
+            Targets::Top1 => None,
+            Targets::Classes(c) if c.len() == 1 => Some(c[0]),
+            _ => return None,
+        };
+        let plain = self.method == Method::GradCam
             && self.layers.len() == 1
             && !self.eigen_smooth
-            && !self.aug_smooth
+            && !self.aug_smooth;
+        plain.then(|| gradcam::Ask {
+            target,
+            layer: self.layers[0].clone(),
+        })
     }
 }
 
@@ -98,7 +114,7 @@ pub struct CamExplanation {
     /// Softmax over the classes (of the image itself, not of an augmented copy).
     pub probabilities: Vec<f32>,
     pub method: Method,
-    pub layers: Vec<Layer>,
+    pub layers: Vec<String>,
     /// One per target, in order.
     pub maps: Vec<CamMap>,
 }
@@ -136,14 +152,14 @@ pub fn returned_map(m: &CamMap, width: usize, height: usize) -> Vec<f32> {
 fn aggregate(layer_maps: &[(&Vec<f32>, usize, usize)], width: usize, height: usize) -> Vec<f32> {
     let mut sum = vec![0f32; width * height];
     for &(map, w, h) in layer_maps {
-        let scaled = render::resize_bilinear(&render::min_max_scale(map), w, h, width, height);
+        let scaled = scale::resize_bilinear(&scale::min_max_scale(map), w, h, width, height);
         for (s, v) in sum.iter_mut().zip(scaled) {
             *s += v;
         }
     }
     let n = layer_maps.len() as f32;
     let mean: Vec<f32> = sum.iter().map(|s| (s / n).max(0.0)).collect();
-    render::min_max_scale(&mean)
+    scale::min_max_scale(&mean)
 }
 
 /// ttach's default augmentations in pytorch-grad-cam, in its order: (horizontal flip,
@@ -162,13 +178,12 @@ const IDENTITY: usize = 1;
 /// Explains one image (`input` [1, 3, H, W], normalised). `abandoned` is asked between
 /// the chunks of AblationCAM and ScoreCAM: true stops the work (the caller has gone).
 pub fn explain(
-    model: &ResNet,
+    network: &dyn Network,
     input: &Tensor,
     ask: &CamAsk,
     abandoned: &dyn Fn() -> bool,
 ) -> Result<(CamExplanation, PassTimings), GradCamError> {
-    let architecture = model.architecture();
-    let classes = architecture.num_classes;
+    let classes = network.num_classes();
     let wanted: Vec<usize> = match &ask.targets {
         Targets::Classes(c) => c.clone(),
         _ => vec![],
@@ -177,19 +192,7 @@ pub fn explain(
         return Err(GradCamError::TargetOutOfRange { target, classes });
     }
     assert!(!ask.layers.is_empty(), "at least one layer");
-    let blocks: Vec<usize> = ask
-        .layers
-        .iter()
-        .map(|&layer| {
-            architecture
-                .block_index(layer)
-                .ok_or(GradCamError::NoSuchLayer {
-                    layer,
-                    architecture: architecture.name(),
-                })
-        })
-        .collect::<Result<_, _>>()?;
-    let first = *blocks.iter().min().expect("a layer");
+    let layers = layer_indices(network, &ask.layers).map_err(GradCamError::NoSuchLayer)?;
     let size = input.size();
     let (height, width) = (size[2] as usize, size[3] as usize);
 
@@ -213,20 +216,8 @@ pub fn explain(
     };
     let images = batch.size()[0] as usize;
     let gradients = ask.method.uses_gradients();
-    // Only a gradient goes back through ReLUs whose masks the fast path's rounding could
-    // flip; the methods without one read the activations, equal to about 1e-6.
-    let prefix = if gradients {
-        model.features_for_gradient(&batch, first)
-    } else {
-        model.features(&batch, first)
-    };
-    let leaf = prefix.detach().set_requires_grad(gradients);
-    let run = || {
-        let (last, mut kept) = model.blocks_with_grad(&leaf, first + 1, &blocks);
-        kept.insert(first, leaf.shallow_clone());
-        (model.head(&last), kept)
-    };
-    let (logits, kept) = if gradients { run() } else { tch::no_grad(run) };
+    let pass = network.forward(&batch, &layers, gradients)?;
+    let logits = &pass.logits;
     let forward_ms = start.elapsed().as_secs_f64() * 1e3;
 
     let start = Instant::now();
@@ -246,12 +237,13 @@ pub fn explain(
             .map(|(c, _)| Some(c))
             .collect(),
     };
-    let activations: Vec<&Tensor> = blocks.iter().map(|b| &kept[b]).collect();
-    let values: Vec<Vec<f32>> = activations
+    let values: Vec<Vec<f32>> = pass
+        .maps
         .iter()
-        .map(|a| Vec::<f32>::try_from(a.detach().contiguous().view([-1])))
+        .map(|a| Vec::<f32>::try_from(a.contiguous().view([-1])))
         .collect::<Result<_, _>>()?;
-    let shapes: Vec<(usize, usize, usize)> = activations
+    let shapes: Vec<(usize, usize, usize)> = pass
+        .maps
         .iter()
         .map(|a| {
             let s = a.size();
@@ -269,7 +261,8 @@ pub fn explain(
                 .unsqueeze(1);
             let score = logits.gather(1, &index, false).sum(Kind::Float);
             let retain = j + 1 < targets.len();
-            Tensor::f_run_backward(&[score], &activations, retain, false)?
+            network
+                .gradients(&pass, &score, retain)?
                 .iter()
                 .map(|g| Vec::<f32>::try_from(g.contiguous().view([-1])))
                 .collect::<Result<_, _>>()?
@@ -279,7 +272,7 @@ pub fn explain(
         // Each image's map at each layer.
         let mut per_image: Vec<Vec<Vec<f32>>> = Vec::with_capacity(images);
         for (b, &class) in chosen.iter().enumerate() {
-            let mut per_layer = Vec::with_capacity(blocks.len());
+            let mut per_layer = Vec::with_capacity(layers.len());
             for (l, &(channels, h, w)) in shapes.iter().enumerate() {
                 let n = channels * h * w;
                 let range = b * n..(b + 1) * n;
@@ -292,9 +285,10 @@ pub fn explain(
                     Method::Fem => maps::fem(a, channels),
                     Method::AblationCam => {
                         let w = perturb::ablation_weights(
-                            model,
-                            &one(&activations[l].detach()),
-                            blocks[l],
+                            network,
+                            &one(&batch),
+                            &one(&pass.raw[l]),
+                            layers[l],
                             class,
                             score,
                             abandoned,
@@ -303,9 +297,9 @@ pub fn explain(
                     }
                     Method::ScoreCam => {
                         let w = perturb::score_weights(
-                            model,
+                            network,
                             &one(&batch),
-                            &one(&activations[l].detach()),
+                            &one(&pass.maps[l]),
                             class,
                             abandoned,
                         )?;
@@ -327,7 +321,7 @@ pub fn explain(
             per_image.push(per_layer);
         }
         let class = chosen[original];
-        maps.push(if blocks.len() == 1 && !ask.aug_smooth {
+        maps.push(if layers.len() == 1 && !ask.aug_smooth {
             let (_, h, w) = shapes[0];
             CamMap {
                 target: class,

@@ -6,7 +6,7 @@
 use tch::{Kind, Tensor};
 
 use crate::gradcam::GradCamError;
-use crate::model::ResNet;
+use crate::model::Network;
 
 /// pytorch-grad-cam's batch for the ablated copies: its ablation value depends on the
 /// position of a channel in such a batch (see `ablation_values`).
@@ -17,41 +17,54 @@ const REFERENCE_ABLATION_BATCH: usize = 32;
 /// server's memory.
 const CHUNK_BYTES: usize = 32 << 20;
 
-/// AblationCAM's weights for one image: `(score - ablated score) / score` per channel,
-/// `activation` the layer's output [1, C, h, w] (plain), `block` its index, `score` the
-/// class's logit on the whole image.
+/// AblationCAM's weights for one image: `(score - ablated score) / score` per channel.
+/// `raw` is the layer's output [1, ...] in its own layout (`Pass::raw`), `layer` its index,
+/// `input` the image [1, 3, H, W], `score` the class's logit on the whole image.
 ///
 /// pytorch-grad-cam replaces the target layer and reruns the whole model for every batch
-/// of 32 channels; here only the blocks after the layer and the head run, on copies of the
-/// layer's output (at layer4: the head alone).
+/// of 32 channels; the network reruns only what follows the layer where it can (a ResNet
+/// always: at layer4 the head alone; an exported model where the file has the layer's
+/// tail).
 pub fn ablation_weights(
-    model: &ResNet,
-    activation: &Tensor,
-    block: usize,
+    network: &dyn Network,
+    input: &Tensor,
+    raw: &Tensor,
+    layer: usize,
     class: usize,
     score: f32,
     abandoned: &dyn Fn() -> bool,
 ) -> Result<Vec<f32>, GradCamError> {
-    let size = activation.size();
-    let channels = size[1] as usize;
-    let copy_bytes = (activation.numel() * 4).max(1);
+    let axis = network.channel_axis(layer).ok_or_else(|| {
+        GradCamError::Unsupported(
+            "ablationcam: this layer's channels are not where AblationCAM can find them (its \
+             reshape_transform is a custom one); choose another method"
+                .into(),
+        )
+    })?;
+    let dims = raw.dim() as i64;
+    // Within one copy (the batch dimension taken off).
+    let axis = if axis < 0 { dims + axis } else { axis } - 1;
+    let channels = raw.size()[(axis + 1) as usize] as usize;
+    let copy_bytes = (raw.numel() * 4).max(1);
     let chunk = (CHUNK_BYTES / copy_bytes).clamp(1, channels);
-    let minimum = activation.min().double_value(&[]) as f32;
+    let minimum = raw.min().double_value(&[]) as f32;
     let values = ablation_values(minimum, channels);
+    let mut repeats = vec![1i64; dims as usize];
     let mut weights = Vec::with_capacity(channels);
     for start in (0..channels).step_by(chunk) {
         if abandoned() {
             return Err(GradCamError::Abandoned);
         }
         let n = chunk.min(channels - start);
-        let copies = activation.repeat([n as i64, 1, 1, 1]);
+        repeats[0] = n as i64;
+        let copies = raw.repeat(repeats.as_slice());
         for i in 0..n {
             let _ = copies
                 .get(i as i64)
-                .get((start + i) as i64)
+                .select(axis, (start + i) as i64)
                 .fill_(values[start + i] as f64);
         }
-        let logits = model.logits_after(&copies, block);
+        let logits = network.logits_replacing(input, layer, &copies)?;
         let ablated = Vec::<f32>::try_from(logits.select(1, class as i64).contiguous())?;
         weights.extend(ablated.iter().map(|&a| (score - a) / score));
     }
@@ -81,7 +94,7 @@ fn ablation_values(minimum: f32, channels: usize) -> Vec<f32> {
 /// for the input multiplied by each channel (bilinearly upsampled with aligned corners,
 /// min-max normalised). `input` is [1, 3, H, W], `activation` [1, C, h, w].
 pub fn score_weights(
-    model: &ResNet,
+    network: &dyn Network,
     input: &Tensor,
     activation: &Tensor,
     class: usize,
@@ -111,7 +124,7 @@ pub fn score_weights(
             let up = (up - &mins) / ((maxs - mins) + 1e-8);
             // [1, 1, 3, H, W] * [1, n, 1, H, W] -> n masked inputs.
             let masked = (input.unsqueeze(1) * up.unsqueeze(2)).view([n, 3, height, width]);
-            let logits = model.head(&model.trunk(&masked));
+            let logits = network.logits(&masked)?;
             scores.extend(Vec::<f32>::try_from(
                 logits.select(1, class as i64).contiguous(),
             )?);

@@ -13,7 +13,6 @@ use super::problem::{ApiError, Problem};
 use super::AppState;
 use crate::engine;
 use crate::explanation::{Explanation, Timing};
-use crate::gradcam::Ask;
 use crate::options::{ExplainOptions, OptionError, OverlayFormat, OverlayKind};
 use crate::preprocess::DecodeLimits;
 use crate::worker::WorkerError;
@@ -189,9 +188,9 @@ pub async fn explain(
                 ),
             ));
         }
-        render_options.overlay_format = format;
-        if options.overlay == OverlayKind::Off {
-            render_options.overlay = OverlayKind::Blend;
+        render_options.overlay.format = format;
+        if options.overlay.kind == OverlayKind::Off {
+            render_options.overlay.kind = OverlayKind::Blend;
         }
     }
 
@@ -214,7 +213,7 @@ pub async fn explain(
                 limits,
                 &spec,
                 options.resize,
-                options.overlay_max_side,
+                options.overlay.max_side,
             )
         }),
     )
@@ -226,23 +225,10 @@ pub async fn explain(
     let picture = prepared.picture;
     let image_size = prepared.image;
     let region = prepared.input.region;
-    // Plain Grad-CAM batches with other requests; anything else runs alone. On timeout
-    // the future is dropped, which tells the worker to stop (504 here at once).
-    let job = async {
-        if options.cam.is_plain_gradcam() {
-            let ask = Ask {
-                target: options.target,
-                layer: options.layer,
-            };
-            state.workers.explain(&admission, prepared.input, ask).await
-        } else {
-            let ask = options.cam.clone();
-            state
-                .workers
-                .explain_cam(&admission, prepared.input, ask)
-                .await
-        }
-    };
+    // On timeout the future is dropped, which tells the worker to stop (504 here at once).
+    let job = state
+        .workers
+        .explain(&admission, prepared.input, options.cam.clone());
     let output = timeout_at(deadline, job)
         .await
         .map_err(|_| ApiError::Timeout(timeout_secs))?

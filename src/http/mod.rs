@@ -79,8 +79,10 @@ impl Modify for BearerAuth {
 
 /// The spec for an ImageNet ResNet-50 (the demo model), committed as openapi/openapi.json.
 pub fn openapi_json() -> String {
-    let resnet50 = crate::model::Architecture::named("resnet50", 1000).expect("a known name");
-    let spec = model_spec(resnet50.num_classes, &resnet50.layers());
+    let resnet50 =
+        crate::model::resnet::Architecture::named("resnet50", 1000).expect("a known name");
+    let layers: Vec<String> = resnet50.layers().iter().map(ToString::to_string).collect();
+    let spec = model_spec(resnet50.num_classes, &layers);
     serde_json::to_string_pretty(&spec).expect("the spec serialises") + "\n"
 }
 
@@ -123,9 +125,8 @@ pub fn openapi_for(model: &ModelDescription) -> serde_json::Value {
     model_spec(model.num_classes, &model.layers)
 }
 
-fn model_spec(classes: usize, layers: &[crate::model::Layer]) -> serde_json::Value {
+fn model_spec(classes: usize, layers: &[String]) -> serde_json::Value {
     let mut spec = base_spec();
-    let layers: Vec<String> = layers.iter().map(|l| l.to_string()).collect();
     // (schema, where its description is) for each option the model decides.
     let fix = |name: &str, schema: &mut serde_json::Value| -> Option<String> {
         let obj = schema.as_object_mut()?;
@@ -245,7 +246,13 @@ fn health_of(state: &AppState, ready: bool) -> Health {
     let model = &state.workers.model;
     Health {
         status: if ready { "ok" } else { "loading" }.into(),
-        model: model.info(state.defaults.layer),
+        model: model.info(
+            state
+                .defaults
+                .layer
+                .as_deref()
+                .unwrap_or(&model.default_layer),
+        ),
         queue_depth: state.workers.in_flight(),
         queue_capacity: state.workers.capacity(),
     }

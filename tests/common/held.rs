@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use gradcam_serve::cam::{CamAsk, CamExplanation, Method};
 use gradcam_serve::config::Config;
-use gradcam_serve::engine::{Explainer, ModelDescription};
+use gradcam_serve::engine::{Backend, Explainer, ModelDescription};
 use gradcam_serve::gradcam::{Ask, GradCamError, PassTimings, RawExplanation};
 use gradcam_serve::http::AppState;
 use gradcam_serve::labels::Labels;
-use gradcam_serve::model::{Architecture, Layer};
+use gradcam_serve::model::resnet::Architecture;
 use gradcam_serve::preprocess::{ModelInput, MEAN, STD};
 use gradcam_serve::server::Application;
 
@@ -82,7 +82,7 @@ impl Explainer for HeldExplainer {
         }
         let plain = Ask {
             target: None,
-            layer: ask.layers[0],
+            layer: ask.layers[0].clone(),
         };
         let mut answer = CamExplanation::from(made_up(&[input], &[plain]).remove(0));
         answer.method = ask.method;
@@ -105,7 +105,7 @@ fn made_up(inputs: &[&ModelInput], asks: &[Ask]) -> Vec<RawExplanation> {
             RawExplanation {
                 probabilities,
                 target: ask.target.unwrap_or(top),
-                layer: ask.layer,
+                layer: ask.layer.clone(),
                 cam: (0..49).map(|i| i as f32 * mean.abs()).collect(),
                 width: 7,
                 height: 7,
@@ -175,11 +175,16 @@ pub fn description() -> ModelDescription {
     let labels = Labels::default_for(CLASSES);
     ModelDescription {
         architecture: "resnet18".into(),
+        backend: Backend::Native,
         num_classes: CLASSES,
         labels: labels.names().to_vec(),
         labels_source: labels.source,
-        layers: architecture.layers(),
-        default_layer: Layer::LAST,
+        layers: architecture
+            .layers()
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        default_layer: "layer4".into(),
         input_size: 64,
         mean: MEAN,
         std: STD,
@@ -199,7 +204,7 @@ impl App {
     /// The service with `config` (bind forced to 127.0.0.1:0) and one held explainer.
     pub fn start(mut config: Config) -> (App, Gate) {
         config.server.bind = "127.0.0.1:0".into();
-        config.model.input_size = 64;
+        config.model.input_size = Some(64);
         config.explain.top_k = 3;
         let (explainer, gate) = held_explainer();
         let app = Application::build(config, vec![Box::new(explainer)], description()).unwrap();

@@ -1,0 +1,307 @@
+//! One explanation, end to end, in three steps that can run on different threads:
+//! `prepare` (decode + resize, CPU), [`Explainer::explain`] (the network, owned by one
+//! thread, batched), `finish` (overlay + answer, CPU). The CLI and the benchmark call them
+//! in a row ([`explain_now`]); the server runs the middle one on its model workers.
+//!
+//! The workers see the network only through the [`Explainer`] trait, so that the worker
+//! pool, the queue and the HTTP layer can be tested with a stand-in that the test controls.
+
+mod description;
+mod load;
+
+use std::time::Instant;
+
+use image::RgbImage;
+use tch::Tensor;
+
+use crate::cam::{self, CamAsk, CamExplanation};
+pub use crate::engine::description::{Backend, ModelDescription};
+pub use crate::engine::load::LoadError;
+use crate::explanation::{ClassScore, Explanation, ImageSize, Saliency, TargetMap, Timing};
+use crate::gradcam::{self, Ask, GradCamError, PassTimings, RawExplanation};
+use crate::model::Network;
+use crate::options::Options;
+use crate::preprocess::{
+    self, DecodeError, DecodeLimits, InputSpec, ModelInput, Region, ResizeMode,
+};
+use crate::render;
+
+/// What runs the network: the real [`Engine`], or a stand-in in tests. Each model worker
+/// thread owns one (libtorch tensors are not `Sync`).
+pub trait Explainer: Send {
+    /// Runs a batch of prepared inputs (all of one size): one answer per input, in order.
+    fn explain(
+        &self,
+        inputs: &[&ModelInput],
+        asks: &[Ask],
+    ) -> Result<(Vec<RawExplanation>, PassTimings), GradCamError>;
+
+    /// Explains one input with any CAM method, several targets or several layers
+    /// ([`cam::explain`]); `abandoned` says when nobody waits for the answer any more.
+    fn explain_cam(
+        &self,
+        _input: &ModelInput,
+        ask: &CamAsk,
+        _abandoned: &dyn Fn() -> bool,
+    ) -> Result<(CamExplanation, PassTimings), GradCamError> {
+        Err(GradCamError::Unsupported(format!(
+            "this explainer has only plain Grad-CAM, not {}",
+            ask.method
+        )))
+    }
+
+    /// A first pass before the worker reports ready, so that the first request does not
+    /// pay for libtorch's lazy set-up.
+    fn warm_up(&self) {}
+}
+
+/// A decoded upload and the model input made from it.
+pub struct Prepared {
+    /// The picture: the image, or a JPEG decoded smaller (see `prepare_fitted`).
+    pub picture: RgbImage,
+    pub input: ModelInput,
+    pub decode_ms: f64,
+    /// The image's own size (EXIF orientation applied), whatever the picture's.
+    pub image: ImageSize,
+}
+
+/// Decodes the whole image and makes the model's input.
+pub fn prepare(
+    bytes: &[u8],
+    limits: DecodeLimits,
+    spec: &InputSpec,
+    resize: ResizeMode,
+) -> Result<Prepared, DecodeError> {
+    prepare_with(bytes, limits, spec, resize, None)
+}
+
+/// [`prepare`] for an overlay of at most `overlay_max_side` pixels: a large JPEG is decoded
+/// at the smallest DCT scale that still covers that overlay and the model's input
+/// ([`preprocess::decode_fitted`]), and the model's input is made from that picture.
+pub fn prepare_fitted(
+    bytes: &[u8],
+    limits: DecodeLimits,
+    spec: &InputSpec,
+    resize: ResizeMode,
+    overlay_max_side: u32,
+) -> Result<Prepared, DecodeError> {
+    let fit = preprocess::Fit::for_model(spec, overlay_max_side);
+    prepare_with(bytes, limits, spec, resize, Some(fit))
+}
+
+fn prepare_with(
+    bytes: &[u8],
+    limits: DecodeLimits,
+    spec: &InputSpec,
+    resize: ResizeMode,
+    fit: Option<preprocess::Fit>,
+) -> Result<Prepared, DecodeError> {
+    let start = Instant::now();
+    let decoded = preprocess::decode_fitted(bytes, limits, fit)?;
+    let input = preprocess::prepare(&decoded.picture, spec, resize);
+    Ok(Prepared {
+        picture: decoded.picture,
+        input,
+        decode_ms: start.elapsed().as_secs_f64() * 1e3,
+        image: ImageSize {
+            width: decoded.width,
+            height: decoded.height,
+        },
+    })
+}
+
+/// The loaded network and what it is.
+pub struct Engine {
+    network: Box<dyn Network>,
+    description: ModelDescription,
+}
+
+impl Engine {
+    pub fn description(&self) -> &ModelDescription {
+        &self.description
+    }
+
+    pub fn network(&self) -> &dyn Network {
+        &*self.network
+    }
+
+    /// A plain prediction, without explanation (to compare costs).
+    pub fn predict(&self, inputs: &[&ModelInput]) -> Result<Vec<f32>, GradCamError> {
+        gradcam::predict(&*self.network, &batch_tensor(inputs))
+    }
+}
+
+impl Explainer for Engine {
+    fn explain(
+        &self,
+        inputs: &[&ModelInput],
+        asks: &[Ask],
+    ) -> Result<(Vec<RawExplanation>, PassTimings), GradCamError> {
+        gradcam::explain(&*self.network, &batch_tensor(inputs), asks)
+    }
+
+    fn explain_cam(
+        &self,
+        input: &ModelInput,
+        ask: &CamAsk,
+        abandoned: &dyn Fn() -> bool,
+    ) -> Result<(CamExplanation, PassTimings), GradCamError> {
+        cam::explain(&*self.network, &batch_tensor(&[input]), ask, abandoned)
+    }
+
+    fn warm_up(&self) {
+        let size = self.description.input_size;
+        let blank = ModelInput {
+            chw: vec![0.0; (3 * size * size) as usize],
+            size,
+            region: preprocess::Region {
+                x: 0,
+                y: 0,
+                width: size,
+                height: size,
+            },
+        };
+        let ask = Ask {
+            target: None,
+            layer: self.description.default_layer.clone(),
+        };
+        if let Err(e) = self.explain(&[&blank], &[ask]) {
+            tracing::error!("warm-up pass failed: {e}");
+        }
+    }
+}
+
+fn batch_tensor(inputs: &[&ModelInput]) -> Tensor {
+    let size = inputs[0].size as i64;
+    let mut data = Vec::with_capacity(inputs.len() * inputs[0].chw.len());
+    for input in inputs {
+        assert_eq!(input.size as i64, size, "one input size per batch");
+        data.extend_from_slice(&input.chw);
+    }
+    Tensor::from_slice(&data).view([inputs.len() as i64, 3, size, size])
+}
+
+/// Turns the network's answer into the explanation (classes with labels, the maps as
+/// rows) and, when asked for, the overlay image of the first target (at the image's size,
+/// or scaled down to `options.overlay.max_side`) in `options.overlay.format`; with several
+/// targets, each target's map and overlay are in `maps` too. The image comes back as bytes:
+/// the JSON answer embeds it with [`Explanation::to_json_with_overlay`], the CLI and
+/// `Accept: image/...` send it as it is. `image` is the uploaded image's own size, of which
+/// `picture` may be a smaller copy.
+pub fn finish(
+    picture: &RgbImage,
+    image: ImageSize,
+    region: Region,
+    raw: &CamExplanation,
+    options: &Options,
+    model: &ModelDescription,
+    mut timing: Timing,
+) -> (Explanation, Option<render::EncodedOverlay>) {
+    let start = Instant::now();
+    let score = |i: usize| ClassScore {
+        class_index: i,
+        label: model.label(i).to_string(),
+        score: raw.probabilities[i],
+    };
+    let top = gradcam::top_k(&raw.probabilities, options.top_k.max(1));
+    let draw = |m: &cam::CamMap| {
+        render::render(
+            picture,
+            (image.width, image.height),
+            region,
+            (&m.map, m.width, m.height),
+            &options.overlay,
+        )
+    };
+    let saliency = |m: &cam::CamMap| Saliency {
+        width: m.width,
+        height: m.height,
+        data: m.map.chunks(m.width.max(1)).map(<[f32]>::to_vec).collect(),
+        scaled: m.scaled,
+    };
+    let first = &raw.maps[0];
+    let overlay = draw(first);
+    let maps = (raw.maps.len() > 1).then(|| {
+        raw.maps
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let encoded = if i == 0 { overlay.clone() } else { draw(m) };
+                TargetMap::new(score(m.target), saliency(m), encoded.as_ref())
+            })
+            .collect()
+    });
+    timing.render = start.elapsed().as_secs_f64() * 1e3;
+    let info = model.info(&raw.layers.join(","));
+    let explanation = Explanation {
+        prediction: score(top[0].0),
+        top_k: top.iter().map(|&(i, _)| score(i)).collect(),
+        target: score(first.target),
+        method: raw.method.to_string(),
+        saliency: saliency(first),
+        maps,
+        image,
+        model: info,
+        timing_ms: timing,
+        overlay_image: overlay.as_ref().map(render::EncodedOverlay::describe),
+        overlay_png: None,
+        overlay_jpeg: None,
+        overlay_webp: None,
+    };
+    (explanation, overlay)
+}
+
+/// Runs the network for one prepared input, on this thread: plain Grad-CAM through the
+/// batched path ([`Explainer::explain`]), anything else through
+/// [`Explainer::explain_cam`], as the workers decide ([`CamAsk::batched`]).
+pub fn run_network(
+    explainer: &dyn Explainer,
+    input: &ModelInput,
+    ask: &CamAsk,
+    abandoned: &dyn Fn() -> bool,
+) -> Result<(CamExplanation, PassTimings), GradCamError> {
+    match ask.batched() {
+        Some(one) => {
+            let (mut raw, passes) = explainer.explain(&[input], &[one])?;
+            Ok((raw.remove(0).into(), passes))
+        }
+        None => explainer.explain_cam(input, ask, abandoned),
+    }
+}
+
+/// The whole pipeline in a row on this thread, for the CLI and the benchmark: the
+/// explanation (timing filled in, total included) and the overlay image when asked for.
+pub fn explain_now(
+    explainer: &dyn Explainer,
+    model: &ModelDescription,
+    bytes: &[u8],
+    limits: DecodeLimits,
+    options: &Options,
+) -> anyhow::Result<(Explanation, Option<render::EncodedOverlay>)> {
+    let started = Instant::now();
+    let prepared = prepare_fitted(
+        bytes,
+        limits,
+        &model.input_spec(),
+        options.resize,
+        options.overlay.max_side,
+    )?;
+    let (raw, passes) = run_network(explainer, &prepared.input, &options.cam, &|| false)?;
+    let timing = Timing {
+        decode: prepared.decode_ms,
+        forward: passes.forward_ms,
+        backward: passes.backward_ms,
+        ..Timing::default()
+    };
+    let (mut explanation, png) = finish(
+        &prepared.picture,
+        prepared.image,
+        prepared.input.region,
+        &raw,
+        options,
+        model,
+        timing,
+    );
+    explanation.timing_ms.total = started.elapsed().as_secs_f64() * 1e3;
+    Ok((explanation, png))
+}

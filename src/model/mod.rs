@@ -1,0 +1,108 @@
+//! The network behind the explanations, through one trait with two implementations: the
+//! native ResNet family ([`resnet`], rebuilt in Rust from a state dict, with its fast paths)
+//! and any classifier exported as TorchScript by `python -m gradcam_export`
+//! ([`torchscript`]). The CAM methods, the worker and the HTTP layer see only [`Network`].
+//!
+//! What a method needs of a network: the output of one or more layers, the gradient of a
+//! class score at them, and for the perturbation methods the logits of changed inputs or of
+//! a layer's changed output. Everything else (which ops run, without autograd up to the
+//! layer, in what number format) is the implementation's business.
+
+pub mod file;
+pub mod resnet;
+pub mod seeded;
+pub mod torchscript;
+
+use tch::Tensor;
+
+pub use seeded::seeded_normal;
+
+/// A classifier whose predictions can be explained. Each model worker owns one (libtorch
+/// tensors are not `Sync`).
+pub trait Network: Send {
+    /// The layers a request may name, in the order `GET /model` lists them.
+    fn layers(&self) -> &[String];
+
+    /// The layer explained when a request names none.
+    fn default_layer(&self) -> &str;
+
+    fn num_classes(&self) -> usize;
+
+    /// Raw logits `[N, classes]` of normalised images `[N, 3, S, S]`, without autograd: a
+    /// prediction.
+    fn logits(&self, input: &Tensor) -> Result<Tensor, NetworkError>;
+
+    /// A forward pass that keeps the output of each of `layers` (indices into
+    /// [`Network::layers`]); with `gradients`, [`Network::gradients`] can then go back to
+    /// them from a score, and nothing before the earliest of them records autograd history.
+    fn forward(
+        &self,
+        input: &Tensor,
+        layers: &[usize],
+        gradients: bool,
+    ) -> Result<Pass, NetworkError>;
+
+    /// The gradient of `score` (a scalar made from `pass.logits`) at each layer of the pass,
+    /// in the layout of `pass.maps`. `keep_graph` lets another score go back through the same
+    /// pass.
+    fn gradients(
+        &self,
+        pass: &Pass,
+        score: &Tensor,
+        keep_graph: bool,
+    ) -> Result<Vec<Tensor>, NetworkError>;
+
+    /// AblationCAM: the logits of one image (`input`, `[1, 3, S, S]`) when the output of
+    /// `layer` is each of `outputs` in turn (`[n, ...]`, in the layout of `Pass::raw`).
+    fn logits_replacing(
+        &self,
+        input: &Tensor,
+        layer: usize,
+        outputs: &Tensor,
+    ) -> Result<Tensor, NetworkError>;
+
+    /// Where a layer's channels are in its raw output (`Pass::raw`): 1 for convolutional
+    /// maps, the last dimension for tokens; None when AblationCAM cannot tell.
+    fn channel_axis(&self, layer: usize) -> Option<i64>;
+
+    /// Whether AblationCAM at `layer` reruns only what follows it (else the whole network
+    /// per batch of ablated copies, as pytorch-grad-cam does).
+    fn reruns_only_tail(&self, layer: usize) -> bool;
+}
+
+/// One forward pass, with what it kept of the layers asked for (in that order).
+pub struct Pass {
+    /// The layers (indices into [`Network::layers`]) the entries below belong to.
+    pub layers: Vec<usize>,
+    /// Raw logits `[N, classes]`, part of the autograd graph when gradients were asked for.
+    pub logits: Tensor,
+    /// Each layer's output as pytorch-grad-cam stores it, as a map `[N, C, h, w]` (after
+    /// the layer's reshape), detached.
+    pub maps: Vec<Tensor>,
+    /// The same in the layer's own layout (what AblationCAM ablates), detached.
+    pub raw: Vec<Tensor>,
+    /// What the gradients are taken with respect to, one per layer.
+    pub(crate) differentiable: Vec<Tensor>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error("libtorch failed: {0}")]
+    Torch(#[from] tch::TchError),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// The index of each name in `layers`, or the first name that is not there.
+pub fn layer_indices(network: &dyn Network, names: &[String]) -> Result<Vec<usize>, String> {
+    names
+        .iter()
+        .map(|name| {
+            network
+                .layers()
+                .iter()
+                .position(|l| l == name)
+                .ok_or_else(|| name.clone())
+        })
+        .collect()
+}
