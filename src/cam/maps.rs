@@ -3,9 +3,7 @@
 //! NumPy float operations in their order (as `gradcam::cam_from` does for Grad-CAM), so
 //! that the maps agree with it to float rounding.
 
-use tch::{Kind, Tensor};
-
-use super::Method;
+use super::{lapack, Method};
 use crate::gradcam::numpy_sum;
 
 /// What a gradient method makes of `A` and `G` before the channels are summed: a weight
@@ -101,7 +99,7 @@ pub fn cam_image(
     activation: &[f32],
     channels: usize,
     eigen_smooth: bool,
-) -> Vec<f32> {
+) -> Result<Vec<f32>, String> {
     let elementwise;
     let values = match terms {
         Terms::Weights(w) => {
@@ -113,7 +111,7 @@ pub fn cam_image(
     if eigen_smooth {
         projection(values, channels)
     } else {
-        channel_sum(values, channels)
+        Ok(channel_sum(values, channels))
     }
 }
 
@@ -125,52 +123,21 @@ pub fn relu(mut cam: Vec<f32>) -> Vec<f32> {
 
 /// pytorch-grad-cam's `get_2d_projection` for one image: the positions' values
 /// ([positions, channels]) centred per channel, projected on the first right singular
-/// vector.
-///
-/// A singular vector's sign is arbitrary; NumPy's LAPACK (`sgesdd`) picks one by the
-/// order of its Householder steps, libtorch's another (they disagreed on half of 40
-/// random matrices). For the shapes a ResNet's layer3 and layer4 make (fewer positions
-/// than channels), NumPy's choice was found to follow sgesdd's path: with the LQ
-/// factorisation first (channels >= 11/6 of the positions) the projection of the first
-/// position is negative, else positive; with more positions than channels (layer1 and
-/// layer2 of a 224-pixel input) it was negative in the cases tried, and that rule is used.
-/// tests/methods_parity.rs checks it against pytorch-grad-cam at layer3 and layer4.
-pub fn projection(values: &[f32], channels: usize) -> Vec<f32> {
+/// vector, with NumPy's sign (see `lapack`). Err: no system LAPACK.
+pub fn projection(values: &[f32], channels: usize) -> Result<Vec<f32>, String> {
     let positions = values.len() / channels;
-    let centred: Vec<f32> = values
+    // Column-major [positions, channels]: one channel after another, as `values` is.
+    let centred: Vec<f64> = values
         .chunks_exact(positions)
         .flat_map(|row| {
-            // reshaped.mean(axis=0): a pairwise sum over the positions, divided.
+            // reshaped.mean(axis=0) in float32: a pairwise sum over the positions, divided.
             let mean = (numpy_sum(row) as f64 / positions as f64) as f32;
             row.iter()
-                .map(move |&v| if v.is_nan() { 0.0 } else { v } - mean)
+                .map(move |&v| (if v.is_nan() { 0.0 } else { v } - mean) as f64)
         })
         .collect();
-    // [channels, positions] -> [positions, channels], in float64: the projection on the
-    // first right singular vector v is sigma * u, u the first left one, and both come from
-    // the eigenvectors of the smaller Gram matrix (49 x 49 at layer4), ten times cheaper
-    // than an SVD of X (2.7 ms at layer4 on 2 cores, 12.7 ms at layer3). Squaring X loses
-    // nothing that float32 keeps: the Gram matrix is formed in float64.
-    let x = Tensor::from_slice(&centred)
-        .view([channels as i64, positions as i64])
-        .transpose(0, 1)
-        .to_kind(Kind::Double);
-    let projected = if positions <= channels {
-        let (values, vectors) = x.matmul(&x.transpose(0, 1)).linalg_eigh("L");
-        let last = positions as i64 - 1;
-        vectors.select(1, last) * values.get(last).clamp_min(0.0).sqrt()
-    } else {
-        let (_, vectors) = x.transpose(0, 1).matmul(&x).linalg_eigh("L");
-        x.matmul(&vectors.select(1, channels as i64 - 1))
-    };
-    let mut p = Vec::<f32>::try_from(projected.to_kind(Kind::Float)).expect("a float vector");
-    let minmn = positions.min(channels);
-    let lq_first = channels as f32 >= (minmn as f32 * 11.0 / 6.0).trunc();
-    let first_negative = if positions < channels { lq_first } else { true };
-    if (p[0] > 0.0 && first_negative) || (p[0] < 0.0 && !first_negative) {
-        p.iter_mut().for_each(|v| *v = -*v);
-    }
-    p
+    let p = lapack::first_projection(&centred, positions, channels)?;
+    Ok(p.into_iter().map(|v| v as f32).collect())
 }
 
 /// FEM (k = 2): channels weighted by the share of their positions above mean + 2 std,
@@ -237,38 +204,23 @@ mod tests {
 
     #[test]
     fn projection_finds_the_principal_direction() {
-        // Three channels over four positions, all along one direction (1, 2, -1) plus a
-        // constant: the projection is that direction's coordinate, centred.
-        let t = [1.0f32, -1.0, 2.0, -2.0];
-        let dir = [1.0f32, 2.0, -1.0];
-        let values: Vec<f32> = dir
-            .iter()
-            .flat_map(|&d| t.iter().map(move |&v| 5.0 + d * v))
-            .collect();
-        let p = projection(&values, 3);
-        let norm = (1.0f32 + 4.0 + 1.0).sqrt();
-        // Fewer channels than positions: the first position's projection is negative.
-        for (got, want) in p.iter().zip(t) {
-            assert!((got + want * norm).abs() < 1e-5, "{p:?}");
-        }
-    }
-
-    #[test]
-    fn projection_with_fewer_positions_than_channels() {
-        // Five channels over three positions (the layer4 shape: 49 x 2048), along one
-        // direction: the same coordinate, whichever Gram matrix gives it.
-        let t = [2.0f32, -0.5, -1.5];
-        let dir = [1.0f32, -2.0, 0.5, 3.0, -1.0];
-        let values: Vec<f32> = dir
-            .iter()
-            .flat_map(|&d| t.iter().map(move |&v| -1.0 + d * v))
-            .collect();
-        let p = projection(&values, 5);
-        let norm = dir.iter().map(|d| d * d).sum::<f32>().sqrt();
-        // 5 >= trunc(11/6 * 3) (the LQ step first): the first position's projection is
-        // negative.
-        for (got, want) in p.iter().zip(t) {
-            assert!((got + want * norm).abs() < 1e-5, "{p:?}");
+        // Channels over positions, all along one direction plus a constant per channel:
+        // the projection is that direction's coordinate, centred, with one sign for all
+        // (which one is LAPACK's: tests/core/methods_parity.rs holds it to NumPy's).
+        for (t, dir) in [
+            (vec![1.0f32, -1.0, 2.0, -2.0], vec![1.0f32, 2.0, -1.0]),
+            (vec![2.0, -0.5, -1.5], vec![1.0, -2.0, 0.5, 3.0, -1.0]),
+        ] {
+            let values: Vec<f32> = dir
+                .iter()
+                .flat_map(|&d| t.iter().map(move |&v| 5.0 + d * v))
+                .collect();
+            let p = projection(&values, dir.len()).unwrap();
+            let norm = dir.iter().map(|d| d * d).sum::<f32>().sqrt();
+            let sign = p[0].signum() * t[0].signum();
+            for (got, want) in p.iter().zip(&t) {
+                assert!((got - sign * want * norm).abs() < 1e-5, "{p:?}");
+            }
         }
     }
 

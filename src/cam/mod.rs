@@ -18,6 +18,7 @@
 //! the mean of that over the six augmented inputs. [`returned_map`] gives the latter for
 //! any map.
 
+pub mod lapack;
 mod maps;
 mod method;
 mod perturb;
@@ -281,7 +282,9 @@ pub fn explain(
                 let score = flat_logits[b * classes + class];
                 let one = |t: &Tensor| t.get(b as i64).unsqueeze(0);
                 let map = match ask.method {
-                    Method::EigenCam => maps::projection(a, channels),
+                    Method::EigenCam => {
+                        maps::projection(a, channels).map_err(GradCamError::Unsupported)?
+                    }
                     Method::Fem => maps::fem(a, channels),
                     Method::AblationCam => {
                         let w = perturb::ablation_weights(
@@ -294,6 +297,7 @@ pub fn explain(
                             abandoned,
                         )?;
                         maps::cam_image(&maps::Terms::Weights(w), a, channels, ask.eigen_smooth)
+                            .map_err(GradCamError::Unsupported)?
                     }
                     Method::ScoreCam => {
                         let w = perturb::score_weights(
@@ -304,6 +308,7 @@ pub fn explain(
                             abandoned,
                         )?;
                         maps::cam_image(&maps::Terms::Weights(w), a, channels, ask.eigen_smooth)
+                            .map_err(GradCamError::Unsupported)?
                     }
                     Method::GradCam if !ask.eigen_smooth => {
                         gradcam::cam_from(a, g.expect("a gradient"), channels)
@@ -314,6 +319,7 @@ pub fn explain(
                         // EigenGradCAM is the projection of gradient * activation, always.
                         let project = ask.eigen_smooth || method == Method::EigenGradCam;
                         maps::cam_image(&terms, a, channels, project)
+                            .map_err(GradCamError::Unsupported)?
                     }
                 };
                 per_layer.push(maps::relu(map));

@@ -171,7 +171,7 @@ impl ResNet {
     /// rounding (about 1e-6 relative), which is enough where only linear operations follow
     /// (the head, for layer4), but not where a ReLU that a gradient goes back through
     /// follows: an activation a rounding away from zero can flip that ReLU's mask and move
-    /// an earlier layer's map by up to 3e-4 of its maximum (measured; see tests/parity.rs).
+    /// an earlier layer's map by up to 3e-4 of its maximum (measured; see tests/core/parity.rs).
     pub fn features(&self, x: &Tensor, last: usize) -> Tensor {
         if self.fused {
             return tch::no_grad(|| {
