@@ -2,7 +2,7 @@
 # Runs every cargo-fuzz target of fuzz/ for FUZZ_SECONDS (default 60) each and prints the
 # executions run, target by target. Exit 1 when a target finds a crash (its input is then
 # under fuzz/artifacts/<target>/: copy it to tests/fuzz-regressions/<target>/ and make
-# `cargo test --test fuzz_regressions` cover it), 2 when it cannot build or run.
+# `cargo test --test core fuzz_regressions` cover it), 2 when it cannot build or run.
 #
 # Needs: LIBTORCH exported (the Makefile does), cargo-fuzz (installed here once when
 # missing). cargo-fuzz needs nightly compiler flags (-Z sanitizer, sancov); RUSTC_BOOTSTRAP=1

@@ -1,9 +1,8 @@
 //! Black-box tests of the HTTP API: a real server process on port 0, spoken to over HTTP.
 
-mod common;
-
+use crate::helpers;
+use crate::helpers::{client, jpeg, png, png_claiming, Server, BIN};
 use base64::Engine as _;
-use common::{client, jpeg, png, png_claiming, Server, BIN};
 use gradcam_serve::explanation::Explanation;
 use serde_json::Value;
 
@@ -403,7 +402,7 @@ fn bad_requests_get_problem_json_with_the_right_status() {
     let mut body = part.clone().into_bytes();
     body.resize(400_000, b'x');
     let (status, text) =
-        common::raw_request(&server.url, &head("Content-Length: 400000\r\n"), &body);
+        helpers::raw_request(&server.url, &head("Content-Length: 400000\r\n"), &body);
     assert_eq!(status, 413, "{text}");
     assert!(
         text.contains("application/problem+json") && text.contains("300000 bytes"),
@@ -418,7 +417,7 @@ fn bad_requests_get_problem_json_with_the_right_status() {
         chunked.extend(b"\r\n");
     }
     chunked.extend(b"0\r\n\r\n");
-    let (status, text) = common::raw_request(
+    let (status, text) = helpers::raw_request(
         &server.url,
         &head("Transfer-Encoding: chunked\r\n"),
         &chunked,
@@ -630,7 +629,7 @@ fn a_client_waiting_for_100_continue_gets_the_refusal_without_sending() {
              boundary=b\r\nContent-Length: 8000000\r\nExpect: 100-continue\r\n\
              Connection: close\r\n\r\n"
         );
-        let (_, answer) = common::send_raw(&server.url, head.as_bytes());
+        let (_, answer) = helpers::send_raw(&server.url, head.as_bytes());
         assert!(
             answer.starts_with(&format!("HTTP/1.1 {status}")),
             "{path}: {answer}"
@@ -713,7 +712,7 @@ fn served_openapi_spec_is_the_committed_one() {
 #[test]
 fn sigterm_stops_an_idle_server_with_exit_zero() {
     // (Shutdown with work in flight is tested in process, with a held explainer:
-    // tests/queue.rs.)
+    // tests/api/queue.rs.)
     let mut server = Server::start(&[]);
     server.signal("TERM");
     let status = server.child.wait().unwrap();

@@ -5,15 +5,14 @@
 //! throws the body away chunk by chunk (a lingering close), so its memory stays flat, and
 //! it goes on answering good requests meanwhile.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{png, Server};
+use crate::helpers;
+use crate::helpers::{png, Server};
 use serde_json::Value;
 
 const MIB: usize = 1 << 20;
@@ -273,7 +272,7 @@ fn the_413_comes_at_once_and_the_connection_lingers_until_the_body_is_in() {
         "{answer}"
     );
     // ... the server goes on answering others while it reads this one's body ...
-    let r = common::upload(&server.url, "?top_k=1", png(64, 48), "good.png").unwrap();
+    let r = helpers::upload(&server.url, "?top_k=1", png(64, 48), "good.png").unwrap();
     assert_eq!(r.status(), 200);
     // ... takes all of it, then closes cleanly: an end of stream, not a reset.
     let mut sent = head.len() + chunk.len();

@@ -1,15 +1,13 @@
 //! The queue, batching, cancellation, timeouts, overload and shutdown, with the service in
-//! process and a held explainer (tests/common/held.rs): every test decides when the model
+//! process and a held explainer (tests/api/helpers/held.rs): every test decides when the model
 //! work finishes, so none depends on the machine's speed.
-
-mod common;
 
 use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 
-use common::held::{App, CamEvent, Gate, PANIC_TARGET};
-use common::{client, png, upload};
+use crate::helpers::held::{App, CamEvent, Gate, PANIC_TARGET};
+use crate::helpers::{client, png, upload};
 use gradcam_serve::cam::Method;
 use gradcam_serve::config::Config;
 use gradcam_serve::explanation::Explanation;

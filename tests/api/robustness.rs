@@ -2,13 +2,12 @@
 //! problem+json body, keeps its model work for live clients, and still answers a good
 //! request correctly afterwards.
 
-mod common;
-
 use std::io::{Cursor, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{jpeg, png, png_claiming, send_raw, Server};
+use crate::helpers;
+use crate::helpers::{jpeg, png, png_claiming, send_raw, Server};
 use gradcam_serve::explanation::Explanation;
 use image::{DynamicImage, ImageFormat, RgbImage};
 
@@ -54,7 +53,7 @@ fn zero_sized_bmp() -> Vec<u8> {
 
 /// (what, bytes, file name, query, expected status)
 fn upload_corpus() -> Vec<(&'static str, Vec<u8>, &'static str, &'static str, u16)> {
-    let rgb = common::picture(96, 64);
+    let rgb = helpers::picture(96, 64);
     let truncated = |mut b: Vec<u8>| {
         b.truncate(b.len() / 2);
         b

@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::compare::worst;
 use gradcam_serve::cam::{self, CamExplanation};
 use gradcam_serve::config::ModelConfig;
 use gradcam_serve::engine::{self, Engine};
@@ -114,16 +115,6 @@ fn explain(dir: &Path, engine: &Engine, case: &Case) -> CamExplanation {
     .unwrap();
     let (raw, _) = engine::run_network(engine, &prepared.input, &options.cam, &|| false).unwrap();
     raw
-}
-
-/// The largest difference relative to the reference's largest magnitude.
-fn worst(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len());
-    let scale = want.iter().fold(1e-12f32, |m, v| m.max(v.abs()));
-    got.iter()
-        .zip(want)
-        .map(|(a, b)| (a - b).abs() / scale)
-        .fold(0f32, f32::max)
 }
 
 /// How far each case may be off, relative to its map's maximum: 1e-4, the maps agreeing

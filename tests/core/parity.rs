@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use crate::compare;
 use gradcam_serve::config::ModelConfig;
 use gradcam_serve::engine::{self, Engine, Explainer};
 use gradcam_serve::gradcam::Ask;
@@ -124,62 +125,18 @@ fn check_case(dir: &std::path::Path, engine: &Engine, case: &Case, what: &str, t
         (explanation.saliency.width, explanation.saliency.height),
         (w, h)
     );
-    let scale = want.iter().copied().fold(0f32, f32::max).max(1e-12);
-    let worst = got
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).abs() / scale)
-        .fold(0f32, f32::max);
+    let worst = compare::worst(&got, &want);
     assert!(
         worst <= tolerance,
         "{what}: raw map off by {worst:e} relative (allowed {tolerance:e})"
     );
 
-    // Overlay pixels within +-2 levels. One exception, bounded: the colour is
-    // JET[uint8(255 * mask)], a truncation, so where 255 * mask sits within float noise
-    // of a whole number the two sides may pick neighbouring table entries (up to 4
-    // levels apart in a channel). OpenCV's SIMD resize rounds differently from any
-    // scalar code in the last bit (about 1e-7), and a folded batch norm moves the raw
-    // map by about 1e-6, so such pixels exist; they are counted, and held to 4 levels.
     let ours = image::load_from_memory(&png.unwrap().bytes)
         .unwrap()
         .to_rgb8();
     let theirs = image::open(dir.join(&case.overlay)).unwrap().to_rgb8();
-    assert_eq!(ours.dimensions(), theirs.dimensions());
     let mask = render::heat_mask(&got, w, h, 224, 224);
-    let noise = 255.0 * (4.0 * worst + 2e-6);
-    let on_boundary = |m: f32| {
-        let level = 255.0 * m;
-        (level - level.round()).abs() <= noise
-    };
-    let (mut max_diff, mut boundary_pixels, mut boundary_max) = (0u8, 0usize, 0u8);
-    for (i, (a, b)) in ours.pixels().zip(theirs.pixels()).enumerate() {
-        let d = (0..3).map(|c| a[c].abs_diff(b[c])).max().unwrap();
-        if d > 2 && on_boundary(mask[i]) {
-            boundary_pixels += 1;
-            boundary_max = boundary_max.max(d);
-        } else {
-            max_diff = max_diff.max(d);
-        }
-    }
-    eprintln!(
-        "{what}: top-5 equal, raw map max rel diff {worst:.2e}, overlay max diff {max_diff}, \
-         {boundary_pixels} colour-boundary pixel(s) up to {boundary_max}"
-    );
-    assert!(
-        boundary_max <= 4,
-        "{what}: boundary pixel off by {boundary_max}"
-    );
-    // The share of pixels whose 255 * mask lies within the map's error of a whole number.
-    let allowed = (224.0 * 224.0 * (1e-3 + 2.0 * 255.0 * worst)) as usize;
-    assert!(
-        boundary_pixels <= allowed,
-        "{what}: {boundary_pixels} boundary pixels, more than {allowed}"
-    );
-    assert!(
-        max_diff <= 2,
-        "{what}: overlay differs by {max_diff} levels"
-    );
+    compare::assert_overlay_close(&ours, &theirs, &mask, worst, &what);
 }
 
 #[test]

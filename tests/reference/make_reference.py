@@ -1,4 +1,4 @@
-"""Reference answers from pytorch-grad-cam, for the parity test (tests/parity.rs).
+"""Reference answers from pytorch-grad-cam, for the parity test (tests/core/parity.rs).
 
 Writes into OUT_DIR:
   resnet50-random.safetensors  seeded random torchvision ResNet-50, with non-default
@@ -297,7 +297,7 @@ def main(out_dir):
     with open(os.path.join(out_dir, "reference.json"), "w") as f:
         json.dump(reference, f)
 
-    # Every CAM method (tests/methods_parity.rs): methods-<arch>.json and .f32.
+    # Every CAM method (tests/core/methods_parity.rs): methods-<arch>.json and .f32.
     by_arch = {m["architecture"]: m for m in models}
     for arch, model in (("resnet50", resnet50), ("resnet18", resnet18)):
         methods_reference(out_dir, arch, by_arch[arch]["weights"], model, images, to_input,

@@ -1,4 +1,4 @@
-"""Reference maps of every CAM method, for tests/methods_parity.rs.
+"""Reference maps of every CAM method, for tests/core/methods_parity.rs.
 
 Imported by make_reference.py (its `methods` step); writes into OUT_DIR, per
 architecture (resnet50, resnet18):
