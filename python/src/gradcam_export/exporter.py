@@ -487,7 +487,12 @@ class _Exported(nn.Module):
     def forward(
         self, x: Tensor, wanted: Tensor, replace_at: Tensor, replacement: Tensor
     ) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
-        return self.net(x, wanted, replace_at, replacement)
+        # The first wanted tap switches autograd on (taps.tap); the caller's mode is back
+        # when this returns.
+        enabled = torch.is_grad_enabled()
+        out = self.net(x, wanted, replace_at, replacement)
+        torch.set_grad_enabled(enabled)
+        return out
 
     @torch.jit.export
     def reshape(self, tap: int, t: Tensor) -> Tensor:
@@ -566,8 +571,11 @@ def check(path, model, target_layers, reshape, input_size, batch: int = 3) -> No
     torch._C._set_graph_executor_optimize(False)
     try:
         for _ in range(3):
-            out, differentiable, stored = loaded(*_arguments(x, len(activations)))
-            problems = []
+            # As the server calls it: without autograd, which the first wanted tap turns on.
+            with torch.no_grad():
+                out, differentiable, stored = loaded(*_arguments(x, len(activations)))
+                restored = not torch.is_grad_enabled()
+            problems = [] if restored else ["the caller's autograd mode"]
             if out.shape != logits.shape or _close(out.detach(), logits) > TOLERANCE:
                 problems.append("logits")
             score = out.gather(1, out.argmax(1, keepdim=True)).sum()

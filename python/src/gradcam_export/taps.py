@@ -20,11 +20,13 @@ def tap(
 
     - `replace_at == index`: the layer's output is `replacement` instead (AblationCAM's
       ablated copies; the server sends the input repeated to the same batch size).
-    - `wanted[index]` and nothing before it records autograd history (the server freezes
-      the parameters): the output becomes a fresh leaf that requires grad, so that only
-      what follows it is recorded. An output that already requires grad (it depends on an
-      earlier wanted tap) stays in the graph, so that gradients at earlier taps still flow
-      through it.
+    - `wanted[index]` and the output has no autograd history (the server freezes the
+      parameters and runs the network without autograd up to here): autograd is switched
+      on and the output becomes a fresh leaf that requires grad, so that only what follows
+      it is recorded, and nothing before it paid autograd's bookkeeping. An output that
+      already requires grad (it depends on an earlier wanted tap) stays in the graph, so
+      that gradients at earlier taps still flow through it. `_Exported.forward` puts the
+      caller's autograd mode back at the end.
     - The rest of the network gets a clone: an in-place op after the layer (DenseNet's
       final `relu(inplace=True)`) then changes the clone, which the server reads as the
       activation (pytorch-grad-cam's hook keeps a tensor that shares storage with the
@@ -33,7 +35,8 @@ def tap(
     """
     if int(replace_at) == index:
         output = replacement
-    if bool(wanted[index]) and torch.is_grad_enabled() and not output.requires_grad:
+    if bool(wanted[index]) and not output.requires_grad:
+        torch.set_grad_enabled(True)
         output = output.detach().requires_grad_()
     return output.clone(), output
 

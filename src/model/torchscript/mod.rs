@@ -281,11 +281,10 @@ impl Network for TorchScriptNetwork {
         layers: &[usize],
         gradients: bool,
     ) -> Result<Pass, NetworkError> {
-        let (logits, differentiable, stored) = if gradients {
-            self.run(input, layers, None)?
-        } else {
-            tch::no_grad(|| self.run(input, &[], None))?
-        };
+        // Without autograd either way: the file switches it on at the first wanted tap, so
+        // that nothing before it pays autograd's bookkeeping (taps.py).
+        let wanted = if gradients { layers } else { &[] };
+        let (logits, differentiable, stored) = tch::no_grad(|| self.run(input, wanted, None))?;
         let mut pass = Pass {
             logits,
             layers: layers.to_vec(),
