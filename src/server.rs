@@ -104,6 +104,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     } else {
         tracing::info!(sha256 = %model.weights, architecture = %model.architecture, "weights loaded");
     }
+    if let Err(missing) = crate::cam::lapack::available() {
+        tracing::warn!("{missing}; until then those requests get 422");
+    }
     if model.labels_source == "generated" {
         tracing::warn!(
             "the model has {} classes and no labels file: classes are named `class 0` .. \

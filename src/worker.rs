@@ -20,7 +20,7 @@ use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use crate::cam::{CamAsk, CamExplanation};
 use crate::config::ServerConfig;
 use crate::engine::{Explainer, ModelDescription};
-use crate::gradcam::Ask;
+use crate::gradcam::{Ask, GradCamError};
 use crate::preprocess::ModelInput;
 
 /// One explanation's network result and where its time went.
@@ -36,6 +36,10 @@ pub struct JobOutput {
 pub enum WorkerError {
     #[error("the model failed on this input: {0}")]
     Model(String),
+    /// The model (or this server) cannot do what the job asks: a request's fault, not the
+    /// model's.
+    #[error("{0}")]
+    Unsupported(String),
     #[error(
         "the model worker panicked on this input; the error was logged and the worker goes on"
     )]
@@ -313,14 +317,11 @@ fn run_alone(explainer: &dyn Explainer, job: Job, stats: &WorkerStats) {
             backward_ms: timings.backward_ms,
             batch_size: 1,
         }),
-        Ok(Err(crate::gradcam::GradCamError::Abandoned)) => {
+        Ok(Err(GradCamError::Abandoned)) => {
             stats.cancelled.fetch_add(1, Ordering::SeqCst);
             return;
         }
-        Ok(Err(e)) => {
-            tracing::error!("model error: {e}");
-            Err(WorkerError::Model(e.to_string()))
-        }
+        Ok(Err(e)) => Err(failure(e)),
         Err(panic) => {
             stats.panics.fetch_add(1, Ordering::SeqCst);
             tracing::error!("model worker panicked: {}", panic_text(&*panic));
@@ -328,6 +329,17 @@ fn run_alone(explainer: &dyn Explainer, job: Job, stats: &WorkerStats) {
         }
     };
     let _ = job.reply.send(answer);
+}
+
+/// What a job's error tells its caller: a refusal, or a failure (logged).
+fn failure(e: GradCamError) -> WorkerError {
+    match e {
+        GradCamError::Unsupported(why) => WorkerError::Unsupported(why),
+        e => {
+            tracing::error!("model error: {e}");
+            WorkerError::Model(e.to_string())
+        }
+    }
 }
 
 fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
@@ -384,9 +396,17 @@ fn run_batch(explainer: &dyn Explainer, batch: Vec<Job>, stats: &WorkerStats) {
             }
         }
         Ok(Err(e)) => {
-            tracing::error!("model error on a batch of {size}: {e}");
+            let text = e.to_string();
+            let unsupported = matches!(e, GradCamError::Unsupported(_));
+            if !unsupported {
+                tracing::error!("model error on a batch of {size}: {text}");
+            }
             for job in batch {
-                let _ = job.reply.send(Err(WorkerError::Model(e.to_string())));
+                let _ = job.reply.send(Err(if unsupported {
+                    WorkerError::Unsupported(text.clone())
+                } else {
+                    WorkerError::Model(text.clone())
+                }));
             }
         }
         Err(panic) => {

@@ -92,7 +92,7 @@ impl OptionSource {
         (status = 413, description = "Upload over the byte limit, or image over the pixel limit", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not multipart/form-data", body = Problem, content_type = "application/problem+json"),
         (status = 406, description = "`Accept: image/png` with several targets: one PNG cannot hold several maps (ask for JSON)", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "An option has a bad value (an unknown `method` lists the valid ones; `scorecam` where the server does not allow it says how to turn it on); the detail names it", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "An option has a bad value (an unknown `method` lists the valid ones; `scorecam` where the server does not allow it says how to turn it on); the detail names it. Or the loaded model cannot run what was asked (`urn:gradcam-serve:problem:unsupported`; the detail says why)", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "The model failed (logged; the server goes on)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Queue full or model still loading; see Retry-After", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u32, description = "Seconds to wait"))),
@@ -234,6 +234,7 @@ pub async fn explain(
         .map_err(|_| ApiError::Timeout(timeout_secs))?
         .map_err(|e| match e {
             WorkerError::Stopped => ApiError::NotReady,
+            WorkerError::Unsupported(why) => ApiError::Unsupported(why),
             other => ApiError::Internal(other.to_string()),
         })?;
     drop(admission);
@@ -393,16 +394,9 @@ fn prediction_headers(h: &mut HeaderMap, e: &Explanation) {
 }
 
 fn server_timing(t: &Timing) -> String {
-    [
-        ("decode", t.decode),
-        ("queue", t.queue),
-        ("forward", t.forward),
-        ("backward", t.backward),
-        ("render", t.render),
-        ("total", t.total),
-    ]
-    .iter()
-    .map(|(name, ms)| format!("{name};dur={ms:.2}"))
-    .collect::<Vec<_>>()
-    .join(", ")
+    t.stages()
+        .iter()
+        .map(|(name, ms)| format!("{name};dur={ms:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

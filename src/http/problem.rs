@@ -59,6 +59,10 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     NotAcceptable(String),
+    /// The request is valid, but the loaded model cannot do what it asks (a method that
+    /// needs what the model, or this server, lacks).
+    #[error("{0}")]
+    Unsupported(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -72,7 +76,7 @@ impl ApiError {
             BadImage(_) => StatusCode::BAD_REQUEST,
             TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            InvalidOption { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            InvalidOption { .. } | Unsupported(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Overloaded { .. } | NotReady => StatusCode::SERVICE_UNAVAILABLE,
             UploadTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -101,6 +105,7 @@ impl ApiError {
             Unauthorized(_) => ("unauthorized", "Unauthorized"),
             NotFound(_) => ("not-found", "Not found"),
             NotAcceptable(_) => ("not-acceptable", "Not acceptable"),
+            Unsupported(_) => ("unsupported", "Not supported for this model"),
             Internal(_) => ("internal", "Internal error"),
         }
     }
