@@ -1,6 +1,7 @@
 # gradcam-serve: `make serve` runs the service, `make test` runs every test.
 # Both install what they need, once: libtorch (PyPI torch 2.13.0, under
-# ~/.cache/gradcam-serve), the release build, the reference venv and data for the tests.
+# ~/.cache/gradcam-serve), the system's LAPACK (apt, for EigenCAM), the release build, the
+# reference venvs and data for the tests.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := serve
@@ -15,12 +16,14 @@ export LIBTORCH
 BIN := target/release/gradcam-serve
 WEIGHTS ?= weights/resnet50.safetensors
 PARITY := target/parity
+EXPORTER_SOURCES := python/pyproject.toml $(wildcard python/src/gradcam_export/*.py)
 
 build:
 	cargo build --release --locked
 
 # Real weights when present or downloadable; otherwise demo weights, said loudly.
 serve: build
+	@scripts/setup-lapack.sh || echo "*** no system LAPACK: eigencam, eigengradcam and eigen_smooth will be refused"
 	@if [ ! -f "$(WEIGHTS)" ] && ! $(BIN) fetch-weights --weights "$(WEIGHTS)"; then \
 	  echo "*** could not fetch the official weights (offline?): serving DEMO RANDOM weights;"; \
 	  echo "*** labels are meaningless. Put a ResNet-50 safetensors file at $(WEIGHTS) for real ones."; \
@@ -32,12 +35,33 @@ serve: build
 $(PARITY)/reference.json: tests/reference/make_reference.py tests/reference/methods_reference.py scripts/setup-pyref.sh
 	PY=$$(scripts/setup-pyref.sh) && $$PY tests/reference/make_reference.py $(PARITY)
 
-# Unit, parity and HTTP tests, then the OpenAPI contract test against a real server, then
-# the page at GET / in headless Chromium (scripts/browser-test.sh; Chromium installed once).
-test: $(PARITY)/reference.json
+# The exporter package (python/), installed as users install it into the reference venv
+# (torch 2.13.0) and into one with an older torch (2.4.1), again whenever it changes.
+$(PARITY)/.exporter: $(EXPORTER_SOURCES) scripts/setup-pyref.sh scripts/setup-export-torch.sh
+	mkdir -p $(PARITY)
+	for PY in $$(scripts/setup-pyref.sh) $$(scripts/setup-export-torch.sh); do \
+	  $$PY -m pip install -q --disable-pip-version-check --no-deps --force-reinstall ./python || exit 1; \
+	done
+	rm -rf python/build python/src/*.egg-info
+	touch $@
+
+# Exported models (torchvision's and a custom module) and pytorch-grad-cam's answers for
+# them: tests/api/any_model.rs.
+$(PARITY)/exported/reference.json: $(PARITY)/reference.json $(PARITY)/.exporter tests/reference/make_exported.py tests/reference/two_branch.py tests/reference/export_with.py
+	PY=$$(scripts/setup-pyref.sh) && OLD=$$(scripts/setup-export-torch.sh) && \
+	  cd tests/reference && TQDM_DISABLE=1 $$PY make_exported.py $(abspath $(PARITY)) --old-python $$OLD
+
+# The exporter's tests under both torch versions, the Rust unit, parity and HTTP tests, then
+# the OpenAPI contract test against a real server, then the page at GET / in headless
+# Chromium (scripts/browser-test.sh; Chromium installed once), with an exported model too.
+test: $(PARITY)/reference.json $(PARITY)/exported/reference.json
+	scripts/setup-lapack.sh
+	for PY in $$(scripts/setup-pyref.sh) $$(scripts/setup-export-torch.sh); do \
+	  (cd python && $$PY -m pytest -q -p no:cacheprovider tests) || exit 1; \
+	done
 	GRADCAM_PARITY_DIR=$(abspath $(PARITY)) cargo test --release --locked -- --include-ignored
 	scripts/contract_test.sh
-	scripts/browser-test.sh
+	scripts/browser-test.sh --exported $(abspath $(PARITY))/exported/mobilenet_v3_large.pt
 
 # `make test` RUNS times (default 5) in a row; BUSY=1 keeps every core busy meanwhile (one
 # `yes` per core), to show that no test depends on the machine's speed. Logs and a summary
@@ -49,12 +73,14 @@ test-repeat:
 bench:
 	scripts/bench.sh
 
-# Formatting, clippy, then the deployment files: hadolint on docker/Dockerfile, deploy/k8s/
-# against the Kubernetes schemas (kubernetes-validate), the limits compose, nginx.conf and
-# config.toml must agree on (scripts/deploy_lint.py; its tools in a venv, installed once).
+# Formatting, clippy, ruff on the exporter package, then the deployment files: hadolint on
+# docker/Dockerfile, deploy/k8s/ against the Kubernetes schemas (kubernetes-validate), the
+# limits compose, nginx.conf and config.toml must agree on (scripts/deploy_lint.py; its
+# tools in a venv, installed once).
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --release --locked --workspace --all-targets -- -D warnings
+	TOOLS=$$(scripts/setup-deploy-tools.sh) && $$TOOLS/ruff check python && $$TOOLS/ruff format --check python
 	TOOLS=$$(scripts/setup-deploy-tools.sh) && $$TOOLS/python scripts/deploy_lint.py
 
 clean-cache:

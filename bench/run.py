@@ -21,10 +21,17 @@ matplotlib), after the release build. Steps:
               200 ms pauses, CPU per request and the idle server's CPU use
   9. methods  every CAM method at layer4: ours (gradcam-bench methods, against our own
               prediction in the same rounds) and pytorch-grad-cam's (baseline.py --methods)
+ 10. exported models exported by gradcam_export (efficientnet_b0, convnext_tiny, vit_b_16;
+              bench/exported.py): Grad-CAM over HTTP at concurrency 1 against
+              pytorch-grad-cam in process on the same model and threads, measured in
+              alternation; the explanation in process against the file's own prediction
+              (gradcam-bench exported); the ResNet-50 of step 1 exported, against the native
+              path
 Scratch files go to target/bench/; results to bench/results.json, plots to bench/*.png,
 the report to BENCHMARKS.md. BENCH_QUICK=1 shortens every step (for trying the script out);
 `--report-only` re-renders BENCHMARKS.md and the plots from bench/results.json; `--only
-idle|ort|baseline|methods` runs one part alone and prints its figures (BENCH_THREADS: threads).
+idle|ort|baseline|methods|exported` runs one part alone and prints its figures (BENCH_THREADS:
+threads).
 """
 import datetime
 import json
@@ -63,6 +70,12 @@ PAUSE_S = 0.05
 # thousands of passes each (pytorch-grad-cam: about 3 minutes a run here), so one run.
 METHOD_RUNS = 4 if QUICK else 20
 METHOD_SLOW_RUNS = 1
+# Exported models (step 10): the architectures of the any-model issue's speed goals, and
+# rounds of alternating HTTP and pytorch-grad-cam measurements.
+EXPORTED_ARCHS = ["efficientnet_b0", "convnext_tiny", "vit_b_16"]
+EXPORTED_ROUNDS = 2 if QUICK else 3
+EXPORTED_RUNS = 5 if QUICK else 10
+EXPORTED_ENGINE_RUNS = 10 if QUICK else 30
 # Ratios within this of 1.0 are reported as "no measurable difference".
 NOISE = 0.03
 # Share of the CPU used by other processes during the run above which the report warns.
@@ -435,6 +448,123 @@ def methods_section(results, w):
       "classifier) for each ablated channel; pytorch-grad-cam reruns the whole network for "
       "every batch of 32 channels. ScoreCAM is a whole forward per channel (2048 at layer4) "
       "on both sides: ours batches them through the fast path.\n")
+
+
+def exported_models(weights, image, threads):
+    """Step 10. Per architecture: the file exported with seeded weights (bench/exported.py,
+    which also times pytorch-grad-cam's GradCAM on the same model), then EXPORTED_ROUNDS
+    rounds of our server at concurrency 1 and pytorch-grad-cam, alternating, and the
+    explanation in process against the file's prediction. Then the step-1 ResNet-50
+    exported through the CLI, in process against the native path on the same weights."""
+    out = os.path.join(SCRATCH, "exported")
+    py = [sys.executable, os.path.join(ROOT, "bench", "exported.py"), "--out", out,
+          "--image", image, "--threads", str(threads), "--runs", str(EXPORTED_RUNS)]
+    models = {}
+    for arch in EXPORTED_ARCHS:
+        rounds = []
+        theirs = run_json([*py, "--arch", arch])
+        server = Server(theirs["file"], ["--threads", str(threads)], f"exported-{arch}")
+        try:
+            for i in range(EXPORTED_ROUNDS):
+                if i:
+                    theirs = run_json([*py, "--arch", arch])
+                ours = run_json([BENCH, "http", "--url", server.url, "--image", image,
+                                 "--concurrency", "1", "--duration", str(HTTP_DURATION),
+                                 "--warmup", str(HTTP_WARMUP)])["levels"][0]
+                rounds.append({"http_p50_ms": ours["latency_ms"]["p50"],
+                               "pytorch_grad_cam_p50_ms": theirs["pytorch_grad_cam_ms"]["p50"],
+                               "torch_forward_p50_ms": theirs["torch_forward_ms"]["p50"]})
+        finally:
+            server.stop()
+        engine = run_json([BENCH, "exported", "--weights", theirs["file"], "--image", image,
+                           "--runs", str(EXPORTED_ENGINE_RUNS), "--threads", str(threads)])
+        speedups = [r["pytorch_grad_cam_p50_ms"] / r["http_p50_ms"] for r in rounds]
+        models[arch] = {"layer": engine["layer"], "rounds": rounds, "engine": engine,
+                        "speedup": statistics.median(speedups)}
+        log(f"  {arch}: pytorch-grad-cam / ours over HTTP {models[arch]['speedup']:.2f}, "
+            f"explanation / prediction in process {engine['ratio']:.2f}")
+    exported = os.path.join(out, "resnet50.pt")
+    subprocess.run([sys.executable, "-m", "gradcam_export", "torchvision", "resnet50",
+                    "--weights", weights, "-o", exported], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pair = {}
+    for _ in range(EXPORTED_ROUNDS):
+        for name, path in (("native", weights), ("exported", exported)):
+            r = run_json([BENCH, "exported", "--weights", path, "--image", image,
+                          "--runs", str(EXPORTED_ENGINE_RUNS), "--threads", str(threads)])
+            pair.setdefault(name, []).append(r)
+    median = lambda runs, key: statistics.median(r[key]["p50"] for r in runs)  # noqa: E731
+    resnet50 = {side: {"explanation_p50_ms": median(runs, "explanation_ms"),
+                       "prediction_p50_ms": median(runs, "prediction_ms")}
+                for side, runs in pair.items()}
+    resnet50["ratio"] = (resnet50["exported"]["explanation_p50_ms"]
+                         / resnet50["native"]["explanation_p50_ms"])
+    log(f"  resnet50: exported / native explanation in process {resnet50['ratio']:.2f}")
+    return {"models": models, "resnet50": resnet50, "threads": threads}
+
+
+def exported_targets(results):
+    e = results.get("exported")
+    if e is None:
+        return []
+    out = []
+    for arch, m in e["models"].items():
+        r = m["rounds"][len(m["rounds"]) // 2]
+        out.append((f"{arch} (exported): pytorch-grad-cam in process / our Grad-CAM over HTTP "
+                    "(p50, alternating rounds)",
+                    f"{r['pytorch_grad_cam_p50_ms']:.1f} / {r['http_p50_ms']:.1f} ms",
+                    m["speedup"], ">= 3", m["speedup"] >= 3))
+        g = m["engine"]
+        out.append((f"{arch} (exported): explanation / its prediction, in process (p50)",
+                    f"{g['explanation_ms']['p50']:.1f} / {g['prediction_ms']['p50']:.1f} ms",
+                    g["ratio"], "<= 1.15", g["ratio"] <= 1.15))
+    return out
+
+
+def exported_section(results, w):
+    e = results.get("exported")
+    if e is None:
+        return
+    w("## Exported models (any classifier)\n")
+    w("Models made by torchvision's constructors with seeded weights (`torch.manual_seed(0)`), "
+      "exported by `gradcam_export` at pytorch-grad-cam's recommended layer "
+      "(bench/exported.py), 224x224, batch 1, "
+      f"{e['threads']} threads each side. Over HTTP: `gradcam-bench http` at concurrency 1 "
+      "against `gradcam-serve serve --weights FILE` (decode, queue, the passes, the overlay "
+      "PNG, JSON); pytorch-grad-cam: `GradCAM(model, target_layers=[...])` on the same model "
+      "in process, `cam(input_tensor=x, targets=None)`, alternating with ours "
+      f"({len(next(iter(e['models'].values()))['rounds'])} rounds each, the median round "
+      "shown). In process: `gradcam-bench exported`, the explanation (forward and backward "
+      "to the tap, the map) against the same file's plain prediction, alternating.\n")
+    w("| Model | layer | ours over HTTP p50 ms | pytorch-grad-cam p50 ms | speed-up | "
+      "PyTorch forward p50 ms | pytorch-grad-cam / PyTorch forward | our prediction p50 ms | "
+      "our explanation p50 ms | explanation / prediction |")
+    w("|---|---|---|---|---|---|---|---|---|---|")
+    for arch, m in e["models"].items():
+        r = m["rounds"][len(m["rounds"]) // 2]
+        g = m["engine"]
+        bound = r["pytorch_grad_cam_p50_ms"] / r["torch_forward_p50_ms"]
+        w(f"| {arch} | `{m['layer']}` | {r['http_p50_ms']:.1f} | "
+          f"{r['pytorch_grad_cam_p50_ms']:.1f} | {m['speedup']:.2f} | "
+          f"{r['torch_forward_p50_ms']:.1f} | {bound:.2f} | {g['prediction_ms']['p50']:.1f} | "
+          f"{g['explanation_ms']['p50']:.1f} | {g['ratio']:.2f} |")
+    w("")
+    w("An explanation needs at least one forward pass of the network, so the speed-up over "
+      "pytorch-grad-cam cannot pass pytorch-grad-cam's own cost in forwards (its forward "
+      "records the whole graph, its backward computes every parameter's gradient): the "
+      "column 'pytorch-grad-cam / PyTorch forward' is that bound, before our decoding, "
+      "overlay and HTTP.")
+    rn = e["resnet50"]
+    w("")
+    w("The same ResNet-50 weights (step 1's) served natively and exported "
+      "(`python -m gradcam_export torchvision resnet50 --weights ...`), in process, "
+      "alternating: Grad-CAM at layer4 "
+      f"{rn['native']['explanation_p50_ms']:.1f} ms native, "
+      f"{rn['exported']['explanation_p50_ms']:.1f} ms exported ({rn['ratio']:.2f}); "
+      f"predictions {rn['native']['prediction_p50_ms']:.1f} and "
+      f"{rn['exported']['prediction_p50_ms']:.1f} ms. The native path folds batch norm, "
+      "keeps oneDNN weights and fuses the convolutions' ReLU and add (src/model/resnet/); "
+      "the exported file runs TorchScript's eager operators.\n")
 
 
 def paired_http(weights, image224, images):
@@ -821,6 +951,7 @@ def main():
             "ort": lambda: {k: paired_latency(weights, img224, threads, runtime=k)
                             for k in ("onnxruntime", "onnxruntime-cam")},
             "methods": lambda: cam_methods(weights, img224, threads),
+            "exported": lambda: exported_models(weights, img224, threads),
             "baseline": lambda: run_json([sys.executable,
                                           os.path.join(ROOT, "bench", "baseline.py"),
                                           "--weights", weights, "--image", img224,
@@ -933,6 +1064,9 @@ def main():
     log(f"methods: every CAM method at layer4, ours and pytorch-grad-cam's ({METHOD_RUNS} "
         f"rounds, {METHOD_SLOW_RUNS} run of AblationCAM and ScoreCAM: ~10 min)")
     results["methods"] = cam_methods(weights, img224, threads)
+    log(f"exported models: {', '.join(EXPORTED_ARCHS)} over HTTP vs pytorch-grad-cam, "
+        "in process vs their prediction; resnet50 exported vs native")
+    results["exported"] = exported_models(weights, img224, threads)
     results["elapsed_s"] = time.perf_counter() - started
     # How much of the machine other processes used meanwhile: the noise in every figure.
     busy1, total1 = machine_cpu()
@@ -1073,6 +1207,7 @@ def report(results):
     targets += phone_targets
     targets += peer_and_idle_targets(results)
     targets += method_targets(results)
+    targets += exported_targets(results)
     verdicts = [f"{'PASS' if ok else 'MISS'}  {name}: {fig} -> {ratio:.2f} (target {want})"
                 for name, fig, ratio, want, ok in targets]
 
@@ -1283,6 +1418,7 @@ def report(results):
     report_peers_and_idle(results, w)
     trunk_section(results, w)
     methods_section(results, w)
+    exported_section(results, w)
     w("## What we tried\n")
     w("Each row was measured in this run; a change within "
       f"{NOISE * 100:.0f}% is reported as no difference.\n")

@@ -8,4 +8,7 @@ LIBTORCH="${LIBTORCH:-$(scripts/setup-libtorch.sh)}"
 export LIBTORCH
 cargo build --release --locked --workspace --bins
 PY=$(scripts/setup-pyref.sh)
-exec "$PY" bench/run.py
+# The exporter, for the exported-model step (as `make test` installs it).
+"$PY" -m pip install -q --disable-pip-version-check --no-deps --force-reinstall ./python
+rm -rf python/build python/src/*.egg-info
+exec "$PY" bench/run.py "$@"

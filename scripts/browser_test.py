@@ -12,7 +12,10 @@ chromedriver, through Selenium) against real servers on loopback port 0:
   and detail, and the page goes on working; screenshots at desktop and phone width;
 - a server with --api-keys and a small upload limit: the token field, 401 without a token,
   413 over the limit, an answer with the token typed in, the token kept for the tab only;
-- a server with --ui false: / is 404 problem+json.
+- a server with --ui false: / is 404 problem+json;
+- with --exported FILE, a server of that exported model (gradcam_export): the page offers
+  its layers (taps) and default, shows its own labels, and its canvas equals the server's
+  overlay at a layer other than the default.
 
 Waits are conditions (WebDriverWait), never fixed sleeps. Screenshots go to
 target/browser-test/. Ends with "N passed, M failed"; exit status 1 when any failed.
@@ -52,11 +55,13 @@ WAIT = 60  # seconds any one condition may take (a 2-core machine, shared)
 
 # ------------------------------------------------------------------ servers and HTTP
 class Server:
-    def __init__(self, binary, *args):
+    def __init__(self, binary, *args, weights=None):
+        """Demo weights, or the model file `weights`."""
         self.log = tempfile.TemporaryFile()
+        model = ["--weights", str(weights)] if weights else [
+            "--demo-weights", "--weights", "/nonexistent.safetensors"]
         self.proc = subprocess.Popen(
-            [binary, "serve", "--bind", "127.0.0.1:0", "--demo-weights",
-             "--weights", "/nonexistent.safetensors", *args],
+            [binary, "serve", "--bind", "127.0.0.1:0", *model, *args],
             stdout=subprocess.PIPE, stderr=self.log, text=True)
         line = self.proc.stdout.readline().strip()
         if not line.startswith("listening on "):
@@ -367,6 +372,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bin", default=str(ROOT / "target/release/gradcam-serve"))
     ap.add_argument("--out", default=str(ROOT / "target/browser-test"))
+    ap.add_argument("--exported", help="an exported model file (gradcam_export) to test too")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -755,6 +761,50 @@ def main():
             assert http(dark.url + "/model")[0] == 200
 
         checks.run("ui = false: / and its assets are 404 problem+json", no_page)
+
+        if args.exported:
+            checks.scenario(f"server with an exported model ({Path(args.exported).name})")
+            exported = Server(args.bin, weights=args.exported)
+            servers.append(exported)
+            described = json.loads(http(exported.url + "/model")[2])
+
+            def exported_page_offers_its_layers_and_labels():
+                assert described["backend"] == "torchscript", described["backend"]
+                driver.get(exported.url + "/")
+                wait(driver, lambda d: len(Select(d.find_element(By.ID, "layer")).options)
+                     == len(described["layers"]), "the exported model's layers")
+                select = Select(driver.find_element(By.ID, "layer"))
+                layers = [o.get_attribute("value") for o in select.options]
+                assert layers == described["layers"], (layers, described["layers"])
+                chosen = select.first_selected_option.get_attribute("value")
+                assert chosen == described["default_layer"], chosen
+                assert "demo" not in driver.find_element(By.ID, "demo-warning").text
+                info = driver.find_element(By.ID, "model-info").text
+                assert described["architecture"] in info, info
+                upload(driver, png_path)
+                shown = shown_top_k(driver)
+                assert all(c["label"] in described["labels"] for c in shown), shown
+                return f"layers {', '.join(layers)}; top-1 {shown[0]['label']}"
+
+            def exported_canvas_equals_server_overlay_at_another_layer():
+                other = described["layers"][-1]
+                Select(driver.find_element(By.ID, "layer")).select_by_value(other)
+                wait(driver, lambda d: state(d, "answer.model.target_layer") == other,
+                     f"the answer at {other}")
+                wait(driver, settled, "the redrawn picture")
+                status, _, api = post_explain(exported, photo_png, {
+                    "layer": other, "alpha": "0.5",
+                    "target": str(state(driver, "answer.target.class_index"))})
+                assert status == 200, api
+                diff = compare_canvas(driver, base64.b64decode(api["overlay_png"]))
+                assert diff.get("max") == 0, f"canvas vs server overlay at {other}: {diff}"
+                screenshot(driver, out / "exported-model.png", False)
+                return f"{other}: all {diff['pixels']} pixels equal"
+
+            checks.run("exported model: its layers, default and labels on the page",
+                       exported_page_offers_its_layers_and_labels)
+            checks.run("exported model: canvas equals the server's overlay at another layer",
+                       exported_canvas_equals_server_overlay_at_another_layer)
     except Exception as e:  # noqa: BLE001
         checks.failed.append(f"set-up: {e}")
         print(f"FAIL set-up: {e}", flush=True)

@@ -24,4 +24,11 @@ if [ ! -f "$ort_stamp" ]; then
   "$venv/bin/pip" install -q --disable-pip-version-check onnxruntime==1.32.0 onnx==1.23.2 >&2
   touch "$ort_stamp"
 fi
+# The exporter's tests run in this venv too (pytest); its own stamp, as above.
+test_stamp="$venv/.pytest-9.2.0"
+if [ ! -f "$test_stamp" ]; then
+  echo "setup-pyref: installing pytest 9.2.0 into $venv (once)" >&2
+  "$venv/bin/pip" install -q --disable-pip-version-check pytest==9.2.0 >&2
+  touch "$test_stamp"
+fi
 echo "$venv/bin/python"

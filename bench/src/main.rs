@@ -31,6 +31,7 @@ use image::{codecs::jpeg::JpegEncoder, Rgb, RgbImage};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+mod exported;
 mod methods;
 mod phone;
 
@@ -147,6 +148,20 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         threads: usize,
     },
+    /// A model file's Grad-CAM explanation at its default layer against its own prediction,
+    /// in process (exported TorchScript models, or the native path on the same weights).
+    Exported {
+        #[arg(long)]
+        weights: PathBuf,
+        /// The input-size image.
+        #[arg(long)]
+        image: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// libtorch intra-op threads; 0 leaves libtorch's default.
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
     /// Load generator: closed loop at each concurrency, against a running server.
     Http {
         /// Base URL, e.g. http://127.0.0.1:8080
@@ -219,6 +234,12 @@ fn main() -> anyhow::Result<()> {
             slow_runs,
             threads,
         } => methods::methods_bench(&weights, &image, runs, slow_runs, threads)?,
+        Command::Exported {
+            weights,
+            image,
+            runs,
+            threads,
+        } => exported::exported_bench(&weights, &image, runs, threads)?,
         Command::Http {
             url,
             image,
@@ -748,7 +769,7 @@ fn explain_request(target: &Target, image: &[u8]) -> Vec<u8> {
     request
 }
 
-const STAGES: [&str; 6] = ["decode", "queue", "forward", "backward", "render", "total"];
+const STAGES: [&str; 6] = gradcam_serve::explanation::Timing::STAGES;
 
 /// The server's stage timings, from its Server-Timing header or else the JSON body.
 fn stage_timings(response: &Response) -> Option<[f64; 6]> {
