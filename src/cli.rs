@@ -467,3 +467,88 @@ fn explain_file(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// Every setting, as `section.key`: the fields of `Config`, read from its serialised
+    /// form (an unset `Option` is `null`, so none is missed).
+    fn settings() -> Vec<(String, String)> {
+        let value = serde_json::to_value(Config::default()).unwrap();
+        let mut out = Vec::new();
+        for (section, fields) in value.as_object().unwrap() {
+            for key in fields.as_object().unwrap().keys() {
+                out.push((section.clone(), key.clone()));
+            }
+        }
+        out
+    }
+
+    /// (long flag, variable, help) of each argument of `serve`.
+    fn serve_flags() -> Vec<(String, Option<String>, String)> {
+        let cli = Cli::command();
+        let serve = cli.find_subcommand("serve").unwrap();
+        serve
+            .get_arguments()
+            .filter_map(|a| {
+                let long = a.get_long()?.to_string();
+                let env = a.get_env().map(|e| e.to_string_lossy().into_owned());
+                let help = a.get_help().map(ToString::to_string).unwrap_or_default();
+                Some((long, env, help))
+            })
+            .collect()
+    }
+
+    /// Each setting has a `serve` flag whose help names it (`[section.key]`), the variable
+    /// `GRADCAM_KEY`, and a line (set or commented) in its section of config.toml; and no
+    /// flag names a setting that does not exist. A setting added in one place only fails.
+    #[test]
+    fn every_setting_has_a_flag_a_variable_and_a_line_in_config_toml() {
+        let flags = serve_flags();
+        let toml = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml"),
+        )
+        .unwrap();
+        let sections: Vec<(&str, &str)> = toml
+            .split("\n[")
+            .skip(1)
+            .filter_map(|part| part.split_once(']'))
+            .collect();
+        let settings = settings();
+        assert!(settings.len() >= 30, "{settings:?}");
+        for (section, key) in &settings {
+            let marker = format!("{section}.{key}]");
+            let flag = flags.iter().find(|(_, _, help)| help.contains(&marker));
+            let Some((long, env, _)) = flag else {
+                panic!("no `serve` flag says [{section}.{key}] in its help");
+            };
+            let variable = format!("GRADCAM_{}", key.to_uppercase());
+            assert_eq!(env.as_deref(), Some(variable.as_str()), "--{long}");
+            let lines = sections
+                .iter()
+                .find(|(name, _)| name == section)
+                .map(|(_, body)| *body)
+                .unwrap_or_else(|| panic!("config.toml has no [{section}]"));
+            let documented = lines.lines().any(|l| {
+                let l = l.trim_start_matches("# ");
+                l.starts_with(&format!("{key} ="))
+            });
+            assert!(
+                documented,
+                "config.toml's [{section}] does not show `{key}`"
+            );
+        }
+        for (long, env, help) in &flags {
+            if long == "config" {
+                continue;
+            }
+            let named = settings
+                .iter()
+                .any(|(s, k)| help.contains(&format!("{s}.{k}]")));
+            assert!(named, "--{long} ({env:?}) names no setting: {help}");
+        }
+    }
+}

@@ -147,7 +147,7 @@ impl Default for ServerConfig {
             max_batch: 4,
             batch_wait_ms: 2,
             max_upload_bytes: 20 * 1024 * 1024,
-            max_pixels: 40_000_000,
+            max_pixels: crate::preprocess::DecodeLimits::default().max_pixels,
             request_timeout_secs: 30,
             linger_bytes: 256 * 1024 * 1024,
             linger_secs: 30,
@@ -266,7 +266,7 @@ impl Config {
         if !(0.0..=1.0).contains(&e.alpha) {
             return bad(format!("explain.alpha = {} (0..=1)", e.alpha));
         }
-        if !crate::options::OVERLAY_MAX_SIDE.contains(&e.overlay_max_side) {
+        if !crate::render::OVERLAY_MAX_SIDE.contains(&e.overlay_max_side) {
             return bad(format!(
                 "explain.overlay_max_side = {} (64..=16383)",
                 e.overlay_max_side

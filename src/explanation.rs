@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::options::OverlayFormat;
+use crate::render::OverlayFormat;
 pub use crate::render::{EncodedOverlay, OverlayImage};
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
@@ -107,6 +107,26 @@ pub struct Timing {
     pub backward: f64,
     pub render: f64,
     pub total: f64,
+}
+
+impl Timing {
+    /// The stages' names, in order: the fields above, the `Server-Timing` header's names
+    /// and the metrics' `stage` label.
+    pub const STAGES: [&'static str; 6] =
+        ["decode", "queue", "forward", "backward", "render", "total"];
+
+    /// Each stage's name and milliseconds.
+    pub fn stages(&self) -> [(&'static str, f64); 6] {
+        let ms = [
+            self.decode,
+            self.queue,
+            self.forward,
+            self.backward,
+            self.render,
+            self.total,
+        ];
+        std::array::from_fn(|i| (Self::STAGES[i], ms[i]))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
@@ -219,6 +239,23 @@ mod tests {
     }
 
     #[test]
+    fn the_stage_names_are_the_timings_fields() {
+        let t = Timing {
+            decode: 1.0,
+            queue: 2.0,
+            forward: 3.0,
+            backward: 4.0,
+            render: 5.0,
+            total: 6.0,
+        };
+        let json = serde_json::to_value(&t).unwrap();
+        for (name, ms) in t.stages() {
+            assert_eq!(json[name], ms, "{name}");
+        }
+        assert_eq!(json.as_object().unwrap().len(), Timing::STAGES.len());
+    }
+
+    #[test]
     fn direct_json_is_byte_for_byte_what_serde_writes() {
         // Lengths 0..=5 cover every base64 padding case, then a large random-ish PNG
         // stand-in covers the SIMD loop.
@@ -233,7 +270,7 @@ mod tests {
             let overlay = EncodedOverlay {
                 bytes: png.clone(),
                 format: formats[i % 3],
-                kind: crate::options::OverlayKind::Blend,
+                kind: crate::render::OverlayKind::Blend,
                 width: 5,
                 height: 4,
             };

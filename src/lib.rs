@@ -1,10 +1,28 @@
-//! gradcam-serve: Grad-CAM explanations of a ResNet-family classifier's predictions.
+//! gradcam-serve: explanations (Grad-CAM and every CAM method of pytorch-grad-cam) of an
+//! image classifier's predictions: a ResNet-family state dict run natively, or any model
+//! exported as TorchScript by `gradcam_export`.
 //!
-//! Layers, from the bottom: `model` (the network, read from a state dict), `weights` and
-//! `labels` (what it is loaded from), `gradcam` (the batched Grad-CAM math), `cam` (every CAM method), `preprocess` and
-//! `render` (images in and out), `options` (what a request may choose), `engine` (the
-//! `Explainer` trait and one explanation end to end), `worker` (model threads behind a
-//! bounded queue), `server` + `http` (the HTTP API).
+//! Layers, from the bottom. A module uses only modules listed before it: tests/core/layers.rs
+//! reads this list and fails on an import (`crate::...`) against it.
+//!
+//! 1. `precision`: the trunk's number format and the CPU check for bf16
+//! 2. `fused`: oneDNN convolutions with their ReLU and add fused in (the C++ shim)
+//! 3. `colormap`: OpenCV's JET table
+//! 4. `labels`: class names
+//! 5. `preprocess`: decoding, resizing, normalising an upload
+//! 6. `model`: the `Network` trait, the native ResNet, exported TorchScript models
+//! 7. `weights`: safetensors state dicts, demo weights, downloads
+//! 8. `gradcam`: batched Grad-CAM on any network
+//! 9. `cam`: every CAM method, pytorch-grad-cam's map scaling
+//! 10. `render`: the overlay image and its options
+//! 11. `explanation`: the answer's shape
+//! 12. `config`: the settings
+//! 13. `options`: what a request may choose, checked against the model and the settings
+//! 14. `engine`: the `Explainer` trait the workers call, loading a model, one explanation end to end
+//! 15. `worker`: model threads behind a bounded queue
+//! 16. `http`: the HTTP API
+//! 17. `server`: start-up and shutdown of the service
+//! 18. `cli`: the commands
 
 pub mod cam;
 pub mod cli;

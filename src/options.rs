@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::cam::{CamAsk, Method, Targets, MAX_TARGETS};
 use crate::config::{Config, ExplainDefaults};
 use crate::preprocess::ResizeMode;
-pub use crate::render::{OverlayFormat, OverlayKind, OverlayOptions};
+pub use crate::render::{OverlayFormat, OverlayKind, OverlayOptions, OVERLAY_MAX_SIDE};
 
 /// What a caller may choose per explanation; None: the server's default.
 #[derive(
@@ -156,9 +156,6 @@ impl std::str::FromStr for OverlayFormat {
         }
     }
 }
-
-/// The range of `overlay_max_side`: WebP's largest side at the top.
-pub const OVERLAY_MAX_SIDE: std::ops::RangeInclusive<u32> = 64..=16383;
 
 /// One or more class indices, written comma-separated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -672,6 +669,48 @@ mod tests {
         assert!(e.reason.contains("layer4.1"), "{e}");
         let e = check("layer", "fc").unwrap_err();
         assert!(e.reason.contains("no such layer"), "{e}");
+    }
+
+    /// A value `set` takes for each option, to check that every name reaches every place.
+    fn sample(name: &str) -> &'static str {
+        match name {
+            "target" => "3",
+            "top_k" => "2",
+            "alpha" => "0.25",
+            "overlay" => "heatmap",
+            "resize" => "crop",
+            "layer" => "layer3",
+            "overlay_max_side" => "512",
+            "overlay_format" => "webp",
+            "method" => "layercam",
+            "eigen_smooth" => "true",
+            "aug_smooth" => "true",
+            "top_k_maps" => "2",
+            other => panic!("no sample value for option `{other}`: add one here"),
+        }
+    }
+
+    /// NAMES is every field of ExplainOptions, `set` takes each, and `override_with`
+    /// carries each: an option added in one place only fails here.
+    #[test]
+    fn every_option_is_named_set_and_overridden() {
+        let fields = serde_json::to_value(ExplainOptions::default()).unwrap();
+        let mut fields: Vec<&String> = fields.as_object().unwrap().keys().collect();
+        let mut names: Vec<&str> = NAMES.to_vec();
+        fields.sort();
+        names.sort();
+        assert_eq!(fields, names);
+        let mut all = ExplainOptions::default();
+        for name in NAMES {
+            all.set(name, sample(name)).unwrap();
+        }
+        let set = serde_json::to_value(&all).unwrap();
+        for name in NAMES {
+            assert!(!set[name].is_null(), "set({name}) did not set it");
+        }
+        let mut carried = ExplainOptions::default();
+        carried.override_with(&all);
+        assert_eq!(carried, all, "override_with left an option behind");
     }
 
     #[test]

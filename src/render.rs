@@ -53,6 +53,10 @@ impl OverlayFormat {
     }
 }
 
+/// The range of an overlay's longest side (`overlay_max_side`): WebP's largest side at the
+/// top.
+pub const OVERLAY_MAX_SIDE: std::ops::RangeInclusive<u32> = 64..=16383;
+
 /// How one overlay image is drawn and encoded: a request's overlay options, decided.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct OverlayOptions {

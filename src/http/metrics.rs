@@ -12,7 +12,6 @@ use crate::worker::Workers;
 const BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
-pub const STAGES: [&str; 6] = ["decode", "queue", "forward", "backward", "render", "total"];
 
 #[derive(Default, Clone)]
 struct Histogram {
@@ -47,16 +46,8 @@ impl Metrics {
     }
 
     pub fn observe(&self, timing: &Timing) {
-        let values = [
-            timing.decode,
-            timing.queue,
-            timing.forward,
-            timing.backward,
-            timing.render,
-            timing.total,
-        ];
         let mut stages = self.stages.lock().unwrap_or_else(|e| e.into_inner());
-        for (stage, ms) in STAGES.iter().zip(values) {
+        for (stage, ms) in timing.stages() {
             stages.entry(stage).or_default().observe(ms / 1e3);
         }
     }

@@ -433,7 +433,34 @@ fn cors(origins: &[String]) -> CorsLayer {
 
 #[cfg(test)]
 mod tests {
-    use super::index_pattern;
+    use super::{index_pattern, openapi_json};
+    use crate::options::NAMES;
+
+    /// The spec's query parameters and form fields are the request options, and nothing
+    /// else (the form adds `image`): a new option reaches the spec or this fails.
+    #[test]
+    fn the_spec_lists_exactly_the_request_options() {
+        let spec: serde_json::Value = serde_json::from_str(&openapi_json()).unwrap();
+        let mut query: Vec<String> = spec["paths"]["/explain"]["post"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_string())
+            .collect();
+        let mut form: Vec<String> = spec["components"]["schemas"]["ExplainUpload"]["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| *k != "image")
+            .cloned()
+            .collect();
+        let mut names: Vec<String> = NAMES.iter().map(ToString::to_string).collect();
+        query.sort();
+        form.sort();
+        names.sort();
+        assert_eq!(query, names);
+        assert_eq!(form, names);
+    }
 
     #[test]
     fn index_patterns_cover_exactly_the_class_range() {

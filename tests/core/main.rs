@@ -6,6 +6,7 @@
 mod compare;
 mod decode;
 mod fuzz_regressions;
+mod layers;
 mod methods_parity;
 mod model;
 mod parity;
