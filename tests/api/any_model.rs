@@ -211,6 +211,7 @@ exported_model_tests! {
     swin_t_matches_pytorch_grad_cam: "swin_t",
     a_custom_module_matches_pytorch_grad_cam: "custom",
     a_custom_module_exported_by_tracing_matches_pytorch_grad_cam: "custom-traced",
+    a_custom_module_exported_by_an_older_torch_matches_pytorch_grad_cam: "custom-old-torch",
 }
 
 /// The exported resnet50 against the native path on the same weights: the same top-5 and
@@ -349,4 +350,165 @@ fn files_the_server_cannot_use_are_refused_with_a_reason() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains(first.says[0].as_str()));
+}
+
+/// Every request option on an exported model, as a client sends them: several targets,
+/// the k most probable, both smoothings, several layers, the crop, every overlay kind and
+/// format, `Accept: image/png`, every method (ScoreCAM where allowed); a layer or class the
+/// model lacks is a 422 that names the model's own. The CLI's `explain` and `model` too.
+#[test]
+#[ignore = "needs the pytorch-grad-cam reference data: run `make test`"]
+fn every_request_option_works_on_an_exported_model() {
+    let m = model("custom");
+    let file = dir().join(&m.file);
+    let server = Server::start_with_weights(&file, &["--allow-scorecam"]);
+    let square = std::fs::read(dir().join("case-0.png")).unwrap();
+    let wide = crate::helpers::jpeg(300, 200);
+    let ok = |query: &str, image: &[u8]| -> Value {
+        let r = crate::helpers::upload(&server.url, query, image.to_vec(), "x.png").unwrap();
+        assert_eq!(r.status(), 200, "{query}: {}", r.text().unwrap_or_default());
+        r.json().unwrap()
+    };
+    let a = ok("?top_k_maps=3", &square);
+    assert_eq!(a["maps"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        ok("?target=1,2", &square)["maps"][1]["target"]["class_index"],
+        2
+    );
+    let a = ok("?aug_smooth=true&method=gradcam-plusplus", &square);
+    assert_eq!(
+        (
+            a["saliency"]["scaled"].clone(),
+            a["saliency"]["width"].clone()
+        ),
+        (true.into(), 224.into())
+    );
+    assert_eq!(
+        ok("?eigen_smooth=true&method=layercam", &square)["saliency"]["width"],
+        28
+    );
+    let a = ok("?layer=left,fuse", &square);
+    assert_eq!(a["model"]["target_layer"], "left,fuse");
+    assert_eq!(a["saliency"]["scaled"], true);
+    let a = ok("?resize=crop", &wide);
+    assert_eq!(
+        (
+            a["image"]["width"].clone(),
+            a["overlay_image"]["width"].clone()
+        ),
+        (300.into(), 300.into())
+    );
+    assert_eq!(
+        ok("?overlay=heatmap", &wide)["overlay_image"]["kind"],
+        "heatmap"
+    );
+    assert!(ok("?overlay_format=jpeg", &wide)["overlay_jpeg"].is_string());
+    assert!(ok("?overlay_format=webp&overlay_max_side=64", &wide)["overlay_webp"].is_string());
+    assert!(ok("?overlay=false", &wide).get("overlay_png").is_none());
+    for method in [
+        "hirescam",
+        "gradcam-elementwise",
+        "xgradcam",
+        "eigengradcam",
+        "fem",
+        "scorecam",
+    ] {
+        assert_eq!(ok(&format!("?method={method}"), &square)["method"], method);
+    }
+    let r = client()
+        .post(format!("{}/explain", server.url))
+        .header("accept", "image/png")
+        .multipart(reqwest::blocking::multipart::Form::new().part(
+            "image",
+            reqwest::blocking::multipart::Part::bytes(square.clone()).file_name("a.png"),
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], "image/png");
+    assert!(r.headers().contains_key("x-prediction-label"));
+    for (query, says) in [
+        ("?layer=layer4", "no such layer: fuse, left"),
+        ("?target=7", "0..=6"),
+    ] {
+        let r = crate::helpers::upload(&server.url, query, square.clone(), "a.png").unwrap();
+        assert_eq!(r.status(), 422, "{query}");
+        let problem: Value = r.json().unwrap();
+        assert!(
+            problem["detail"].as_str().unwrap().contains(says),
+            "{query}: {problem}"
+        );
+    }
+
+    // The CLI: `model` describes it, `explain` gives pytorch-grad-cam's map.
+    let out = Command::new(BIN)
+        .args(["model", "--weights"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let described: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(described["backend"], "torchscript");
+    let case = &m.cases[0];
+    let out = Command::new(BIN)
+        .args(["explain", "--json", "--weights"])
+        .arg(&file)
+        .arg(dir().join(&case.image))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows: Vec<Vec<f32>> = serde_json::from_value(answer["saliency"]["data"].clone()).unwrap();
+    let worst = compare::worst(&rows.concat(), &case.raw_map.as_ref().unwrap().concat());
+    assert!(worst <= 1e-4, "CLI map off by {worst:e}");
+}
+
+/// Settings that contradict an exported file, or that are the native path's only, refuse
+/// the start naming both sides; a labels file in the settings replaces the file's own.
+#[test]
+#[ignore = "needs the pytorch-grad-cam reference data: run `make test`"]
+fn settings_that_contradict_an_exported_file_are_refused() {
+    let file = dir().join("custom.pt");
+    let with = |flags: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["model", "--weights"])
+            .arg(&file)
+            .args(flags)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+            out.stdout,
+        )
+    };
+    let (ok, stderr, _) = with(&["--precision", "bf16"]);
+    assert!(
+        !ok && stderr.contains("bf16\" is for the native ResNet path"),
+        "{stderr}"
+    );
+    let (ok, stderr, _) = with(&["--input-size", "256"]);
+    assert!(!ok && stderr.contains("exported for 224x224"), "{stderr}");
+    let (ok, stderr, _) = with(&["--architecture", "resnet50"]);
+    assert!(!ok && stderr.contains("holds custom"), "{stderr}");
+    let (ok, stderr, _) = with(&["--default-layer", "layer4"]);
+    assert!(!ok && stderr.contains("it has fuse, left"), "{stderr}");
+    let labels = dir().join("custom-settings-labels.txt");
+    std::fs::write(
+        &labels,
+        (0..7).map(|i| format!("kind {i}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let (ok, stderr, stdout) = with(&[
+        "--labels",
+        labels.to_str().unwrap(),
+        "--default-layer",
+        "left",
+    ]);
+    assert!(ok, "{stderr}");
+    let described: Value = serde_json::from_slice(&stdout).unwrap();
+    assert_eq!(described["labels"][6], "kind 6");
+    assert_eq!(described["default_layer"], "left");
 }

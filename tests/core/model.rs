@@ -566,3 +566,45 @@ fn cli_runs_scorecam_only_when_allowed() {
     assert_eq!(answer["method"], "scorecam", "{answer}");
     assert_eq!(answer["saliency"]["width"], 1, "{answer}");
 }
+
+/// A state dict saved from a training wrapper carries its prefix on every name (a
+/// third-party ResNet-18 package's weights are all `backbone.*`; DataParallel's `module.`,
+/// Lightning's `model.`, nested): it loads as the plain one does.
+#[test]
+fn a_wrapper_prefix_on_every_tensor_name_is_read_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain: Vec<(String, Tensor)> = resnet::random_tensors(&arch("resnet18", 10), 4);
+    let map_of = |engine: &Engine| {
+        let input = model::seeded_normal(&[1, 3, 64, 64], 5, 1.0);
+        let (raws, _) = gradcam::explain(engine.network(), &input, &asks(&[Some(3)])).unwrap();
+        raws[0].cam.clone()
+    };
+    let load = |name: &str, tensors: &[(String, Tensor)]| {
+        let path = dir.path().join(name);
+        write(&path, tensors);
+        Engine::load(
+            &ModelConfig {
+                weights: path,
+                ..ModelConfig::default()
+            },
+            None,
+        )
+    };
+    let reference = map_of(&load("plain.safetensors", &plain).unwrap());
+    for prefix in ["backbone.", "module.", "model.", "module.backbone."] {
+        let wrapped: Vec<(String, Tensor)> = plain
+            .iter()
+            .map(|(n, t)| (format!("{prefix}{n}"), t.shallow_clone()))
+            .collect();
+        let engine = load("wrapped.safetensors", &wrapped).unwrap();
+        assert_eq!(engine.description().architecture, "resnet18", "{prefix}");
+        assert_eq!(map_of(&engine), reference, "{prefix}");
+    }
+    // A prefix on some names only is not a wrapper's: refused, the message said once.
+    let mut mixed = plain;
+    mixed[0].0 = format!("backbone.{}", mixed[0].0);
+    let error = anyhow::Error::from(load("mixed.safetensors", &mixed).err().unwrap());
+    let text = format!("{error:#}");
+    assert!(text.contains("no tensor `conv1.weight`"), "{text}");
+    assert_eq!(text.matches("no tensor").count(), 1, "said twice: {text}");
+}
