@@ -1,6 +1,6 @@
 """Reference answers from pytorch-grad-cam for exported models (tests/api/any_model.rs).
 
-Usage: python make_exported.py PARITY_DIR [--only NAME ...]
+Usage: python make_exported.py PARITY_DIR --old-python PYTHON [--only NAME ...]
 
 Reads PARITY_DIR/resnet50-random.safetensors (make_reference.py) and writes PARITY_DIR/exported/:
   case-0.png, case-1.png       the inputs (make_reference.py's first two images, 224x224)
@@ -8,7 +8,8 @@ Reads PARITY_DIR/resnet50-random.safetensors (make_reference.py) and writes PARI
                                package's CLI from a checkpoint saved here (<name>.ckpt.*, in
                                the formats users have: safetensors, a .pth state dict, wrapper
                                prefixes, {"state_dict": ...}), the custom two-branch module
-                               through the Python API (and once more with route="trace")
+                               through the Python API (and once more with route="trace", and
+                               once by an older torch: --old-python, export_with.py)
   <name>-<n>-overlay.png       show_cam_on_image of the case's returned map
   reference.json               per model: file, classes, labels, default and extra layers, and
                                per case (image, method, layers, target): the top-5, the
@@ -45,6 +46,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 import gradcam_export
 from gradcam_export import torchvision_models
 from make_reference import RawMapRecorder, check_top5, make_images, to_input
+from two_branch import TwoBranch
 
 METHODS = {
     "gradcam": GradCAM,
@@ -65,28 +67,6 @@ def swin_reshape(tensor):
     return tensor.permute(0, 3, 1, 2)
 
 
-class TwoBranch(torch.nn.Module):
-    """A small classifier that is not from torchvision: two branches joined, then fused."""
-
-    def __init__(self, classes=7):
-        super().__init__()
-        conv = torch.nn.Conv2d
-        self.stem = torch.nn.Sequential(
-            conv(3, 16, 3, stride=2, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU())
-        self.left = torch.nn.Sequential(
-            conv(16, 32, 3, stride=2, padding=1), torch.nn.BatchNorm2d(32), torch.nn.ReLU(),
-            conv(32, 32, 3, stride=2, padding=1), torch.nn.ReLU())
-        self.right = torch.nn.Sequential(
-            conv(16, 24, 5, stride=4, padding=2), torch.nn.BatchNorm2d(24), torch.nn.ReLU())
-        self.fuse = torch.nn.Sequential(conv(56, 48, 1), torch.nn.ReLU())
-        self.head = torch.nn.Linear(48, classes)
-
-    def forward(self, x):
-        s = self.stem(x)
-        z = torch.cat([self.left(s), self.right(s)], dim=1)
-        return self.head(self.fuse(z).mean(dim=(2, 3)))
-
-
 # name: (constructor, classes, checkpoint, reshape, layers [default first], methods, cli args)
 #   checkpoint: how the weights are saved for the CLI: safetensors | pth | pth-wrapped |
 #   safetensors-prefixed (a wrapper's `model.`/`backbone.` prefix on every name)
@@ -103,6 +83,8 @@ SPECS = {
     "swin_t": dict(classes=1000, checkpoint="safetensors-prefixed", reshape="swin"),
     "custom": dict(classes=7, methods=True),
     "custom-traced": dict(classes=7),
+    # Exported by an older torch (--old-python), served by libtorch 2.13.
+    "custom-old-torch": dict(classes=7),
 }
 LABELS = ["normal", "pneumonia", "effusion", "cardiomegaly", "atelectasis", "pneumothorax",
           "consolidation", "edema", "nodule", "fibrosis"]
@@ -183,10 +165,17 @@ def layer_module(model, text):
     return model.get_submodule(gradcam_export.resolve_layer_name(model, text))
 
 
-def export(name, spec, model, out):
+def export(name, spec, model, out, old_python):
     """The model exported as a user would: the CLI for torchvision's, the Python API for the
-    custom module. Returns the tap names, default first."""
+    custom module (under the older torch too). Returns the tap names, default first."""
     path = os.path.join(out, f"{name}.pt")
+    if name == "custom-old-torch":
+        checkpoint = os.path.join(out, f"{name}.ckpt.pth")
+        torch.save(model.state_dict(), checkpoint)
+        here = os.path.dirname(os.path.abspath(__file__))
+        subprocess.run([old_python, os.path.join(here, "export_with.py"), checkpoint, path],
+                       check=True)
+        return ["fuse", "left"]
     labels = None
     if spec.get("labels"):
         labels = os.path.join(out, f"{name}-labels.txt")
@@ -251,12 +240,12 @@ def case(model, spec, recorder, out, name, images, index, image, method, layers,
     }
 
 
-def model_entry(name, spec, images, recorder, out, seed):
+def model_entry(name, spec, images, recorder, out, seed, old_python):
     start = time.perf_counter()
     model = build(name, spec, images, seed)
     for i in range(2):
         check_top5(name, f"case-{i}", torch.softmax(model(to_input(images[i])[1]), 1)[0])
-    layers = export(name, spec, model, out)
+    layers = export(name, spec, model, out, old_python)
     with torch.no_grad():
         forced = torch.topk(model(to_input(images[1])[1])[0], 5).indices.tolist()[3]
     plan = [("gradcam", layers[:1], 0, None), ("gradcam", layers[:1], 1, forced)]
@@ -358,6 +347,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("parity_dir")
     parser.add_argument("--only", nargs="*")
+    parser.add_argument("--old-python", required=True,
+                        help="a python with an older torch and gradcam_export")
     args = parser.parse_args()
     start = time.perf_counter()
     torch.set_num_threads(2)
@@ -371,9 +362,11 @@ def main():
     for seed, (name, spec) in enumerate(SPECS.items()):
         if args.only and name not in args.only:
             continue
-        # The traced custom module is the same model as the custom one, exported otherwise.
+        # The custom module's other exports are the same model, exported otherwise.
+        same = 1000 + list(SPECS).index("custom")
         models.append(model_entry(name, spec, images, recorder, out,
-                                  1000 + (seed if name != "custom-traced" else seed - 1)))
+                                  same if name.startswith("custom") else 1000 + seed,
+                                  args.old_python))
     # make_reference.py's ResNet-50, exported: the native path must give the same maps.
     subprocess.run([sys.executable, "-m", "gradcam_export", "torchvision", "resnet50",
                     "--weights", os.path.join(args.parity_dir, "resnet50-random.safetensors"),
