@@ -52,6 +52,9 @@ std::optional<at::Tensor> bias_for(const at::Tensor* bias, const at::Tensor& x) 
 
 char* error_of(const std::exception& e) { return strdup(e.what()); }
 
+// Nothing may unwind across extern "C": anything thrown that is not a std::exception.
+char* unknown_error() { return strdup("libtorch threw something other than a std::exception"); }
+
 }  // namespace
 
 extern "C" {
@@ -70,6 +73,8 @@ char* gcs_conv_pointwise(const at::Tensor* x, const at::Tensor* w, const at::Ten
     return nullptr;
   } catch (const std::exception& e) {
     return error_of(e);
+  } catch (...) {
+    return unknown_error();
   }
 }
 
@@ -87,6 +92,8 @@ char* gcs_conv_add_relu_(const at::Tensor* x, at::Tensor* accumulator, const at:
     return nullptr;
   } catch (const std::exception& e) {
     return error_of(e);
+  } catch (...) {
+    return unknown_error();
   }
 }
 

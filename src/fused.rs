@@ -59,10 +59,12 @@ fn check(message: *mut c_char) -> Result<(), tch::TchError> {
     if message.is_null() {
         return Ok(());
     }
-    // SAFETY: a NUL-terminated string that the shim strdup'ed for us, freed once here.
+    // SAFETY: a NUL-terminated string that the shim strdup'ed for us, read before it is
+    // freed.
     let text = unsafe { CStr::from_ptr(message) }
         .to_string_lossy()
         .into_owned();
+    // SAFETY: freed once, with the shim's own free, and not used after.
     unsafe { gcs_free_error(message) };
     Err(tch::TchError::Torch(text))
 }
@@ -76,8 +78,18 @@ impl Conv<'_> {
         let bias = self.bias.map_or(std::ptr::null(), Tensor::as_ptr);
         match post {
             Post::AddRelu(accumulator) => {
-                // SAFETY: valid tensors for the call; the shim writes into `accumulator`'s
-                // storage only, which we hold mutably.
+                // oneDNN reads `x` while it writes the sum into the accumulator: the two
+                // must not share memory. `Block::forward_fused` relies on it (its shortcut
+                // is the block's input, never the last convolution's).
+                let strided = !x.is_mkldnn() && !accumulator.is_mkldnn();
+                if strided && x.data_ptr() == accumulator.data_ptr() {
+                    return Err(tch::TchError::Kind(
+                        "a fused add-and-ReLU's accumulator must not be its input".into(),
+                    ));
+                }
+                // SAFETY: valid tensors for the call (tch keeps them alive for it); the shim
+                // writes into `accumulator`'s storage only, which we hold mutably and which
+                // is not `x`'s (checked above).
                 check(unsafe {
                     gcs_conv_add_relu_(
                         x.as_ptr(),
@@ -97,7 +109,8 @@ impl Conv<'_> {
                     _ => c"none",
                 };
                 let mut out: *mut C_tensor = std::ptr::null_mut();
-                // SAFETY: as above; on success `out` is a new at::Tensor that we own.
+                // SAFETY: valid tensors for the call; the shim writes only `out`, a pointer
+                // to our local.
                 check(unsafe {
                     gcs_conv_pointwise(
                         x.as_ptr(),
@@ -110,6 +123,8 @@ impl Conv<'_> {
                         &mut out,
                     )
                 })?;
+                // SAFETY: on success `out` is a new at::Tensor the shim allocated for us; we
+                // take ownership of it once.
                 Ok(unsafe { Tensor::from_ptr(out) })
             }
         }
@@ -118,5 +133,40 @@ impl Conv<'_> {
     /// [`Conv::f_forward`], panicking on a libtorch error as tch's own operators do.
     pub fn forward(&self, x: &Tensor, post: Post<'_>) -> Tensor {
         self.f_forward(x, post).unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tch::{Device, Kind, Tensor};
+
+    use super::*;
+
+    /// A 3x3 convolution of 4 channels with its weight in oneDNN's layout.
+    fn onednn_weight() -> Tensor {
+        Tensor::ones([4, 4, 3, 3], (Kind::Float, Device::Cpu))
+            .to_mkldnn()
+            .mkldnn_reorder_conv2d_weight([1, 1], [1, 1], [1, 1], 1, Some([1, 4, 8, 8].as_slice()))
+    }
+
+    #[test]
+    fn the_accumulator_must_not_be_the_input() {
+        let weight = onednn_weight();
+        let conv = Conv {
+            weight: &weight,
+            bias: None,
+            padding: 1,
+            stride: 1,
+            groups: 1,
+        };
+        let x = Tensor::ones([1, 4, 8, 8], (Kind::Float, Device::Cpu));
+        let mut same = x.shallow_clone();
+        let err = conv.f_forward(&x, Post::AddRelu(&mut same)).unwrap_err();
+        assert!(err.to_string().contains("must not be its input"), "{err}");
+        // Another tensor: relu(conv(x) + acc), the centre sums 4 * 9 ones, plus 1.
+        let mut other = Tensor::ones([1, 4, 8, 8], (Kind::Float, Device::Cpu));
+        let y = conv.f_forward(&x, Post::AddRelu(&mut other)).unwrap();
+        assert_eq!(y.double_value(&[0, 0, 4, 4]), 37.0);
+        assert_eq!(other.double_value(&[0, 0, 4, 4]), 37.0, "written in place");
     }
 }
