@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::render::OverlayFormat;
-pub use crate::render::{EncodedOverlay, OverlayImage};
+pub use crate::render::EncodedOverlay;
+use crate::render::{OverlayFormat, OverlayKind};
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
 #[schema(example = json!({"class_index": 281, "label": "tabby", "score": 0.83}))]
@@ -59,10 +59,42 @@ impl TargetMap {
         Self {
             target,
             saliency,
-            overlay_image: overlay.map(EncodedOverlay::describe),
+            overlay_image: overlay.map(OverlayImage::from),
             overlay_png,
             overlay_jpeg,
             overlay_webp,
+        }
+    }
+}
+
+/// What the answer says of its overlay image (`overlay_image`): the bytes are in the field
+/// its format names (`overlay_png`, `overlay_jpeg` or `overlay_webp`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+#[schema(example = json!({"kind": "blend", "media_type": "image/png", "field": "overlay_png", "width": 960, "height": 720}))]
+pub struct OverlayImage {
+    /// `blend` (the heat map over the picture) or `heatmap` (the coloured map alone).
+    pub kind: String,
+    /// `image/png`, `image/jpeg` or `image/webp`.
+    pub media_type: String,
+    /// The answer's field that holds it, base64-encoded.
+    pub field: String,
+    /// Its size: the uploaded image's, or scaled down to `overlay_max_side`.
+    pub width: u32,
+    pub height: u32,
+}
+
+impl From<&EncodedOverlay> for OverlayImage {
+    fn from(overlay: &EncodedOverlay) -> Self {
+        OverlayImage {
+            kind: match overlay.kind {
+                OverlayKind::Heatmap => "heatmap",
+                _ => "blend",
+            }
+            .into(),
+            media_type: overlay.format.media_type().into(),
+            field: overlay.format.field().into(),
+            width: overlay.width,
+            height: overlay.height,
         }
     }
 }
@@ -270,12 +302,12 @@ mod tests {
             let overlay = EncodedOverlay {
                 bytes: png.clone(),
                 format: formats[i % 3],
-                kind: crate::render::OverlayKind::Blend,
+                kind: OverlayKind::Blend,
                 width: 5,
                 height: 4,
             };
             let mut described = answer();
-            described.overlay_image = Some(overlay.describe());
+            described.overlay_image = Some(OverlayImage::from(&overlay));
             let mut embedded = described.clone();
             embedded.embed_overlay(&overlay);
             let expected = serde_json::to_vec(&embedded).unwrap();

@@ -6,7 +6,6 @@
 
 use image::{ImageEncoder, RgbImage};
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use crate::cam::scale::{min_max_scale, Upsampler};
 use crate::colormap;
@@ -275,38 +274,6 @@ pub struct EncodedOverlay {
     pub height: u32,
 }
 
-/// What the answer says of its overlay image (`overlay_image`): the bytes are in the field
-/// its format names (`overlay_png`, `overlay_jpeg` or `overlay_webp`).
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
-#[schema(example = json!({"kind": "blend", "media_type": "image/png", "field": "overlay_png", "width": 960, "height": 720}))]
-pub struct OverlayImage {
-    /// `blend` (the heat map over the picture) or `heatmap` (the coloured map alone).
-    pub kind: String,
-    /// `image/png`, `image/jpeg` or `image/webp`.
-    pub media_type: String,
-    /// The answer's field that holds it, base64-encoded.
-    pub field: String,
-    /// Its size: the uploaded image's, or scaled down to `overlay_max_side`.
-    pub width: u32,
-    pub height: u32,
-}
-
-impl EncodedOverlay {
-    pub fn describe(&self) -> OverlayImage {
-        OverlayImage {
-            kind: match self.kind {
-                OverlayKind::Heatmap => "heatmap",
-                _ => "blend",
-            }
-            .into(),
-            media_type: self.format.media_type().into(),
-            field: self.format.field().into(),
-            width: self.width,
-            height: self.height,
-        }
-    }
-}
-
 /// The overlay's size for an image of `width` x `height`: the same, or scaled down (aspect
 /// kept) so that its longer side is `max_side`.
 pub fn fitted_size(width: u32, height: u32, max_side: u32) -> (u32, u32) {
@@ -319,10 +286,11 @@ pub fn fitted_size(width: u32, height: u32, max_side: u32) -> (u32, u32) {
     (scale(width), scale(height))
 }
 
-/// The overlay image the options ask for, or None for `overlay=false`. `picture` is the
-/// decoded picture (maybe a scaled JPEG), `image` the uploaded image's size, `region` the
-/// part of the picture the model saw, `map` the raw map and its width and height.
-pub fn render(
+/// Draws and encodes the overlay image the options ask for, or None for `overlay=false`.
+/// `picture` is the decoded picture (maybe a scaled JPEG), `image` the uploaded image's
+/// size, `region` the part of the picture the model saw, `map` the raw map and its width
+/// and height.
+pub fn draw(
     picture: &RgbImage,
     image: (u32, u32),
     region: Region,

@@ -17,7 +17,9 @@ use tch::Tensor;
 use crate::cam::{self, CamAsk, CamExplanation};
 pub use crate::engine::description::{Backend, ModelDescription};
 pub use crate::engine::load::LoadError;
-use crate::explanation::{ClassScore, Explanation, ImageSize, Saliency, TargetMap, Timing};
+use crate::explanation::{
+    ClassScore, Explanation, ImageSize, OverlayImage, Saliency, TargetMap, Timing,
+};
 use crate::gradcam::{self, Ask, GradCamError, PassTimings, RawExplanation};
 use crate::model::Network;
 use crate::options::Options;
@@ -205,7 +207,7 @@ pub fn finish(
     };
     let top = gradcam::top_k(&raw.probabilities, options.top_k.max(1));
     let draw = |m: &cam::CamMap| {
-        render::render(
+        render::draw(
             picture,
             (image.width, image.height),
             region,
@@ -243,7 +245,7 @@ pub fn finish(
         image,
         model: info,
         timing_ms: timing,
-        overlay_image: overlay.as_ref().map(render::EncodedOverlay::describe),
+        overlay_image: overlay.as_ref().map(OverlayImage::from),
         overlay_png: None,
         overlay_jpeg: None,
         overlay_webp: None,

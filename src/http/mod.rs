@@ -58,7 +58,7 @@ pub struct AppState {
     components(schemas(
         Explanation, ClassScore, Saliency, ImageSize, ModelInfo, Timing, Problem, Health,
         ModelDescription, ExplainOptions, explain::ExplainUpload, explain::OverlayBytes,
-        crate::render::OverlayImage
+        crate::explanation::OverlayImage
     )),
     modifiers(&BearerAuth),
     tags((name = "explain", description = "Explanations"), (name = "operations", description = "Health, readiness, metrics"))
