@@ -1250,7 +1250,7 @@ def report(results):
     for name, fig, ratio, want, ok in targets:
         w(f"| {name} | {fig} | {ratio:.2f} | {want} | {verdict(ok)} |")
     w("")
-    w("\"Our explanations/s\" is 1000 / median `Engine::run` latency (forward + Grad-CAM, "
+    w("\"Our explanations/s\" is 1000 / median `Explainer::gradcam_batch` latency (forward + Grad-CAM, "
       "batch 1); pytorch-grad-cam's is 1000 / median latency of `GradCAM(model, target_layers="
       "[model.layer4[-1]])(x)` (forward, full autograd backward, its map scaling). \"Engine in "
       "process\" throughput is the better of batch 1 and batch 4 (the default `max_batch`), "
@@ -1327,7 +1327,7 @@ def report(results):
       f"{base['gradcam_ms']['p90']:.1f} | {base['gradcam_per_s']:.2f} |")
     w(f"| PyTorch eager forward-only (`torch.no_grad`) | {base['forward_ms']['p50']:.1f} | "
       f"{base['forward_ms']['p90']:.1f} | {base['forward_per_s']:.2f} |")
-    w(f"| ours: `Engine::run` (explanation) | {on['explain_ms']['p50']:.1f} | "
+    w(f"| ours: `Explainer::gradcam_batch` (explanation) | {on['explain_ms']['p50']:.1f} | "
       f"{on['explain_ms']['p90']:.1f} | {ours_per_s:.2f} |")
     w(f"| ours: `Engine::predict` (forward-only) | {on['predict_ms']['p50']:.1f} | "
       f"{on['predict_ms']['p90']:.1f} | {1e3 / on['predict_ms']['p50']:.2f} |")

@@ -21,7 +21,7 @@ pub struct Ask {
 
 /// What the network says about one image.
 #[derive(Debug, Clone)]
-pub struct RawExplanation {
+pub struct GradCamMap {
     /// Softmax over the classes.
     pub probabilities: Vec<f32>,
     /// The class whose raw logit was differentiated.
@@ -59,11 +59,11 @@ pub enum GradCamError {
 
 /// Explains a batch: `input` is [N, 3, S, S] normalised, `asks[i]` what to explain in
 /// image i. Images may ask for different layers: the pass keeps each of them.
-pub fn explain(
+pub fn batch(
     network: &dyn Network,
     input: &Tensor,
     asks: &[Ask],
-) -> Result<(Vec<RawExplanation>, PassTimings), GradCamError> {
+) -> Result<(Vec<GradCamMap>, PassTimings), GradCamError> {
     let n = input.size()[0] as usize;
     assert_eq!(n, asks.len(), "one ask per image");
     let classes = network.num_classes();
@@ -112,7 +112,7 @@ pub fn explain(
             let v = &values[layers.binary_search(&per_image[i]).expect("kept")];
             let per_image = v.channels * v.height * v.width;
             let range = i * per_image..(i + 1) * per_image;
-            RawExplanation {
+            GradCamMap {
                 probabilities: probabilities[i * classes..(i + 1) * classes].to_vec(),
                 target: chosen[i] as usize,
                 layer: asks[i].layer.clone(),

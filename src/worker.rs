@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::cam::{CamAsk, CamExplanation};
+use crate::cam::{CamAsk, CamMaps};
 use crate::config::ServerConfig;
 use crate::engine::{Explainer, ModelDescription};
 use crate::gradcam::{Ask, GradCamError};
@@ -25,7 +25,7 @@ use crate::preprocess::ModelInput;
 
 /// One explanation's network result and where its time went.
 pub struct JobOutput {
-    pub raw: CamExplanation,
+    pub raw: CamMaps,
     pub queue_ms: f64,
     pub forward_ms: f64,
     pub backward_ms: f64,
@@ -53,7 +53,7 @@ enum Work {
     /// Plain Grad-CAM: batched with the other such jobs at hand.
     Batched(Ask),
     /// Any other method, several targets or layers: run alone, giving up between chunks
-    /// when its caller has gone (see `cam::explain`).
+    /// when its caller has gone (see `cam::compute`).
     Alone(CamAsk),
 }
 
@@ -197,7 +197,7 @@ impl Workers {
     /// such jobs at hand, anything else runs alone ([`CamAsk::batched`] decides). Dropping
     /// the returned future (the client went away) drops the job before a worker computes
     /// it, and stops a job that runs alone between its chunks (AblationCAM, ScoreCAM).
-    pub async fn explain(
+    pub async fn submit(
         &self,
         admission: &Admission,
         input: ModelInput,
@@ -296,7 +296,7 @@ fn run_alone(explainer: &dyn Explainer, job: Job, stats: &WorkerStats) {
     let started = Instant::now();
     let abandoned = || job.reply.is_closed();
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        explainer.explain_cam(&job.input, ask, &abandoned)
+        explainer.cam(&job.input, ask, &abandoned)
     }));
     stats.running.fetch_sub(1, Ordering::SeqCst);
     stats.batches.fetch_add(1, Ordering::SeqCst);
@@ -360,7 +360,8 @@ fn run_batch(explainer: &dyn Explainer, batch: Vec<Job>, stats: &WorkerStats) {
             Work::Alone(_) => unreachable!("only batched jobs"),
         })
         .collect();
-    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| explainer.explain(&inputs, &asks)));
+    let outcome =
+        std::panic::catch_unwind(AssertUnwindSafe(|| explainer.gradcam_batch(&inputs, &asks)));
     let size = batch.len();
     stats.running.fetch_sub(size, Ordering::SeqCst);
     stats.batches.fetch_add(1, Ordering::SeqCst);

@@ -48,7 +48,7 @@ pub fn exported_bench(
                 predictions.push(ms_since(t));
             }
         } else {
-            let (raw, passes) = engine.explain(&[input], std::slice::from_ref(&ask))?;
+            let (raw, passes) = engine.gradcam_batch(&[input], std::slice::from_ref(&ask))?;
             std::hint::black_box(raw);
             if record {
                 explanations.push(ms_since(t));

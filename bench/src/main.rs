@@ -4,7 +4,7 @@
 //!   file the server and the Python baseline load) and two synthetic JPEGs (224x224 and
 //!   1920x1080: gradients, shapes and noise, quality 90).
 //! - `engine`: in process, one thread setting: forward-only prediction (`Engine::predict`)
-//!   against explanation (`Engine::run`), batch-norm folding on and off, batch 1 and 4, and
+//!   against explanation (`Explainer::gradcam_batch`), batch-norm folding on and off, batch 1 and 4, and
 //!   the whole in-process pipeline (decode, network, overlay, JSON) per image size.
 //! - `engine-loop`: the engine with the shipped settings, driven over stdin: each line
 //!   "BATCH RUNS" runs that many explanations of that batch size and answers one JSON line
@@ -433,7 +433,7 @@ fn engine_bench(
         );
         for _ in 0..warmup {
             engine.predict(&[input])?;
-            engine.explain(&[input], std::slice::from_ref(&layer4))?;
+            engine.gradcam_batch(&[input], std::slice::from_ref(&layer4))?;
         }
         let (mut predict, mut explain, mut fwd, mut bwd) = (vec![], vec![], vec![], vec![]);
         // Alternate the order so that neither side always runs second (warmer caches).
@@ -446,7 +446,8 @@ fn engine_bench(
                     std::hint::black_box(p);
                 } else {
                     let t = Instant::now();
-                    let (raw, passes) = engine.explain(&[input], std::slice::from_ref(&layer4))?;
+                    let (raw, passes) =
+                        engine.gradcam_batch(&[input], std::slice::from_ref(&layer4))?;
                     explain.push(ms_since(t));
                     fwd.push(passes.forward_ms);
                     bwd.push(passes.backward_ms);
@@ -457,12 +458,12 @@ fn engine_bench(
         // Batches of 4 (the server's default max_batch): images per second.
         let batch: Vec<_> = std::iter::repeat_n(input, 4).collect();
         let targets = vec![layer4.clone(); 4];
-        engine.explain(&batch, &targets)?;
+        engine.gradcam_batch(&batch, &targets)?;
         let batch_runs = (runs / 4).max(5);
         let mut batch4 = Vec::new();
         for _ in 0..batch_runs {
             let t = Instant::now();
-            engine.explain(&batch, &targets)?;
+            engine.gradcam_batch(&batch, &targets)?;
             batch4.push(ms_since(t));
         }
         let (p, e, b4) = (summarise(&predict), summarise(&explain), summarise(&batch4));
@@ -492,7 +493,7 @@ fn engine_bench(
             at.layer
         );
         for _ in 0..warmup {
-            engine.explain(&[input], std::slice::from_ref(&at))?;
+            engine.gradcam_batch(&[input], std::slice::from_ref(&at))?;
         }
         let (mut predict, mut explain, mut fwd, mut bwd) = (vec![], vec![], vec![], vec![]);
         for i in 0..runs {
@@ -502,7 +503,8 @@ fn engine_bench(
                     std::hint::black_box(engine.predict(&[input])?);
                     predict.push(ms_since(t));
                 } else {
-                    let (raw, passes) = engine.explain(&[input], std::slice::from_ref(&at))?;
+                    let (raw, passes) =
+                        engine.gradcam_batch(&[input], std::slice::from_ref(&at))?;
                     explain.push(ms_since(t));
                     fwd.push(passes.forward_ms);
                     bwd.push(passes.backward_ms);
@@ -549,7 +551,8 @@ fn engine_bench(
                 options.overlay.max_side,
             )?;
             let t = Instant::now();
-            let (mut raw, _) = engine.explain(&[&prepared.input], std::slice::from_ref(&layer4))?;
+            let (mut raw, _) =
+                engine.gradcam_batch(&[&prepared.input], std::slice::from_ref(&layer4))?;
             let network_ms = ms_since(t);
             let (explanation, png) = engine::finish(
                 &prepared.picture,
@@ -632,7 +635,7 @@ fn engine_loop(
         let mut ms = Vec::with_capacity(runs);
         for _ in 0..runs {
             let t = Instant::now();
-            std::hint::black_box(engine.explain(&inputs, &asks)?);
+            std::hint::black_box(engine.gradcam_batch(&inputs, &asks)?);
             ms.push(ms_since(t));
         }
         writeln!(out, "{}", json!({ "ms": ms }))?;

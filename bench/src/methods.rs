@@ -25,11 +25,11 @@ fn is_slow(method: Method) -> bool {
 }
 
 /// One explanation of the top-1 class at layer4 with `method`, as the server runs it:
-/// plain Grad-CAM through the batched pass, every other method through `explain_cam`.
+/// plain Grad-CAM through the batched pass, every other method through `Explainer::cam`.
 fn explain_once(engine: &Engine, input: &ModelInput, method: Method) -> anyhow::Result<()> {
     if method == Method::GradCam {
         std::hint::black_box(
-            engine.explain(&[input], &[ask(gradcam_serve::model::resnet::Layer::LAST)])?,
+            engine.gradcam_batch(&[input], &[ask(gradcam_serve::model::resnet::Layer::LAST)])?,
         );
     } else {
         let cam = CamAsk {
@@ -39,7 +39,7 @@ fn explain_once(engine: &Engine, input: &ModelInput, method: Method) -> anyhow::
             eigen_smooth: false,
             aug_smooth: false,
         };
-        std::hint::black_box(engine.explain_cam(input, &cam, &|| false)?);
+        std::hint::black_box(engine.cam(input, &cam, &|| false)?);
     }
     Ok(())
 }

@@ -145,7 +145,7 @@ fn run_once(
         target: None,
         layer: "layer4".into(),
     };
-    let (mut raw, _) = engine.explain(&[&prepared.input], std::slice::from_ref(&ask))?;
+    let (mut raw, _) = engine.gradcam_batch(&[&prepared.input], std::slice::from_ref(&ask))?;
     let (network_wall, network_cpu) = (ms_since(t), cpu_ms(PROCESS_CPU) - p0);
 
     let (t, c0) = (Instant::now(), cpu_ms(THREAD_CPU));
@@ -286,8 +286,8 @@ fn fidelity(engine: &Engine, photos: &[(String, RgbImage)]) -> anyhow::Result<Ve
             options.resize,
             options.overlay.max_side,
         )?;
-        let (mut a, _) = engine.explain(&[&whole.input], std::slice::from_ref(&ask))?;
-        let (mut b, _) = engine.explain(&[&scaled.input], std::slice::from_ref(&ask))?;
+        let (mut a, _) = engine.gradcam_batch(&[&whole.input], std::slice::from_ref(&ask))?;
+        let (mut b, _) = engine.gradcam_batch(&[&scaled.input], std::slice::from_ref(&ask))?;
         let (a, b) = (a.remove(0), b.remove(0));
         let top5 = |p: &[f32]| -> Vec<usize> {
             gradcam_serve::gradcam::top_k(p, 5)
@@ -402,7 +402,7 @@ pub fn phone_bench(
         target: None,
         layer: "layer4".into(),
     };
-    let (raw, _) = engine.explain(&[&prepared.input], std::slice::from_ref(&ask))?;
+    let (raw, _) = engine.gradcam_batch(&[&prepared.input], std::slice::from_ref(&ask))?;
     let picture = engine::prepare(&bytes, DecodeLimits::default(), &spec, shipped.resize)?.picture;
     let encoders = encoders(&picture, &raw[0].cam, &shipped);
 

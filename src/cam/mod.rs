@@ -30,7 +30,7 @@ use tch::{Kind, Tensor};
 
 pub use method::Method;
 
-use crate::gradcam::{self, GradCamError, PassTimings, RawExplanation};
+use crate::gradcam::{self, GradCamError, GradCamMap, PassTimings};
 use crate::model::{layer_indices, Network};
 
 /// Most classes one request may explain.
@@ -72,13 +72,13 @@ pub struct CamAsk {
 }
 
 impl CamAsk {
-    /// Plain Grad-CAM of one class at one layer: what the batched `gradcam::explain` does.
+    /// Plain Grad-CAM of one class at one layer: what the batched `gradcam::batch` does.
     pub fn is_plain_gradcam(&self) -> bool {
         self.batched().is_some()
     }
 
-    /// The same ask for the batched `gradcam::explain`, when it is plain Grad-CAM of one
-    /// class (or the top-1) at one layer; None: it runs alone through [`explain`].
+    /// The same ask for the batched `gradcam::batch`, when it is plain Grad-CAM of one
+    /// class (or the top-1) at one layer; None: it runs alone through [`compute`].
     pub fn batched(&self) -> Option<gradcam::Ask> {
         let target = match &self.targets {
             Targets::Top1 => None,
@@ -111,7 +111,7 @@ pub struct CamMap {
 
 /// The network's answer for one image.
 #[derive(Debug, Clone, PartialEq)]
-pub struct CamExplanation {
+pub struct CamMaps {
     /// Softmax over the classes (of the image itself, not of an augmented copy).
     pub probabilities: Vec<f32>,
     pub method: Method,
@@ -120,9 +120,9 @@ pub struct CamExplanation {
     pub maps: Vec<CamMap>,
 }
 
-impl From<RawExplanation> for CamExplanation {
-    fn from(raw: RawExplanation) -> Self {
-        CamExplanation {
+impl From<GradCamMap> for CamMaps {
+    fn from(raw: GradCamMap) -> Self {
+        CamMaps {
             probabilities: raw.probabilities,
             method: Method::GradCam,
             layers: vec![raw.layer],
@@ -178,12 +178,12 @@ const IDENTITY: usize = 1;
 
 /// Explains one image (`input` [1, 3, H, W], normalised). `abandoned` is asked between
 /// the chunks of AblationCAM and ScoreCAM: true stops the work (the caller has gone).
-pub fn explain(
+pub fn compute(
     network: &dyn Network,
     input: &Tensor,
     ask: &CamAsk,
     abandoned: &dyn Fn() -> bool,
-) -> Result<(CamExplanation, PassTimings), GradCamError> {
+) -> Result<(CamMaps, PassTimings), GradCamError> {
     let classes = network.num_classes();
     let wanted: Vec<usize> = match &ask.targets {
         Targets::Classes(c) => c.clone(),
@@ -377,7 +377,7 @@ pub fn explain(
     }
     let backward_ms = start.elapsed().as_secs_f64() * 1e3;
     Ok((
-        CamExplanation {
+        CamMaps {
             probabilities,
             method: ask.method,
             layers: ask.layers.clone(),

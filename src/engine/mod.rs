@@ -1,7 +1,12 @@
 //! One explanation, end to end, in three steps that can run on different threads:
-//! `prepare` (decode + resize, CPU), [`Explainer::explain`] (the network, owned by one
-//! thread, batched), `finish` (overlay + answer, CPU). The CLI and the benchmark call them
-//! in a row ([`explain_now`]); the server runs the middle one on its model workers.
+//! `prepare` (decode + resize, CPU), the network ([`Explainer`]: owned by one thread,
+//! batched for plain Grad-CAM), `finish` (overlay + answer, CPU). The CLI and the benchmark
+//! call them in a row ([`explain_now`]); the server runs the middle one on its model
+//! workers.
+//!
+//! "Explain" means one thing per layer: here, an upload to its answer; `gradcam::batch`
+//! and `cam::compute` make maps; `Workers::submit` queues a job; `POST /explain` is the
+//! endpoint.
 //!
 //! The workers see the network only through the [`Explainer`] trait, so that the worker
 //! pool, the queue and the HTTP layer can be tested with a stand-in that the test controls.
@@ -14,13 +19,13 @@ use std::time::Instant;
 use image::RgbImage;
 use tch::Tensor;
 
-use crate::cam::{self, CamAsk, CamExplanation};
+use crate::cam::{self, CamAsk, CamMaps};
 pub use crate::engine::description::{Backend, ModelDescription};
 pub use crate::engine::load::LoadError;
 use crate::explanation::{
     ClassScore, Explanation, ImageSize, OverlayImage, Saliency, TargetMap, Timing,
 };
-use crate::gradcam::{self, Ask, GradCamError, PassTimings, RawExplanation};
+use crate::gradcam::{self, Ask, GradCamError, GradCamMap, PassTimings};
 use crate::model::Network;
 use crate::options::Options;
 use crate::preprocess::{
@@ -31,21 +36,22 @@ use crate::render;
 /// What runs the network: the real [`Engine`], or a stand-in in tests. Each model worker
 /// thread owns one (libtorch tensors are not `Sync`).
 pub trait Explainer: Send {
-    /// Runs a batch of prepared inputs (all of one size): one answer per input, in order.
-    fn explain(
+    /// Plain Grad-CAM of a batch of prepared inputs (all of one size): one map per input, in
+    /// order ([`gradcam::batch`]).
+    fn gradcam_batch(
         &self,
         inputs: &[&ModelInput],
         asks: &[Ask],
-    ) -> Result<(Vec<RawExplanation>, PassTimings), GradCamError>;
+    ) -> Result<(Vec<GradCamMap>, PassTimings), GradCamError>;
 
-    /// Explains one input with any CAM method, several targets or several layers
-    /// ([`cam::explain`]); `abandoned` says when nobody waits for the answer any more.
-    fn explain_cam(
+    /// Any CAM method, several targets or several layers, for one input
+    /// ([`cam::compute`]); `abandoned` says when nobody waits for the answer any more.
+    fn cam(
         &self,
         _input: &ModelInput,
         ask: &CamAsk,
         _abandoned: &dyn Fn() -> bool,
-    ) -> Result<(CamExplanation, PassTimings), GradCamError> {
+    ) -> Result<(CamMaps, PassTimings), GradCamError> {
         Err(GradCamError::Unsupported(format!(
             "this explainer has only plain Grad-CAM, not {}",
             ask.method
@@ -134,21 +140,21 @@ impl Engine {
 }
 
 impl Explainer for Engine {
-    fn explain(
+    fn gradcam_batch(
         &self,
         inputs: &[&ModelInput],
         asks: &[Ask],
-    ) -> Result<(Vec<RawExplanation>, PassTimings), GradCamError> {
-        gradcam::explain(&*self.network, &batch_tensor(inputs), asks)
+    ) -> Result<(Vec<GradCamMap>, PassTimings), GradCamError> {
+        gradcam::batch(&*self.network, &batch_tensor(inputs), asks)
     }
 
-    fn explain_cam(
+    fn cam(
         &self,
         input: &ModelInput,
         ask: &CamAsk,
         abandoned: &dyn Fn() -> bool,
-    ) -> Result<(CamExplanation, PassTimings), GradCamError> {
-        cam::explain(&*self.network, &batch_tensor(&[input]), ask, abandoned)
+    ) -> Result<(CamMaps, PassTimings), GradCamError> {
+        cam::compute(&*self.network, &batch_tensor(&[input]), ask, abandoned)
     }
 
     fn warm_up(&self) {
@@ -167,7 +173,7 @@ impl Explainer for Engine {
             target: None,
             layer: self.description.default_layer.clone(),
         };
-        if let Err(e) = self.explain(&[&blank], &[ask]) {
+        if let Err(e) = self.gradcam_batch(&[&blank], &[ask]) {
             tracing::error!("warm-up pass failed: {e}");
         }
     }
@@ -194,7 +200,7 @@ pub fn finish(
     picture: &RgbImage,
     image: ImageSize,
     region: Region,
-    raw: &CamExplanation,
+    raw: &CamMaps,
     options: &Options,
     model: &ModelDescription,
     mut timing: Timing,
@@ -254,20 +260,20 @@ pub fn finish(
 }
 
 /// Runs the network for one prepared input, on this thread: plain Grad-CAM through the
-/// batched path ([`Explainer::explain`]), anything else through
-/// [`Explainer::explain_cam`], as the workers decide ([`CamAsk::batched`]).
+/// batched path ([`Explainer::gradcam_batch`]), anything else through
+/// [`Explainer::cam`], as the workers decide ([`CamAsk::batched`]).
 pub fn run_network(
     explainer: &dyn Explainer,
     input: &ModelInput,
     ask: &CamAsk,
     abandoned: &dyn Fn() -> bool,
-) -> Result<(CamExplanation, PassTimings), GradCamError> {
+) -> Result<(CamMaps, PassTimings), GradCamError> {
     match ask.batched() {
         Some(one) => {
-            let (mut raw, passes) = explainer.explain(&[input], &[one])?;
+            let (mut raw, passes) = explainer.gradcam_batch(&[input], &[one])?;
             Ok((raw.remove(0).into(), passes))
         }
-        None => explainer.explain_cam(input, ask, abandoned),
+        None => explainer.cam(input, ask, abandoned),
     }
 }
 

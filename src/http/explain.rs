@@ -228,7 +228,7 @@ pub async fn explain(
     // On timeout the future is dropped, which tells the worker to stop (504 here at once).
     let job = state
         .workers
-        .explain(&admission, prepared.input, options.cam.clone());
+        .submit(&admission, prepared.input, options.cam.clone());
     let output = timeout_at(deadline, job)
         .await
         .map_err(|_| ApiError::Timeout(timeout_secs))?

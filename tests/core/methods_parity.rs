@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::compare::worst;
-use gradcam_serve::cam::{self, CamExplanation};
+use gradcam_serve::cam::{self, CamMaps};
 use gradcam_serve::config::ModelConfig;
 use gradcam_serve::engine::{self, Engine};
 use gradcam_serve::gradcam;
@@ -82,7 +82,7 @@ fn engine(dir: &Path, case: &Case, fold_batch_norm: bool) -> Engine {
     .expect("reference weights load")
 }
 
-fn explain(dir: &Path, engine: &Engine, case: &Case) -> CamExplanation {
+fn explain(dir: &Path, engine: &Engine, case: &Case) -> CamMaps {
     let mut chosen = ExplainOptions::default();
     chosen.set("method", &case.method).unwrap();
     chosen.set("layer", &case.layers.join(",")).unwrap();

@@ -52,7 +52,7 @@ fn layer4_gradcam_equals_the_closed_form() {
     let model = demo_model();
     let x = input(1, 2);
     let targets = [None, Some(123)];
-    let (raws, _) = gradcam::explain(&model, &x, &asks(&targets)).unwrap();
+    let (raws, _) = gradcam::batch(&model, &x, &asks(&targets)).unwrap();
     let activation = tch::no_grad(|| model.trunk(&x));
     for (i, raw) in raws.iter().enumerate() {
         assert_eq!((raw.width, raw.height), (7, 7));
@@ -80,7 +80,7 @@ fn layer4_gradcam_equals_the_closed_form() {
 #[test]
 fn explanation_needs_no_parameter_gradients() {
     let model = demo_model();
-    let (raws, _) = gradcam::explain(&model, &input(2, 1), &asks(&[None])).unwrap();
+    let (raws, _) = gradcam::batch(&model, &input(2, 1), &asks(&[None])).unwrap();
     assert!(raws[0].cam.iter().any(|v| *v > 0.0));
     // The weights never require gradients: the backward pass stops at layer4.
     assert!(!model.fc_weight().requires_grad());
@@ -90,7 +90,7 @@ fn explanation_needs_no_parameter_gradients() {
 fn probabilities_match_a_plain_prediction() {
     let model = demo_model();
     let x = input(3, 1);
-    let (raws, _) = gradcam::explain(&model, &x, &asks(&[None])).unwrap();
+    let (raws, _) = gradcam::batch(&model, &x, &asks(&[None])).unwrap();
     let plain = gradcam::predict(&model, &x).unwrap();
     for (a, b) in raws[0].probabilities.iter().zip(&plain) {
         assert!((a - b).abs() < 1e-6);
@@ -105,8 +105,8 @@ fn folding_batch_norm_keeps_logits_and_maps() {
     let mut folded = demo_model();
     folded.fold_batch_norm();
     let x = input(4, 1);
-    let (a, _) = gradcam::explain(&plain, &x, &asks(&[None])).unwrap();
-    let (b, _) = gradcam::explain(&folded, &x, &asks(&[None])).unwrap();
+    let (a, _) = gradcam::batch(&plain, &x, &asks(&[None])).unwrap();
+    let (b, _) = gradcam::batch(&folded, &x, &asks(&[None])).unwrap();
     let la = tch::no_grad(|| plain.head(&plain.trunk(&x)));
     let lb = tch::no_grad(|| folded.head(&folded.trunk(&x)));
     let max_logit = la.abs().max().double_value(&[]);
@@ -134,8 +134,8 @@ fn earlier_layers_run_unfolded_and_agree_to_the_bit() {
     let x = input(12, 1);
     for at in ["layer3", "layer2", "layer3.1", "layer4.1"] {
         let asks = asks_at(at, &[Some(3)]);
-        let (a, _) = gradcam::explain(&plain, &x, &asks).unwrap();
-        let (b, _) = gradcam::explain(&fast, &x, &asks).unwrap();
+        let (a, _) = gradcam::batch(&plain, &x, &asks).unwrap();
+        let (b, _) = gradcam::batch(&fast, &x, &asks).unwrap();
         assert_eq!(a[0].cam, b[0].cam, "{at}");
         assert_eq!(a[0].probabilities, b[0].probabilities, "{at}");
     }
@@ -156,8 +156,8 @@ fn onednn_weights_give_the_same_maps() {
         (9, 4, vec![None; 4]),
     ] {
         let x = input(seed, n);
-        let (a, _) = gradcam::explain(&plain, &x, &asks(&targets)).unwrap();
-        let (b, _) = gradcam::explain(&onednn, &x, &asks(&targets)).unwrap();
+        let (a, _) = gradcam::batch(&plain, &x, &asks(&targets)).unwrap();
+        let (b, _) = gradcam::batch(&onednn, &x, &asks(&targets)).unwrap();
         for (a, b) in a.iter().zip(&b) {
             assert_eq!(a.target, b.target);
             let scale = a.cam.iter().copied().fold(1e-12f32, f32::max);
@@ -171,8 +171,8 @@ fn onednn_weights_give_the_same_maps() {
     }
     // Another input size than the one the layout was chosen for still computes right.
     let x = model::seeded_normal(&[2, 3, 320, 256], 10, 1.0);
-    let (a, _) = gradcam::explain(&plain, &x, &asks(&[None, None])).unwrap();
-    let (b, _) = gradcam::explain(&onednn, &x, &asks(&[None, None])).unwrap();
+    let (a, _) = gradcam::batch(&plain, &x, &asks(&[None, None])).unwrap();
+    let (b, _) = gradcam::batch(&onednn, &x, &asks(&[None, None])).unwrap();
     assert_eq!((b[0].width, b[0].height), (8, 10));
     for (a, b) in a.iter().zip(&b) {
         let scale = a.cam.iter().copied().fold(1e-12f32, f32::max);
@@ -185,9 +185,9 @@ fn onednn_weights_give_the_same_maps() {
 #[test]
 fn out_of_range_target_is_an_error_not_a_crash() {
     let model = demo_model();
-    assert!(gradcam::explain(&model, &input(5, 1), &asks(&[Some(1000)])).is_err());
+    assert!(gradcam::batch(&model, &input(5, 1), &asks(&[Some(1000)])).is_err());
     let no_block = asks_at("layer4.3", &[None]);
-    let err = gradcam::explain(&model, &input(5, 1), &no_block).unwrap_err();
+    let err = gradcam::batch(&model, &input(5, 1), &no_block).unwrap_err();
     assert!(err.to_string().contains("layer4.3"), "{err}");
 }
 
@@ -325,7 +325,7 @@ fn every_resnet_family_architecture_loads_and_explains_every_stage() {
         let x = model::seeded_normal(&[2, 3, 64, 64], 12, 1.0);
         for (at, side) in [("layer1", 16), ("layer2", 8), ("layer3", 4), ("layer4", 2)] {
             let (raws, _) =
-                gradcam::explain(&network, &x, &asks_at(at, &[None, Some(classes - 1)])).unwrap();
+                gradcam::batch(&network, &x, &asks_at(at, &[None, Some(classes - 1)])).unwrap();
             assert_eq!((raws[0].width, raws[0].height), (side, side), "{name} {at}");
             assert_eq!(raws[0].probabilities.len(), classes);
             assert_eq!(raws[1].target, classes - 1);
@@ -363,11 +363,11 @@ fn earlier_layers_agree_with_and_without_onednn_and_in_mixed_batches() {
             layer: layer("layer3.1"),
         },
     ];
-    let (batched, _) = gradcam::explain(&onednn, &x, &mixed).unwrap();
+    let (batched, _) = gradcam::batch(&onednn, &x, &mixed).unwrap();
     for (i, ask) in mixed.iter().enumerate() {
         let one = x.narrow(0, i as i64, 1);
-        let (alone, _) = gradcam::explain(&onednn, &one, std::slice::from_ref(ask)).unwrap();
-        let (reference, _) = gradcam::explain(&plain, &one, std::slice::from_ref(ask)).unwrap();
+        let (alone, _) = gradcam::batch(&onednn, &one, std::slice::from_ref(ask)).unwrap();
+        let (reference, _) = gradcam::batch(&plain, &one, std::slice::from_ref(ask)).unwrap();
         for other in [&alone[0], &reference[0]] {
             assert_eq!(batched[i].target, other.target, "image {i}");
             assert_eq!(
@@ -576,7 +576,7 @@ fn a_wrapper_prefix_on_every_tensor_name_is_read_through() {
     let plain: Vec<(String, Tensor)> = resnet::random_tensors(&arch("resnet18", 10), 4);
     let map_of = |engine: &Engine| {
         let input = model::seeded_normal(&[1, 3, 64, 64], 5, 1.0);
-        let (raws, _) = gradcam::explain(engine.network(), &input, &asks(&[Some(3)])).unwrap();
+        let (raws, _) = gradcam::batch(engine.network(), &input, &asks(&[Some(3)])).unwrap();
         raws[0].cam.clone()
     };
     let load = |name: &str, tensors: &[(String, Tensor)]| {

@@ -162,7 +162,7 @@ fn matches_pytorch_grad_cam_with_batch_norm_folded() {
 /// follows, the map stays within 2.7e-6 (with the fused
 /// oneDNN convolutions). Before layer4 the gradient goes back through
 /// ReLUs, and that rounding flipped a mask or two and moved maps by up to 3.1e-4 (resnet50
-/// at layer3.1), so explanations there run unfolded (`gradcam::explain`): 0.0 again.
+/// at layer3.1), so explanations there run unfolded (`gradcam::batch`): 0.0 again.
 #[test]
 #[ignore = "needs the pytorch-grad-cam reference data: run `make test`"]
 fn every_architecture_and_layer_matches_pytorch_grad_cam() {
@@ -241,10 +241,10 @@ fn batched_run_equals_one_by_one() {
         })
         .collect();
     let inputs: Vec<_> = prepared.iter().map(|p| &p.input).collect();
-    let (batched, _) = engine.explain(&inputs, &asks).unwrap();
+    let (batched, _) = engine.gradcam_batch(&inputs, &asks).unwrap();
     for (i, p) in prepared.iter().enumerate() {
         let (single, _) = engine
-            .explain(&[&p.input], std::slice::from_ref(&asks[i]))
+            .gradcam_batch(&[&p.input], std::slice::from_ref(&asks[i]))
             .unwrap();
         assert_eq!(batched[i].target, single[0].target);
         let scale = single[0].cam.iter().copied().fold(1e-12f32, f32::max);

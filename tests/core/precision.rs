@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use gradcam_serve::config::ModelConfig;
 use gradcam_serve::engine::{self, Engine, Explainer, LoadError};
-use gradcam_serve::gradcam::{Ask, RawExplanation};
+use gradcam_serve::gradcam::{Ask, GradCamMap};
 use gradcam_serve::precision::{CpuFeatures, Precision};
 use gradcam_serve::preprocess::{DecodeLimits, ResizeMode};
 use serde::Deserialize;
@@ -77,7 +77,7 @@ struct Case {
     layer: Option<String>,
 }
 
-fn explain(engine: &Engine, dir: &Path, case: &Case) -> RawExplanation {
+fn explain(engine: &Engine, dir: &Path, case: &Case) -> GradCamMap {
     let bytes = std::fs::read(dir.join(&case.image)).unwrap();
     let spec = engine.description().input_spec();
     let prepared =
@@ -87,7 +87,7 @@ fn explain(engine: &Engine, dir: &Path, case: &Case) -> RawExplanation {
         target: None,
         layer,
     };
-    let (mut raw, _) = engine.explain(&[&prepared.input], &[ask]).unwrap();
+    let (mut raw, _) = engine.gradcam_batch(&[&prepared.input], &[ask]).unwrap();
     raw.remove(0)
 }
 

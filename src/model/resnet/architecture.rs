@@ -129,7 +129,7 @@ impl Architecture {
     }
 
     /// Reads the architecture off a state dict's tensor names and shapes. Only what
-    /// decides the architecture is looked at here; [`ResNet::from_tensors`] then checks
+    /// decides the architecture is looked at here; [`super::ResNet::from_tensors`] then checks
     /// every tensor against it.
     pub fn infer(shapes: &HashMap<String, Vec<i64>>) -> Result<Self, ModelError> {
         let shape = |name: &str| {

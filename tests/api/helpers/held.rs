@@ -9,10 +9,10 @@ use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gradcam_serve::cam::{CamAsk, CamExplanation, Method};
+use gradcam_serve::cam::{CamAsk, CamMaps, Method};
 use gradcam_serve::config::Config;
 use gradcam_serve::engine::{Backend, Explainer, ModelDescription};
-use gradcam_serve::gradcam::{Ask, GradCamError, PassTimings, RawExplanation};
+use gradcam_serve::gradcam::{Ask, GradCamError, GradCamMap, PassTimings};
 use gradcam_serve::http::AppState;
 use gradcam_serve::labels::Labels;
 use gradcam_serve::model::resnet::Architecture;
@@ -42,11 +42,11 @@ pub enum CamEvent {
 }
 
 impl Explainer for HeldExplainer {
-    fn explain(
+    fn gradcam_batch(
         &self,
         inputs: &[&ModelInput],
         asks: &[Ask],
-    ) -> Result<(Vec<RawExplanation>, PassTimings), GradCamError> {
+    ) -> Result<(Vec<GradCamMap>, PassTimings), GradCamError> {
         let _ = self.batches.send(asks.to_vec());
         // Held until the test releases it (or drops its side: then it runs through).
         let _ = self.release.lock().unwrap().recv();
@@ -58,12 +58,12 @@ impl Explainer for HeldExplainer {
 
     /// Works in "chunks" as AblationCAM and ScoreCAM do, asking `abandoned` between them,
     /// until the test releases it.
-    fn explain_cam(
+    fn cam(
         &self,
         input: &ModelInput,
         ask: &CamAsk,
         abandoned: &dyn Fn() -> bool,
-    ) -> Result<(CamExplanation, PassTimings), GradCamError> {
+    ) -> Result<(CamMaps, PassTimings), GradCamError> {
         let _ = self.cams.send(CamEvent::Started(ask.method));
         loop {
             if abandoned() {
@@ -84,14 +84,14 @@ impl Explainer for HeldExplainer {
             target: None,
             layer: ask.layers[0].clone(),
         };
-        let mut answer = CamExplanation::from(made_up(&[input], &[plain]).remove(0));
+        let mut answer = CamMaps::from(made_up(&[input], &[plain]).remove(0));
         answer.method = ask.method;
         Ok((answer, PassTimings::default()))
     }
 }
 
 /// Answers that depend on the input and the ask, nothing more.
-fn made_up(inputs: &[&ModelInput], asks: &[Ask]) -> Vec<RawExplanation> {
+fn made_up(inputs: &[&ModelInput], asks: &[Ask]) -> Vec<GradCamMap> {
     inputs
         .iter()
         .zip(asks)
@@ -102,7 +102,7 @@ fn made_up(inputs: &[&ModelInput], asks: &[Ask]) -> Vec<RawExplanation> {
             let total: f32 = probabilities.iter().sum();
             probabilities.iter_mut().for_each(|p| *p /= total);
             let top = gradcam_serve::gradcam::top_k(&probabilities, 1)[0].0;
-            RawExplanation {
+            GradCamMap {
                 probabilities,
                 target: ask.target.unwrap_or(top),
                 layer: ask.layer.clone(),
