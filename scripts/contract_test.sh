@@ -13,8 +13,7 @@
 #                               a 400 too, only for image bytes that do not decode: see
 #                               scripts/contract-test.toml and the hook check
 #                               positive_400_only_for_undecodable_images (contract_hooks.py);
-#                               a 422 only for top_k_maps with target, or scorecam where the
-#                               server does not allow it (positive_422_only_for_documented_conflicts)
+#                               no 422 is excused: the served spec says what the server takes
 #   negative_data_rejection     schema-violating requests are refused (ST201)
 #   unsupported_method, missing_required_header, ignored_auth, use_after_free, ...
 # None is excluded. CHECKS=a,b runs only those.

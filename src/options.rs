@@ -22,7 +22,8 @@ pub use crate::render::{OverlayFormat, OverlayKind, OverlayOptions, OVERLAY_MAX_
 pub struct ExplainOptions {
     /// Class index to explain, 0..=999 for a 1000-class model (the loaded model's range is
     /// in `GET /model`), or up to 10 of them comma-separated (`281,285`): one map each, the
-    /// first in the answer's usual fields, all in `maps`. Default: the top-1 class.
+    /// first in the answer's usual fields, all in `maps` (with `top_k_maps`, the most
+    /// probable other classes follow). Default: the top-1 class.
     #[param(value_type = Option<String>, pattern = "^(0|[1-9][0-9]{0,5})(,(0|[1-9][0-9]{0,5})){0,9}$")]
     #[schema(value_type = String, required = false, pattern = "^(0|[1-9][0-9]{0,5})(,(0|[1-9][0-9]{0,5})){0,9}$")]
     #[arg(long)]
@@ -97,7 +98,9 @@ pub struct ExplainOptions {
     #[schema(nullable = false)]
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub aug_smooth: Option<bool>,
-    /// Explain the k most probable classes, 1..=10 (instead of `target`): one map each.
+    /// Explain the k most probable classes, 1..=10: one map each. With `target`, the
+    /// classes it lists come first, then the most probable others, until there are k maps
+    /// (or as many as `target` lists, when that is more).
     #[param(minimum = 1, maximum = 10)]
     #[schema(nullable = false, minimum = 1, maximum = 10)]
     #[arg(long)]
@@ -464,7 +467,7 @@ impl ExplainOptions {
             ));
         }
         let targets = match (self.top_k_maps, listed) {
-            (Some(k), []) => {
+            (Some(k), listed) => {
                 if k > classes || !(1..=MAX_TARGETS).contains(&k) {
                     return Err(OptionError::new(
                         "top_k_maps",
@@ -472,14 +475,10 @@ impl ExplainOptions {
                         format!("must be in 1..={}", classes.min(MAX_TARGETS)),
                     ));
                 }
-                Targets::TopK(k)
-            }
-            (Some(k), _) => {
-                return Err(OptionError::new(
-                    "top_k_maps",
-                    k,
-                    "explains the k most probable classes: give it or `target`, not both",
-                ))
+                Targets::TopK {
+                    listed: listed.to_vec(),
+                    at_least: k,
+                }
             }
             (None, []) => Targets::Top1,
             (None, listed) => Targets::Classes(listed.to_vec()),

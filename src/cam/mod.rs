@@ -44,8 +44,9 @@ pub enum Targets {
     Top1,
     /// These classes, in this order.
     Classes(Vec<usize>),
-    /// The k most probable classes.
-    TopK(usize),
+    /// These classes first (often none), then the most probable others, until there are
+    /// `at_least` maps (`top_k_maps`, with or without `target`).
+    TopK { listed: Vec<usize>, at_least: usize },
 }
 
 impl Targets {
@@ -54,7 +55,7 @@ impl Targets {
         match self {
             Targets::Top1 => 1,
             Targets::Classes(c) => c.len(),
-            Targets::TopK(k) => *k,
+            Targets::TopK { listed, at_least } => listed.len().max(*at_least),
         }
     }
 }
@@ -186,8 +187,8 @@ pub fn compute(
 ) -> Result<(CamMaps, PassTimings), GradCamError> {
     let classes = network.num_classes();
     let wanted: Vec<usize> = match &ask.targets {
-        Targets::Classes(c) => c.clone(),
-        _ => vec![],
+        Targets::Classes(c) | Targets::TopK { listed: c, .. } => c.clone(),
+        Targets::Top1 => vec![],
     };
     if let Some(&target) = wanted.iter().find(|&&t| t >= classes) {
         return Err(GradCamError::TargetOutOfRange { target, classes });
@@ -233,10 +234,19 @@ pub fn compute(
     let targets: Vec<Option<usize>> = match &ask.targets {
         Targets::Top1 => vec![None],
         Targets::Classes(c) => c.iter().copied().map(Some).collect(),
-        Targets::TopK(k) => gradcam::top_k(&probabilities, *k)
-            .into_iter()
-            .map(|(c, _)| Some(c))
-            .collect(),
+        Targets::TopK { listed, .. } => {
+            let others = gradcam::top_k(&probabilities, classes)
+                .into_iter()
+                .map(|(c, _)| c)
+                .filter(|c| !listed.contains(c));
+            listed
+                .iter()
+                .copied()
+                .chain(others)
+                .take(ask.targets.count())
+                .map(Some)
+                .collect()
+        }
     };
     let values: Vec<Vec<f32>> = pass
         .maps

@@ -77,12 +77,14 @@ impl Modify for BearerAuth {
     }
 }
 
-/// The spec for an ImageNet ResNet-50 (the demo model), committed as openapi/openapi.json.
+/// The spec for an ImageNet ResNet-50 (the demo model) with the default settings (ScoreCAM
+/// not allowed), committed as openapi/openapi.json.
 pub fn openapi_json() -> String {
     let resnet50 =
         crate::model::resnet::Architecture::named("resnet50", 1000).expect("a known name");
     let layers: Vec<String> = resnet50.layers().iter().map(ToString::to_string).collect();
-    let spec = model_spec(resnet50.num_classes, &layers);
+    let defaults = crate::config::ExplainDefaults::default();
+    let spec = model_spec(resnet50.num_classes, &layers, defaults.allow_scorecam);
     serde_json::to_string_pretty(&spec).expect("the spec serialises") + "\n"
 }
 
@@ -119,13 +121,26 @@ fn with_precedence(description: &mut serde_json::Value, note: &str) {
 }
 
 /// The spec as served at /openapi.json: the class ranges and the layers of the loaded
-/// model in place of a 1000-class model's. Served as JSON, as made: utoipa's types would
-/// not read it back (its `Encoding` wants a `headers` map that it leaves out when empty).
-pub fn openapi_for(model: &ModelDescription) -> serde_json::Value {
-    model_spec(model.num_classes, &model.layers)
+/// model in place of a 1000-class model's, and the methods this server allows (ScoreCAM
+/// only with `explain.allow_scorecam`): a request the spec calls valid is one the server
+/// takes. Served as JSON, as made: utoipa's types would not read it back (its `Encoding`
+/// wants a `headers` map that it leaves out when empty).
+pub fn openapi_for(model: &ModelDescription, allow_scorecam: bool) -> serde_json::Value {
+    model_spec(model.num_classes, &model.layers, allow_scorecam)
 }
 
-fn model_spec(classes: usize, layers: &[String]) -> serde_json::Value {
+/// The `method` pattern: every method's name (and `gradcam++`), ScoreCAM's only when
+/// allowed.
+fn method_pattern(allow_scorecam: bool) -> String {
+    let names: Vec<String> = crate::cam::Method::names()
+        .split(", ")
+        .filter(|n| allow_scorecam || *n != crate::cam::Method::ScoreCam.name())
+        .map(|n| n.replace('+', "\\+"))
+        .collect();
+    format!("^({})$", names.join("|"))
+}
+
+fn model_spec(classes: usize, layers: &[String], allow_scorecam: bool) -> serde_json::Value {
     let mut spec = base_spec();
     // (schema, where its description is) for each option the model decides.
     let fix = |name: &str, schema: &mut serde_json::Value| -> Option<String> {
@@ -143,7 +158,8 @@ fn model_spec(classes: usize, layers: &[String]) -> serde_json::Value {
                 Some(format!(
                     "Class index to explain, 0..={} (GET /model lists the labels), or up to {} \
                  of them comma-separated (`1,2`): one map each, the first in the answer's \
-                 usual fields, all in `maps`. Default: the top-1 class.",
+                 usual fields, all in `maps` (with `top_k_maps`, the most probable other \
+                 classes follow). Default: the top-1 class.",
                     classes - 1,
                     crate::cam::MAX_TARGETS
                 ))
@@ -153,6 +169,10 @@ fn model_spec(classes: usize, layers: &[String]) -> serde_json::Value {
                     "maximum".into(),
                     classes.min(crate::cam::MAX_TARGETS).into(),
                 );
+                None
+            }
+            "method" => {
+                obj.insert("pattern".into(), method_pattern(allow_scorecam).into());
                 None
             }
             "top_k" => {
@@ -369,10 +389,11 @@ pub fn router(state: Arc<AppState>) -> Router {
     if server.protect_metrics {
         metrics_routes = metrics_routes.route_layer(guard());
     }
-    let mut docs_routes: Router<Arc<AppState>> = Router::new().merge(
-        SwaggerUi::new("/docs")
-            .external_url_unchecked("/openapi.json", openapi_for(&state.workers.model)),
-    );
+    let mut docs_routes: Router<Arc<AppState>> =
+        Router::new().merge(SwaggerUi::new("/docs").external_url_unchecked(
+            "/openapi.json",
+            openapi_for(&state.workers.model, state.defaults.allow_scorecam),
+        ));
     if server.protect_docs {
         docs_routes = docs_routes.route_layer(guard());
     }

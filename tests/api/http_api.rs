@@ -1009,6 +1009,30 @@ fn methods_targets_and_layers_through_query_and_form() {
         classes,
         [top.top_k[0].class_index, top.top_k[1].class_index]
     );
+    // With `target`: the listed classes first, then the most probable others.
+    let listed = top.top_k[1].class_index;
+    let mixed: Explanation = server
+        .explain(
+            &format!("?target={listed}&top_k_maps=3"),
+            png(64, 64),
+            "a.png",
+        )
+        .json()
+        .unwrap();
+    let classes: Vec<usize> = mixed
+        .maps
+        .unwrap()
+        .iter()
+        .map(|m| m.target.class_index)
+        .collect();
+    let others: Vec<usize> = top
+        .top_k
+        .iter()
+        .map(|c| c.class_index)
+        .filter(|&c| c != listed)
+        .take(2)
+        .collect();
+    assert_eq!(classes, [vec![listed], others].concat());
 
     // Several layers: pytorch-grad-cam's aggregated map, at the input's size.
     let e: Explanation = server
@@ -1060,10 +1084,24 @@ fn method_refusals_say_what_is_allowed() {
         body["detail"].as_str().unwrap().contains("allow_scorecam"),
         "{body}"
     );
+    // The served spec says so: its method pattern has no scorecam here.
+    let spec = server.get_json("/openapi.json");
+    let pattern = spec["paths"]["/explain"]["post"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "method")
+        .unwrap()["schema"]["pattern"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        pattern.contains("ablationcam") && !pattern.contains("scorecam"),
+        "{pattern}"
+    );
     for query in [
         "?target=1,2,3,4,5,6,7,8,9,10,11",
         "?target=1,x",
-        "?target=1&top_k_maps=2",
         "?top_k_maps=11",
         "?layer=layer3,fc",
         "?eigen_smooth=1",
