@@ -6,15 +6,15 @@
 //! overlay within 2 levels. Also: the exported ResNet-50 against the native path, several
 //! requests on one worker and on two, and the files the server refuses, with their message.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::compare;
-use crate::helpers::{client, Server, BIN};
+use crate::helpers::{cli, client, Server};
 use gradcam_serve::render;
 
 #[derive(Deserialize)]
@@ -305,15 +305,12 @@ fn repeated_and_concurrent_requests_on_two_workers_keep_their_gradients() {
 
 /// What `gradcam-serve model --weights FILE` prints on stderr, and whether it failed.
 fn load(path: &Path) -> (bool, String) {
-    let out = Command::new(BIN)
-        .args(["model", "--weights"])
-        .arg(path)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
+    let ran = cli([
+        OsStr::new("model"),
+        OsStr::new("--weights"),
+        path.as_os_str(),
+    ]);
+    (ran.ok, ran.stderr)
 }
 
 /// Each file the server cannot use is refused at start, saying what it is and what to do:
@@ -343,13 +340,19 @@ fn files_the_server_cannot_use_are_refused_with_a_reason() {
     }
     // `serve` refuses the same way, before it listens.
     let first = &refusals[0];
-    let out = Command::new(BIN)
-        .args(["serve", "--bind", "127.0.0.1:0", "--weights"])
-        .arg(dir().join(&first.file))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains(first.says[0].as_str()));
+    let file = dir().join(&first.file);
+    let ran = cli([
+        OsStr::new("serve"),
+        OsStr::new("--bind"),
+        OsStr::new("127.0.0.1:0"),
+        OsStr::new("--weights"),
+        file.as_os_str(),
+    ]);
+    assert!(
+        !ran.ok && ran.stderr.contains(first.says[0].as_str()),
+        "{}",
+        ran.stderr
+    );
 }
 
 /// Every request option on an exported model, as a client sends them: several targets,
@@ -440,26 +443,23 @@ fn every_request_option_works_on_an_exported_model() {
     }
 
     // The CLI: `model` describes it, `explain` gives pytorch-grad-cam's map.
-    let out = Command::new(BIN)
-        .args(["model", "--weights"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    let described: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let described = cli([
+        OsStr::new("model"),
+        OsStr::new("--weights"),
+        file.as_os_str(),
+    ])
+    .json();
     assert_eq!(described["backend"], "torchscript");
     let case = &m.cases[0];
-    let out = Command::new(BIN)
-        .args(["explain", "--json", "--weights"])
-        .arg(&file)
-        .arg(dir().join(&case.image))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let image = dir().join(&case.image);
+    let answer = cli([
+        OsStr::new("explain"),
+        OsStr::new("--json"),
+        OsStr::new("--weights"),
+        file.as_os_str(),
+        image.as_os_str(),
+    ])
+    .json();
     let rows: Vec<Vec<f32>> = serde_json::from_value(answer["saliency"]["data"].clone()).unwrap();
     let worst = compare::worst(&rows.concat(), &case.raw_map.as_ref().unwrap().concat());
     assert!(worst <= 1e-4, "CLI map off by {worst:e}");
@@ -472,17 +472,14 @@ fn every_request_option_works_on_an_exported_model() {
 fn settings_that_contradict_an_exported_file_are_refused() {
     let file = dir().join("custom.pt");
     let with = |flags: &[&str]| {
-        let out = Command::new(BIN)
-            .args(["model", "--weights"])
-            .arg(&file)
-            .args(flags)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-            out.stdout,
-        )
+        let mut args = vec![
+            OsStr::new("model"),
+            OsStr::new("--weights"),
+            file.as_os_str(),
+        ];
+        args.extend(flags.iter().map(OsStr::new));
+        let ran = cli(args);
+        (ran.ok, ran.stderr, ran.stdout)
     };
     let (ok, stderr, _) = with(&["--precision", "bf16"]);
     assert!(

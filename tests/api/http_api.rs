@@ -320,24 +320,16 @@ fn http_and_cli_give_the_same_numbers() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("x.png");
     std::fs::write(&path, &bytes).unwrap();
-    let out = std::process::Command::new(BIN)
-        .args([
-            "explain",
-            "--json",
-            "--demo-weights",
-            "--weights",
-            "/nonexistent.safetensors",
-        ])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("RANDOM demo weights"));
-    let cli: Explanation = serde_json::from_slice(&out.stdout).unwrap();
+    let ran = helpers::cli([
+        "explain".as_ref(),
+        "--json".as_ref(),
+        "--demo-weights".as_ref(),
+        "--weights".as_ref(),
+        "/nonexistent.safetensors".as_ref(),
+        path.as_os_str(),
+    ]);
+    assert!(ran.stderr.contains("RANDOM demo weights"), "{}", ran.stderr);
+    let cli: Explanation = serde_json::from_value(ran.json()).unwrap();
     assert_eq!(cli.top_k, http.top_k);
     assert_eq!(cli.saliency, http.saliency);
     assert_eq!(cli.overlay_png, http.overlay_png);
@@ -855,19 +847,14 @@ fn a_fine_tuned_resnet18_with_ten_classes_and_labels() {
     assert_eq!(form["layer"]["pattern"], pattern.as_str());
 
     // The CLI says the same.
-    let out = std::process::Command::new(BIN)
-        .args(["model", "--weights"])
-        .arg(&weights)
-        .arg("--labels")
-        .arg(&labels)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let model: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let model = helpers::cli([
+        "model".as_ref(),
+        "--weights".as_ref(),
+        weights.as_os_str(),
+        "--labels".as_ref(),
+        labels.as_os_str(),
+    ])
+    .json();
     assert_eq!(model["architecture"], "resnet18");
     assert_eq!(model["labels"][9], "finding-9");
     let image = dir.path().join("x.png");

@@ -248,3 +248,28 @@ pub fn send_raw(url: &str, request: &[u8]) -> (u16, String) {
         .unwrap_or(0);
     (status, text)
 }
+
+/// What a `gradcam-serve` command did: whether it succeeded, what it wrote.
+pub struct Ran {
+    pub ok: bool,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl Ran {
+    /// Its standard output as JSON (`explain --json`, `model`), after it succeeded.
+    pub fn json(&self) -> serde_json::Value {
+        assert!(self.ok, "the command failed: {}", self.stderr);
+        serde_json::from_slice(&self.stdout).expect("JSON on standard output")
+    }
+}
+
+/// Runs `gradcam-serve ARGS` to its end.
+pub fn cli<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> Ran {
+    let out = Command::new(BIN).args(args).output().expect("the CLI runs");
+    Ran {
+        ok: out.status.success(),
+        stdout: out.stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
