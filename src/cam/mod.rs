@@ -73,11 +73,6 @@ pub struct CamAsk {
 }
 
 impl CamAsk {
-    /// Plain Grad-CAM of one class at one layer: what the batched `gradcam::batch` does.
-    pub fn is_plain_gradcam(&self) -> bool {
-        self.batched().is_some()
-    }
-
     /// The same ask for the batched `gradcam::batch`, when it is plain Grad-CAM of one
     /// class (or the top-1) at one layer; None: it runs alone through [`compute`].
     pub fn batched(&self) -> Option<gradcam::Ask> {

@@ -64,10 +64,6 @@ pub trait Network: Send {
     /// Where a layer's channels are in its raw output (`Pass::raw`): 1 for convolutional
     /// maps, the last dimension for tokens; None when AblationCAM cannot tell.
     fn channel_axis(&self, layer: usize) -> Option<i64>;
-
-    /// Whether AblationCAM at `layer` reruns only what follows it (else the whole network
-    /// per batch of ablated copies, as pytorch-grad-cam does).
-    fn reruns_only_tail(&self, layer: usize) -> bool;
 }
 
 /// One forward pass, with what it kept of the layers asked for (in that order).

@@ -387,8 +387,4 @@ impl Network for ResNet {
     fn channel_axis(&self, _layer: usize) -> Option<i64> {
         Some(1)
     }
-
-    fn reruns_only_tail(&self, _layer: usize) -> bool {
-        true
-    }
 }

@@ -350,8 +350,4 @@ impl Network for TorchScriptNetwork {
     fn channel_axis(&self, layer: usize) -> Option<i64> {
         self.metadata.taps[layer].channel_axis
     }
-
-    fn reruns_only_tail(&self, layer: usize) -> bool {
-        self.metadata.taps[layer].tail
-    }
 }
