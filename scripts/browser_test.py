@@ -426,8 +426,11 @@ def main():
             assert layers == model["layers"], (layers, model["layers"])
             chosen = Select(driver.find_element(By.ID, "layer")).first_selected_option
             assert chosen.get_attribute("value") == model["default_layer"]
-            methods = [o.text for o in Select(driver.find_element(By.ID, "method")).options]
-            assert methods == ["Grad-CAM"], methods
+            offered = [(o.get_attribute("value"), o.text)
+                       for o in Select(driver.find_element(By.ID, "method")).options]
+            listed = [(m["name"], f'{m["reference"]} ({m["name"]})') for m in model["methods"]]
+            assert offered == listed, (offered, listed)
+            assert len(offered) >= 10 and offered[0][0] == "gradcam", offered
             assert not driver.find_element(By.ID, "token-field").is_displayed(), \
                 "a token field without api_keys"
             unlabelled = driver.execute_script("""
@@ -484,6 +487,21 @@ def main():
                                           {"overlay": "false", "target": str(second)})
             assert state(driver, "answer.saliency") == api["saliency"]
             return f"target {target}"
+
+        def another_method():
+            method = Select(driver.find_element(By.ID, "method"))
+            method.select_by_value("eigencam")
+            wait(driver, lambda d: settled(d) and state(d, "answer.method") == "eigencam",
+                 "the EigenCAM answer")
+            target = state(driver, "answer.target.class_index")
+            status, _, api = post_explain(server, photo_png, {
+                "overlay": "false", "method": "eigencam", "target": str(target)})
+            assert status == 200, api
+            assert state(driver, "answer.saliency") == api["saliency"], "map differs from the API's"
+            method.select_by_value("gradcam")
+            wait(driver, lambda d: settled(d) and state(d, "answer.method") == "gradcam",
+                 "the Grad-CAM answer again")
+            return f"EigenCAM's map equals the API's for class {target}"
 
         def slider_needs_no_request():
             requests = server.explain_requests()
@@ -573,12 +591,14 @@ def main():
 
         checks.run("GET / serves the page and its assets, not in the OpenAPI spec",
                    page_is_served)
-        checks.run("the page loads the layers from GET model; every control labelled",
+        checks.run("the page loads the layers and methods from GET model; every control labelled",
                    page_loads)
         checks.run("upload a PNG: the top-k equals the JSON API's", png_top_k_equals_api)
         checks.run("the canvas equals the server's overlay PNG",
                    lambda: canvas_equals_server_overlay())
         checks.run("click the second class: target shown, picture changed", second_class)
+        checks.run("choose EigenCAM: the page explains with it, as the API does",
+                   another_method)
         checks.run("the opacity slider redraws with no request", slider_needs_no_request)
         checks.run("centre-crop mode equals the server's overlay", crop_mode)
         checks.run("overlay PNG and JSON download", downloads_work)

@@ -355,7 +355,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             defaults.apply(&mut config);
             config.validate()?;
             let engine = Engine::load(&config.model, config.explain.layer.as_deref())?;
-            println!("{}", serde_json::to_string_pretty(engine.description())?);
+            let served = engine
+                .description()
+                .served(config.explain.allow_scorecam, config.explain.method);
+            println!("{}", serde_json::to_string_pretty(&served)?);
             Ok(())
         }
         Command::Openapi => {

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use tch::{Kind, Tensor};
 
-use crate::model::{layer_indices, Network, NetworkError};
+use crate::model::{layer_indices, Needs, Network, NetworkError};
 
 /// What to explain in one image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,7 +77,7 @@ pub fn batch(
     layers.dedup();
 
     let start = Instant::now();
-    let pass = network.forward(input, &layers, true)?;
+    let pass = network.forward(input, &layers, Needs::Gradients)?;
     let forward_ms = start.elapsed().as_secs_f64() * 1e3;
 
     let start = Instant::now();

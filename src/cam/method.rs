@@ -88,6 +88,49 @@ impl Method {
         )
     }
 
+    /// Whether its map thresholds or sorts the layer's activations (FEM's mean + 2 std), so
+    /// that float rounding can flip a channel in or out: such a method needs the layer's
+    /// activations as the reference computes them, not merely close to them.
+    pub fn thresholds_activations(self) -> bool {
+        matches!(self, Method::Fem)
+    }
+
+    /// Whether `eigen_smooth` changes its map (EigenCAM and EigenGradCAM always project;
+    /// FEM, AblationCAM and ScoreCAM ignore it, as pytorch-grad-cam does).
+    pub fn smoothable(self) -> bool {
+        self.uses_gradients() && self != Method::EigenGradCam
+    }
+
+    /// What one explanation costs, in passes through the network.
+    pub fn cost(self) -> &'static str {
+        match self {
+            Method::EigenCam | Method::Fem => "one forward pass",
+            Method::AblationCam => {
+                "one forward pass, then the layers after the chosen one once per 32 channels"
+            }
+            Method::ScoreCam => "one forward pass, then one per channel of the layer",
+            _ => "one forward and one backward pass per target",
+        }
+    }
+
+    /// What `GET /model` says of it; `layers`: where it runs, when not at every layer.
+    pub fn info(self, layers: Option<Vec<String>>) -> MethodInfo {
+        let mut options = Vec::new();
+        if self.smoothable() {
+            options.push("eigen_smooth".to_string());
+        }
+        options.push("aug_smooth".to_string());
+        MethodInfo {
+            name: self.name().to_string(),
+            reference: self.reference_class().to_string(),
+            takes_layer: true,
+            gradient: self.uses_gradients(),
+            cost: self.cost().to_string(),
+            options,
+            layers,
+        }
+    }
+
     /// Every accepted name, for error messages and the spec.
     pub fn names() -> String {
         let mut names: Vec<&str> = Self::ALL.iter().map(|m| m.name()).collect();
@@ -127,6 +170,29 @@ impl<'de> serde::Deserialize<'de> for Method {
         let text = String::deserialize(d)?;
         text.parse().map_err(serde::de::Error::custom)
     }
+}
+
+/// A method the loaded model can run, as `GET /model` lists it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"name": "gradcam", "reference": "GradCAM", "takes_layer": true,
+    "gradient": true, "cost": "one forward and one backward pass per target",
+    "options": ["eigen_smooth", "aug_smooth"]}))]
+pub struct MethodInfo {
+    /// The `method` option's value.
+    pub name: String,
+    /// The pytorch-grad-cam 1.5.7 class whose maps it reproduces.
+    pub reference: String,
+    /// Whether `layer` applies.
+    pub takes_layer: bool,
+    /// Whether it needs a backward pass (the gradient at the layer).
+    pub gradient: bool,
+    /// What an explanation costs, in passes through the network.
+    pub cost: String,
+    /// The request options that change its map beyond the common ones.
+    pub options: Vec<String>,
+    /// The layers it can run at, when not every layer of `GET /model`'s `layers`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<Vec<String>>,
 }
 
 #[cfg(test)]

@@ -28,10 +28,10 @@ use std::time::Instant;
 
 use tch::{Kind, Tensor};
 
-pub use method::Method;
+pub use method::{Method, MethodInfo};
 
 use crate::gradcam::{self, GradCamError, GradCamMap, PassTimings};
-use crate::model::{layer_indices, Network};
+use crate::model::{layer_indices, Needs, Network};
 
 /// Most classes one request may explain.
 pub const MAX_TARGETS: usize = 10;
@@ -213,7 +213,14 @@ pub fn compute(
     };
     let images = batch.size()[0] as usize;
     let gradients = ask.method.uses_gradients();
-    let pass = network.forward(&batch, &layers, gradients)?;
+    let needs = if gradients {
+        Needs::Gradients
+    } else if ask.method.thresholds_activations() {
+        Needs::ExactOutputs
+    } else {
+        Needs::Outputs
+    };
+    let pass = network.forward(&batch, &layers, needs)?;
     let logits = &pass.logits;
     let forward_ms = start.elapsed().as_secs_f64() * 1e3;
 

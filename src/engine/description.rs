@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::cam::{Method, MethodInfo};
 use crate::explanation::ModelInfo;
 use crate::options::Limits;
 use crate::preprocess::InputSpec;
@@ -27,7 +28,9 @@ pub enum Backend {
     "layers": ["layer1", "layer2", "layer3", "layer4", "layer1.0", "layer1.1", "layer2.0",
     "layer2.1", "layer3.0", "layer3.1", "layer4.0", "layer4.1"], "default_layer": "layer4",
     "input_size": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-    "weights": "demo-random"}))]
+    "weights": "demo-random", "methods": [{"name": "gradcam", "reference": "GradCAM",
+    "takes_layer": true, "gradient": true, "cost": "one forward and one backward pass per target",
+    "options": ["eigen_smooth", "aug_smooth"]}]}))]
 pub struct ModelDescription {
     /// The model's name: torchvision's architecture for a ResNet (`resnet50`,
     /// `resnext50_32x4d`, ...), the exported file's name otherwise (`efficientnet_b0`).
@@ -52,9 +55,23 @@ pub struct ModelDescription {
     pub std: [f32; 3],
     /// SHA-256 of the model file, or "demo-random" for seeded random demo weights.
     pub weights: String,
+    /// The CAM methods this server runs on this model (the `method` option), the default
+    /// first.
+    pub methods: Vec<MethodInfo>,
 }
 
 impl ModelDescription {
+    /// As this server describes it: ScoreCAM only where the operator allows it, the
+    /// default method first.
+    pub fn served(&self, allow_scorecam: bool, default: Method) -> ModelDescription {
+        let mut served = self.clone();
+        served
+            .methods
+            .retain(|m| allow_scorecam || m.name != Method::ScoreCam.name());
+        served.methods.sort_by_key(|m| m.name != default.name());
+        served
+    }
+
     pub fn is_demo(&self) -> bool {
         self.weights == weights::DEMO_ID
     }

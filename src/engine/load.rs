@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use super::description::{Backend, ModelDescription};
 use super::Engine;
+use crate::cam::{Method, MethodInfo};
 use crate::config::ModelConfig;
 use crate::labels::{Labels, LabelsError};
 use crate::model::file::{self, FileKind};
@@ -175,7 +176,29 @@ fn describe(
         mean: input.mean,
         std: input.std,
         weights,
+        methods: methods(network),
     }
+}
+
+/// The methods this network can run here: the eigen ones need the system's LAPACK, and
+/// AblationCAM only the layers whose channels it can find.
+fn methods(network: &dyn Network) -> Vec<MethodInfo> {
+    let lapack = crate::cam::lapack::available().is_ok();
+    let ablatable: Vec<String> = (0..network.layers().len())
+        .filter(|&l| network.channel_axis(l).is_some())
+        .map(|l| network.layers()[l].clone())
+        .collect();
+    Method::ALL
+        .into_iter()
+        .filter(|m| lapack || !matches!(m, Method::EigenCam | Method::EigenGradCam))
+        .filter_map(|m| match m {
+            Method::AblationCam if ablatable.is_empty() => None,
+            Method::AblationCam if ablatable.len() < network.layers().len() => {
+                Some(m.info(Some(ablatable.clone())))
+            }
+            _ => Some(m.info(None)),
+        })
+        .collect()
 }
 
 type Loaded = (Box<dyn Network>, ModelDescription);

@@ -58,7 +58,7 @@ pub struct AppState {
     components(schemas(
         Explanation, ClassScore, Saliency, ImageSize, ModelInfo, Timing, Problem, Health,
         ModelDescription, ExplainOptions, explain::ExplainUpload, explain::OverlayBytes,
-        crate::explanation::OverlayImage
+        crate::explanation::OverlayImage, crate::cam::MethodInfo
     )),
     modifiers(&BearerAuth),
     tags((name = "explain", description = "Explanations"), (name = "operations", description = "Health, readiness, metrics"))
@@ -283,7 +283,12 @@ fn health_of(state: &AppState, ready: bool) -> Health {
 #[utoipa::path(get, path = "/model", tag = "operations",
     responses((status = 200, description = "The loaded model", body = ModelDescription)))]
 async fn model(State(state): State<Arc<AppState>>) -> Json<ModelDescription> {
-    Json(state.workers.model.as_ref().clone())
+    Json(
+        state
+            .workers
+            .model
+            .served(state.defaults.allow_scorecam, state.defaults.method),
+    )
 }
 
 /// Liveness: the process answers.

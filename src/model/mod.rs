@@ -33,14 +33,11 @@ pub trait Network: Send {
     fn logits(&self, input: &Tensor) -> Result<Tensor, NetworkError>;
 
     /// A forward pass that keeps the output of each of `layers` (indices into
-    /// [`Network::layers`]); with `gradients`, [`Network::gradients`] can then go back to
-    /// them from a score, and nothing before the earliest of them records autograd history.
-    fn forward(
-        &self,
-        input: &Tensor,
-        layers: &[usize],
-        gradients: bool,
-    ) -> Result<Pass, NetworkError>;
+    /// [`Network::layers`]), as `needs` says; with [`Needs::Gradients`],
+    /// [`Network::gradients`] can then go back to them from a score, and nothing before the
+    /// earliest of them records autograd history.
+    fn forward(&self, input: &Tensor, layers: &[usize], needs: Needs)
+        -> Result<Pass, NetworkError>;
 
     /// The gradient of `score` (a scalar made from `pass.logits`) at each layer of the pass,
     /// in the layout of `pass.maps`. `keep_graph` lets another score go back through the same
@@ -64,6 +61,18 @@ pub trait Network: Send {
     /// Where a layer's channels are in its raw output (`Pass::raw`): 1 for convolutional
     /// maps, the last dimension for tokens; None when AblationCAM cannot tell.
     fn channel_axis(&self, layer: usize) -> Option<i64>;
+}
+
+/// What a forward pass must give at the layers it keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    /// Their outputs, up to float rounding (a network may take faster paths).
+    Outputs,
+    /// Their outputs as the reference computes them, for a method that thresholds them:
+    /// there rounding flips a channel across the threshold (`Method::thresholds_activations`).
+    ExactOutputs,
+    /// Their outputs, as exact as the gradient at them needs, and the gradient afterwards.
+    Gradients,
 }
 
 /// One forward pass, with what it kept of the layers asked for (in that order).

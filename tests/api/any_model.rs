@@ -176,6 +176,20 @@ fn serve_and_check(name: &str) {
         assert_eq!(described["labels"], serde_json::json!(labels), "{name}");
         assert_eq!(described["labels_source"], "model file");
     }
+    // The methods it runs: every one but ScoreCAM (not allowed by default), AblationCAM
+    // only at the taps whose channels it can find.
+    let methods = described["methods"]
+        .as_array()
+        .expect("GET /model lists methods");
+    assert_eq!(methods[0]["name"], "gradcam", "{name}: the default first");
+    assert!(methods.len() >= 9, "{name}: {methods:?}");
+    for method in methods {
+        if let Some(only) = method["layers"].as_array() {
+            assert!(only
+                .iter()
+                .all(|l| layers.contains(&l.as_str().unwrap().to_string())));
+        }
+    }
     // The page a person uses offers the model's own layers (it reads GET /model).
     let page = client().get(format!("{}/", server.url)).send().unwrap();
     assert_eq!(page.status(), 200);

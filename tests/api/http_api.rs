@@ -771,6 +771,66 @@ fn the_model_endpoint_and_any_layer() {
     }
 }
 
+fn method_names(model: &Value) -> Vec<String> {
+    model["methods"]
+        .as_array()
+        .expect("GET /model lists the methods")
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// GET /model lists each method the server runs on the model, its default first (the page
+/// offers exactly these), and each one listed is one POST /explain takes.
+#[test]
+fn the_model_endpoint_lists_every_method_the_server_runs() {
+    use gradcam_serve::cam::Method;
+    let server = Server::start(&[]);
+    let model = server.get_json("/model");
+    let names = method_names(&model);
+    let expected: Vec<String> = Method::ALL
+        .iter()
+        .filter(|m| **m != Method::ScoreCam)
+        .map(|m| m.name().to_string())
+        .collect();
+    assert_eq!(
+        names, expected,
+        "all but ScoreCAM, which this server does not allow"
+    );
+    for m in model["methods"].as_array().unwrap() {
+        let name = m["name"].as_str().unwrap();
+        let method: Method = name.parse().unwrap();
+        assert_eq!(m["reference"], method.reference_class(), "{m}");
+        assert_eq!(m["gradient"], method.uses_gradients(), "{m}");
+        assert_eq!(m["takes_layer"], true, "{m}");
+        assert!(!m["cost"].as_str().unwrap().is_empty(), "{m}");
+        let smooth = m["options"]
+            .as_array()
+            .unwrap()
+            .contains(&"eigen_smooth".into());
+        assert_eq!(smooth, method.smoothable(), "{m}");
+        let e: Explanation = server
+            .explain(
+                &format!("?method={name}&overlay=false"),
+                png(64, 64),
+                "a.png",
+            )
+            .json()
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(e.method, name);
+    }
+    problem(
+        server.explain("?method=scorecam", png(64, 64), "a.png"),
+        422,
+    );
+
+    let allowing = Server::start(&["--allow-scorecam", "--default-method", "eigencam"]);
+    let names = method_names(&allowing.get_json("/model"));
+    assert_eq!(names[0], "eigencam", "the default first: {names:?}");
+    assert_eq!(names.len(), Method::ALL.len(), "{names:?}");
+    assert!(names.contains(&"scorecam".to_string()), "{names:?}");
+}
+
 /// Writes a seeded random resnet18 with `classes` outputs, and a labels file.
 fn resnet18_files(
     dir: &std::path::Path,

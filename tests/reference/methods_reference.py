@@ -13,7 +13,8 @@ architecture (resnet50, resnet18):
 Models: the seeded random resnet50 and resnet18 of make_reference.py. Every method but
 AblationCAM and ScoreCAM on both, at layer4 and layer3, top-1 (case-0.png) and a forced
 target (top5[3] of case-1.png), and eigen_smooth (top-1) for the methods it changes; aug_smooth
-for GradCAM++ and EigenCAM; layer3+layer4 together; three targets of one image.
+for GradCAM++ and EigenCAM; layer3+layer4 together; three targets of one image; every
+one-pass method at layer3 on a seeded noise image (noise.png), FEM with a forced target too.
 AblationCAM and ScoreCAM rerun the network once per channel (pytorch-grad-cam reruns the
 whole model even for AblationCAM): on resnet18 only (512 channels at layer4, 256 at layer3
 instead of 2048 and 1024), top-1 at layer4 and the forced target at layer3, to keep
@@ -25,6 +26,7 @@ import time
 
 import numpy as np
 import torch
+from PIL import Image
 
 from pytorch_grad_cam import (AblationCAM, EigenCAM, EigenGradCAM, FEM, GradCAM,
                               GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM,
@@ -57,10 +59,17 @@ def methods_reference(out_dir, arch, weights, model, images, to_input, recorder)
     cases = []
     blob = open(os.path.join(out_dir, f"methods-{arch}.f32"), "wb")
     offset = 0
+    # The images by name: case-N.png, and a seeded noise image (written here), on which the
+    # fast path's rounding once flipped FEM's mean + 2 std threshold at layer3.
+    named = [(f"case-{i}.png", rgb) for i, rgb in enumerate(images)]
+    noise = np.random.default_rng(7).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(os.path.join(out_dir, "noise.png"))
+    named.append(("noise.png", noise))
 
     def run(arch, weights, model, image_index, method, layers, targets, eigen=False, aug=False):
         nonlocal offset
-        rgb_float, x = to_input(images[image_index])
+        image_name, rgb = named[image_index]
+        rgb_float, x = to_input(rgb)
         with torch.no_grad():
             probs = torch.softmax(model(x), dim=1)[0]
         top5 = torch.topk(probs, 5).indices.tolist()
@@ -82,7 +91,7 @@ def methods_reference(out_dir, arch, weights, model, images, to_input, recorder)
             offset += returned.size
         cam.activations_and_grads.release()
         cases.append({
-            "architecture": arch, "weights": weights, "image": f"case-{image_index}.png",
+            "architecture": arch, "weights": weights, "image": image_name,
             "method": method, "layers": layers, "targets": targets, "eigen_smooth": eigen,
             "aug_smooth": aug, "top5": top5, "maps": entries,
         })
@@ -94,6 +103,11 @@ def methods_reference(out_dir, arch, weights, model, images, to_input, recorder)
                 run(arch, weights, model, image, method, [layer], [target])
             if method in SMOOTHABLE:
                 run(arch, weights, model, 0, method, [layer], [None], eigen=True)
+    noise_forced = forced_target(model, to_input(noise)[1])
+    for method in ONE_PASS:
+        run(arch, weights, model, -1, method, ["layer3"], [None])
+    run(arch, weights, model, -1, "fem", ["layer3"], [noise_forced])
+    run(arch, weights, model, -1, "fem", ["layer4"], [None])
     run(arch, weights, model, 0, "gradcam-plusplus", ["layer4"], [None], aug=True)
     run(arch, weights, model, 1, "eigencam", ["layer3"], [forced], aug=True)
     run(arch, weights, model, 0, "layercam", ["layer3", "layer4"], [None])

@@ -168,9 +168,16 @@
           return o;
         })
       );
-      // One method today; a server that lists more in GET model gets them here.
+      // Every method the server runs on this model (its default first), named as
+      // pytorch-grad-cam names it, with what it costs.
       if (Array.isArray(model.methods) && model.methods.length) {
-        $('method').replaceChildren(...model.methods.map((m) => new Option(m, m)));
+        $('method').replaceChildren(
+          ...model.methods.map((m) => {
+            const o = new Option(`${m.reference} (${m.name})`, m.name);
+            o.title = m.cost;
+            return o;
+          })
+        );
       }
       $('top-k').max = String(model.num_classes);
       if (Number($('top-k').value) > model.num_classes) {

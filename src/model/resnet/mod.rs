@@ -22,7 +22,7 @@ pub use architecture::{known_architectures, Architecture, BlockKind, Layer, Mode
 use blocks::{BatchNorm, Block, ConvBn};
 pub use random::random_tensors;
 
-use super::{Network, NetworkError, Pass};
+use super::{Needs, Network, NetworkError, Pass};
 use crate::fused::Post;
 
 pub struct ResNet {
@@ -209,10 +209,11 @@ impl ResNet {
         })
     }
 
-    /// The output of block `last`, to be differentiated: from the fast path when `last` is
-    /// the last block (only the head follows, which is linear), else from the exact one,
-    /// since the gradient then goes back through ReLUs whose masks the fast path's rounding
-    /// could flip (see [`ResNet::features`]).
+    /// The output of block `last`, to be differentiated or thresholded: from the fast path
+    /// when `last` is the last block (only the head follows, which is linear), else from the
+    /// exact one, since the gradient then goes back through ReLUs whose masks the fast path's
+    /// rounding could flip (see [`ResNet::features`]), and FEM's threshold could flip a
+    /// channel the same way.
     pub fn features_for_gradient(&self, x: &Tensor, last: usize) -> Tensor {
         if last + 1 == self.blocks.len() {
             self.features(x, last)
@@ -333,14 +334,16 @@ impl Network for ResNet {
         &self,
         input: &Tensor,
         layers: &[usize],
-        gradients: bool,
+        needs: Needs,
     ) -> Result<Pass, NetworkError> {
         let blocks: Vec<usize> = layers.iter().map(|&l| self.layer_blocks[l]).collect();
         let first = *blocks.iter().min().expect("at least one layer");
-        let prefix = if gradients {
-            self.features_for_gradient(input, first)
-        } else {
-            self.features(input, first)
+        let gradients = needs == Needs::Gradients;
+        let prefix = match needs {
+            Needs::Outputs => self.features(input, first),
+            // A threshold on the activations is as sensitive to the fast path's rounding
+            // before the last block as the ReLU masks on the way back are.
+            Needs::ExactOutputs | Needs::Gradients => self.features_for_gradient(input, first),
         };
         let leaf = prefix.detach().set_requires_grad(gradients);
         let run = || {

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use tch::jit::{CModule, IValue};
 use tch::{Kind, Tensor};
 
-use super::{Network, NetworkError, Pass};
+use super::{Needs, Network, NetworkError, Pass};
 pub use metadata::{Metadata, Tap, LIBTORCH_VERSION};
 
 #[derive(Debug, thiserror::Error)]
@@ -149,7 +149,7 @@ impl TorchScriptNetwork {
         let blank = Tensor::zeros([1, 3, size, size], (Kind::Float, tch::Device::Cpu));
         let all: Vec<usize> = (0..self.layers.len()).collect();
         let pass = self
-            .forward(&blank, &all, false)
+            .forward(&blank, &all, Needs::Outputs)
             .map_err(|e| format!("a pass on a blank {size}x{size} image failed: {e}"))?;
         let classes = pass.logits.size();
         if classes != [1, self.metadata.num_classes as i64] {
@@ -279,11 +279,16 @@ impl Network for TorchScriptNetwork {
         &self,
         input: &Tensor,
         layers: &[usize],
-        gradients: bool,
+        needs: Needs,
     ) -> Result<Pass, NetworkError> {
         // Without autograd either way: the file switches it on at the first wanted tap, so
-        // that nothing before it pays autograd's bookkeeping (taps.py).
-        let wanted = if gradients { layers } else { &[] };
+        // that nothing before it pays autograd's bookkeeping (taps.py). The file has one
+        // path, the eager model's operations: its outputs are always the exact ones.
+        let wanted = if needs == Needs::Gradients {
+            layers
+        } else {
+            &[]
+        };
         let (logits, differentiable, stored) = tch::no_grad(|| self.run(input, wanted, None))?;
         let mut pass = Pass {
             logits,

@@ -189,6 +189,7 @@ pub fn description() -> ModelDescription {
         mean: MEAN,
         std: STD,
         weights: "held-for-tests".into(),
+        methods: Method::ALL.into_iter().map(|m| m.info(None)).collect(),
     }
 }
 
