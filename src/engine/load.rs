@@ -180,8 +180,8 @@ fn describe(
     }
 }
 
-/// The methods this network can run here: the eigen ones need the system's LAPACK, and
-/// AblationCAM only the layers whose channels it can find.
+/// The methods this network can run here: the eigen ones (and `eigen_smooth`) need the
+/// system's LAPACK, and AblationCAM only the layers whose channels it can find.
 fn methods(network: &dyn Network) -> Vec<MethodInfo> {
     let lapack = crate::cam::lapack::available().is_ok();
     let ablatable: Vec<String> = (0..network.layers().len())
@@ -197,6 +197,11 @@ fn methods(network: &dyn Network) -> Vec<MethodInfo> {
                 Some(m.info(Some(ablatable.clone())))
             }
             _ => Some(m.info(None)),
+        })
+        .map(|mut info| {
+            // eigen_smooth is an SVD too.
+            info.options.retain(|o| lapack || o != "eigen_smooth");
+            info
         })
         .collect()
 }
