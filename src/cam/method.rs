@@ -4,6 +4,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::model::Needs;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Method {
     /// GradCAM: channel weights = mean gradient.
@@ -88,11 +90,15 @@ impl Method {
         )
     }
 
-    /// Whether its map thresholds or sorts the layer's activations (FEM's mean + 2 std), so
-    /// that float rounding can flip a channel in or out: such a method needs the layer's
-    /// activations as the reference computes them, not merely close to them.
-    pub fn thresholds_activations(self) -> bool {
-        matches!(self, Method::Fem)
+    /// What its forward pass must give at the layer. A map that thresholds or sorts the
+    /// layer's activations (FEM's mean + 2 std) needs them as the reference computes them,
+    /// not merely close: float rounding can flip a channel in or out.
+    pub fn forward_needs(self) -> Needs {
+        match self {
+            Method::Fem => Needs::ExactOutputs,
+            m if m.uses_gradients() => Needs::Gradients,
+            _ => Needs::Outputs,
+        }
     }
 
     /// Whether `eigen_smooth` changes its map (EigenCAM and EigenGradCAM always project;

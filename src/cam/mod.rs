@@ -31,7 +31,7 @@ use tch::{Kind, Tensor};
 pub use method::{Method, MethodInfo};
 
 use crate::gradcam::{self, GradCamError, GradCamMap, PassTimings};
-use crate::model::{layer_indices, Needs, Network};
+use crate::model::{layer_indices, Network};
 
 /// Most classes one request may explain.
 pub const MAX_TARGETS: usize = 10;
@@ -213,14 +213,7 @@ pub fn compute(
     };
     let images = batch.size()[0] as usize;
     let gradients = ask.method.uses_gradients();
-    let needs = if gradients {
-        Needs::Gradients
-    } else if ask.method.thresholds_activations() {
-        Needs::ExactOutputs
-    } else {
-        Needs::Outputs
-    };
-    let pass = network.forward(&batch, &layers, needs)?;
+    let pass = network.forward(&batch, &layers, ask.method.forward_needs())?;
     let logits = &pass.logits;
     let forward_ms = start.elapsed().as_secs_f64() * 1e3;
 

@@ -69,7 +69,7 @@ pub enum Needs {
     /// Their outputs, up to float rounding (a network may take faster paths).
     Outputs,
     /// Their outputs as the reference computes them, for a method that thresholds them:
-    /// there rounding flips a channel across the threshold (`Method::thresholds_activations`).
+    /// there rounding flips a channel across the threshold (`Method::forward_needs`).
     ExactOutputs,
     /// Their outputs, as exact as the gradient at them needs, and the gradient afterwards.
     Gradients,
