@@ -178,7 +178,8 @@ METHODS = {
     "gradcam": "GradCAM", "hirescam": "HiResCAM", "gradcam-elementwise": "GradCAMElementWise",
     "gradcam-plusplus": "GradCAMPlusPlus", "xgradcam": "XGradCAM", "layercam": "LayerCAM",
     "eigencam": "EigenCAM", "eigengradcam": "EigenGradCAM", "ablationcam": "AblationCAM",
-    "scorecam": "ScoreCAM", "fem": "FEM",
+    "scorecam": "ScoreCAM", "fem": "FEM", "randomcam": "RandomCAM", "finercam": "FinerCAM",
+    "shapleycam": "ShapleyCAM", "refinecam": "RefineCAM", "kpcacam": "KPCA_CAM",
 }
 SLOW = ("ablationcam", "scorecam")
 

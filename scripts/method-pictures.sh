@@ -4,6 +4,8 @@
 # Weights: $WEIGHTS (default weights/resnet50.safetensors) when present, else the seeded
 # random demo weights, whose maps show the method, not a trained network's reasoning.
 # ScoreCAM is allowed here: 1024 forward passes at layer3 (about a minute on two cores).
+# RefineCAM multiplies its base method's maps at layer2, layer3 and layer4 (made for early
+# layers).
 set -euo pipefail
 BIN=${BIN:-target/release/gradcam-serve}
 WEIGHTS=${WEIGHTS:-weights/resnet50.safetensors}
@@ -12,10 +14,14 @@ out=docs/methods
 mkdir -p "$out"
 extra=()
 [ -f "$WEIGHTS" ] || extra=(--demo-weights)
-for method in gradcam hirescam gradcam-elementwise gradcam-plusplus xgradcam layercam \
-  eigencam eigengradcam ablationcam scorecam fem; do
+# Every method the binary runs, as GET /model lists them (no list here to fall behind);
+# METHODS="a b" makes only those.
+all=$("$BIN" model --weights "$WEIGHTS" "${extra[@]}" --allow-scorecam |
+  python3 -c 'import json, sys; print(" ".join(m["name"] for m in json.load(sys.stdin)["methods"]))')
+for method in ${METHODS:-$all}; do
   "$BIN" explain docs/chelsea.jpg --weights "$WEIGHTS" "${extra[@]}" --method "$method" \
     --allow-scorecam \
-    --layer "$LAYER" --out "$out/$method.png" >/dev/null
+    --layer "$([ "$method" = refinecam ] && echo layer2,layer3,layer4 || echo "$LAYER")" \
+    --out "$out/$method.png" >/dev/null
   echo "$out/$method.png"
 done

@@ -9,7 +9,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::cam::{CamAsk, Method, Targets, MAX_TARGETS};
+use crate::cam::kernel_pca::Kernel;
+use crate::cam::{CamAsk, Method, MethodParams, Targets, MAX_TARGETS};
 use crate::config::{Config, ExplainDefaults};
 use crate::preprocess::ResizeMode;
 pub use crate::render::{OverlayFormat, OverlayKind, OverlayOptions, OVERLAY_MAX_SIDE};
@@ -82,9 +83,15 @@ pub struct ExplainOptions {
     /// The CAM method, as pytorch-grad-cam 1.5.7 computes it: `gradcam` (GradCAM),
     /// `hirescam`, `gradcam-elementwise`, `gradcam-plusplus` (or `gradcam++`), `xgradcam`,
     /// `layercam`, `eigencam`, `eigengradcam`, `ablationcam`, `scorecam` (only where the
-    /// server allows it), `fem`. Default: the server's setting, `gradcam` unless changed.
-    #[param(value_type = Option<String>, pattern = "^(gradcam|hirescam|gradcam-elementwise|gradcam-plusplus|gradcam\\+\\+|xgradcam|layercam|eigencam|eigengradcam|ablationcam|scorecam|fem)$")]
-    #[schema(value_type = String, required = false, pattern = "^(gradcam|hirescam|gradcam-elementwise|gradcam-plusplus|gradcam\\+\\+|xgradcam|layercam|eigencam|eigengradcam|ablationcam|scorecam|fem)$")]
+    /// server allows it), `fem`, `randomcam` (random channel weights, seeded by `seed`: a
+    /// baseline), `finercam` (the target against the classes scored closest to it:
+    /// `comparison_categories`, `finer_alpha`), `shapleycam`, `refinecam` (the product of
+    /// `base_method`'s maps at the layers, `layer=layer3,layer4`), `kpcacam` (kernel PCA of
+    /// the activations: `kernel`, `gamma`). `GET /model` lists the
+    /// methods the loaded model runs, with the options each takes. Default: the server's
+    /// setting, `gradcam` unless changed.
+    #[param(value_type = Option<String>, pattern = "^(gradcam|hirescam|gradcam-elementwise|gradcam-plusplus|gradcam\\+\\+|xgradcam|layercam|eigencam|eigengradcam|ablationcam|scorecam|fem|randomcam|finercam|shapleycam|refinecam|kpcacam)$")]
+    #[schema(value_type = String, required = false, pattern = "^(gradcam|hirescam|gradcam-elementwise|gradcam-plusplus|gradcam\\+\\+|xgradcam|layercam|eigencam|eigengradcam|ablationcam|scorecam|fem|randomcam|finercam|shapleycam|refinecam|kpcacam)$")]
     #[arg(long)]
     pub method: Option<Method>,
     /// pytorch-grad-cam's `eigen_smooth`: the first principal component of the weighted
@@ -105,6 +112,49 @@ pub struct ExplainOptions {
     #[schema(nullable = false, minimum = 1, maximum = 10)]
     #[arg(long)]
     pub top_k_maps: Option<usize>,
+    /// `randomcam`'s seed, 0..=4294967295: its channel weights are NumPy's
+    /// `np.random.uniform(-1, 1)` draws after `np.random.seed(seed)`, so the same request
+    /// gives the same map. Ignored by the other methods. Default 0.
+    #[param(minimum = 0, maximum = 4294967295u64)]
+    #[schema(nullable = false, minimum = 0, maximum = 4294967295u64)]
+    #[arg(long)]
+    pub seed: Option<u32>,
+    /// `finercam`'s `comparison_categories`: which classes the target is compared with, as
+    /// positions in the classes sorted by how close their logit is to the target's (0 is
+    /// the target itself), each below the model's class count, up to 10 comma-separated.
+    /// Ignored by the other methods. Default `1,2,3` (fewer on a model with under four
+    /// classes, as pytorch-grad-cam clamps it).
+    #[param(value_type = Option<String>, pattern = "^(0|[1-9][0-9]{0,5})(,(0|[1-9][0-9]{0,5})){0,9}$")]
+    #[schema(value_type = String, required = false, pattern = "^(0|[1-9][0-9]{0,5})(,(0|[1-9][0-9]{0,5})){0,9}$")]
+    #[arg(long)]
+    pub comparison_categories: Option<ClassList>,
+    /// `finercam`'s `alpha`, 0..=10: how much of each compared class's logit is subtracted
+    /// from the target's. Ignored by the other methods. Default 1.
+    #[param(minimum = 0.0, maximum = 10.0)]
+    #[schema(nullable = false, minimum = 0.0, maximum = 10.0)]
+    #[arg(long)]
+    pub finer_alpha: Option<f32>,
+    /// `refinecam`'s `base_method`: the method whose map at each layer it multiplies, any
+    /// but `finercam` and `refinecam`. Ignored by the other methods. Default
+    /// `gradcam-plusplus`, as pytorch-grad-cam's.
+    #[param(value_type = Option<String>, pattern = "^(gradcam|hirescam|gradcam-elementwise|gradcam-plusplus|gradcam\\+\\+|xgradcam|layercam|eigencam|eigengradcam|ablationcam|scorecam|fem|randomcam|shapleycam|kpcacam)$")]
+    #[schema(value_type = String, required = false, pattern = "^(gradcam|hirescam|gradcam-elementwise|gradcam-plusplus|gradcam\\+\\+|xgradcam|layercam|eigencam|eigengradcam|ablationcam|scorecam|fem|randomcam|shapleycam|kpcacam)$")]
+    #[arg(long)]
+    pub base_method: Option<Method>,
+    /// `kpcacam`'s kernel, as scikit-learn's `KernelPCA` names them: `linear`, `poly`
+    /// (degree 3), `rbf`, `sigmoid` or `cosine`. Ignored by the other methods. Default
+    /// `sigmoid`, as pytorch-grad-cam's.
+    #[param(value_type = Option<String>, pattern = "^(linear|poly|rbf|sigmoid|cosine)$")]
+    #[schema(value_type = String, required = false, pattern = "^(linear|poly|rbf|sigmoid|cosine)$")]
+    #[arg(long)]
+    pub kernel: Option<Kernel>,
+    /// `kpcacam`'s kernel coefficient for `rbf`, `poly` and `sigmoid`, above 0 and at most
+    /// 1000. Ignored by the other methods and kernels. Default 1 / the layer's channels
+    /// (scikit-learn's).
+    #[param(exclusive_minimum = 0.0, maximum = 1000.0)]
+    #[schema(nullable = false, exclusive_minimum = 0.0, maximum = 1000.0)]
+    #[arg(long)]
+    pub gamma: Option<f64>,
 }
 
 impl std::str::FromStr for OverlayKind {
@@ -265,7 +315,7 @@ serde_as_text!(ClassList);
 serde_as_text!(LayerList);
 
 /// The options' names, as the query and the form spell them.
-pub const NAMES: [&str; 12] = [
+pub const NAMES: [&str; 18] = [
     "target",
     "top_k",
     "alpha",
@@ -278,6 +328,12 @@ pub const NAMES: [&str; 12] = [
     "eigen_smooth",
     "aug_smooth",
     "top_k_maps",
+    "seed",
+    "comparison_categories",
+    "finer_alpha",
+    "base_method",
+    "kernel",
+    "gamma",
 ];
 
 /// A refused option: which, the value given, and what it must be.
@@ -371,6 +427,42 @@ impl ExplainOptions {
                         .ok_or_else(|| err("must be a whole number in 1..=10"))?,
                 )
             }
+            "seed" => {
+                self.seed = Some(
+                    v.parse()
+                        .map_err(|_| err("must be a whole number in 0..=4294967295"))?,
+                )
+            }
+            "comparison_categories" => {
+                self.comparison_categories = Some(v.parse().map_err(|_| {
+                    err("must be up to 10 positions in the classes sorted by closeness to the target, comma-separated")
+                })?)
+            }
+            "finer_alpha" => {
+                self.finer_alpha = Some(
+                    v.parse::<f32>()
+                        .ok()
+                        .filter(|a| FINER_ALPHA.contains(a))
+                        .ok_or_else(|| err("must be a number in 0..=10"))?,
+                )
+            }
+            "base_method" => {
+                self.base_method = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|m: &Method| m.refinable())
+                        .ok_or_else(|| err(&base_method_reason()))?,
+                )
+            }
+            "kernel" => self.kernel = Some(v.parse().map_err(|e: String| err(&e))?),
+            "gamma" => {
+                self.gamma = Some(
+                    v.parse::<f64>()
+                        .ok()
+                        .filter(|g| gamma_in_range(*g))
+                        .ok_or_else(|| err(GAMMA_RANGE))?,
+                )
+            }
             _ => {
                 return Err(err(&format!(
                     "unknown option; the options are {}",
@@ -396,6 +488,14 @@ impl ExplainOptions {
         self.top_k_maps = o.top_k_maps.or(self.top_k_maps);
         self.overlay_max_side = o.overlay_max_side.or(self.overlay_max_side);
         self.overlay_format = o.overlay_format.or(self.overlay_format);
+        self.seed = o.seed.or(self.seed);
+        self.comparison_categories = o
+            .comparison_categories
+            .or(self.comparison_categories.take());
+        self.finer_alpha = o.finer_alpha.or(self.finer_alpha);
+        self.base_method = o.base_method.or(self.base_method);
+        self.kernel = o.kernel.or(self.kernel);
+        self.gamma = o.gamma.or(self.gamma);
     }
 
     /// The options in force: these, else the defaults, checked against the model.
@@ -457,10 +557,16 @@ impl ExplainOptions {
             ));
         }
         let method = self.method.unwrap_or(defaults.method);
-        if method == Method::ScoreCam && !defaults.allow_scorecam {
+        let params = self.method_params(classes)?;
+        if method.per_layer(&params) == Method::ScoreCam && !defaults.allow_scorecam {
+            let option = if method == Method::RefineCam {
+                "base_method"
+            } else {
+                "method"
+            };
             return Err(OptionError::new(
-                "method",
-                method,
+                option,
+                Method::ScoreCam,
                 "ScoreCAM runs the whole network once per channel of the layer (2048 at a \
                  ResNet-50's layer4); this server does not allow it. Its operator can turn it \
                  on with explain.allow_scorecam = true (GRADCAM_ALLOW_SCORECAM=true)",
@@ -497,11 +603,86 @@ impl ExplainOptions {
                 targets,
                 layers,
                 eigen_smooth: self.eigen_smooth.unwrap_or(false),
-                aug_smooth: self.aug_smooth.unwrap_or(false),
+                // FinerCAM has no aug_smooth in pytorch-grad-cam (`Method::augmentable`).
+                aug_smooth: self.aug_smooth.unwrap_or(false) && method.augmentable(),
+                params,
             },
         })
     }
+
+    /// The options only some methods take, checked against the model's class count.
+    fn method_params(&self, classes: usize) -> Result<MethodParams, OptionError> {
+        let defaults = MethodParams::default();
+        let comparison_categories = match &self.comparison_categories {
+            Some(ClassList(listed)) => {
+                if let Some(c) = listed.iter().find(|&&c| c >= classes) {
+                    return Err(OptionError::new(
+                        "comparison_categories",
+                        c,
+                        format!(
+                            "must be positions in 0..={} (the model's classes)",
+                            classes - 1
+                        ),
+                    ));
+                }
+                listed.clone()
+            }
+            // pytorch-grad-cam clamps its default to the classes there are.
+            None => defaults
+                .comparison_categories
+                .into_iter()
+                .filter(|&c| c < classes)
+                .collect(),
+        };
+        if let Some(a) = self.finer_alpha.filter(|a| !FINER_ALPHA.contains(a)) {
+            return Err(OptionError::new(
+                "finer_alpha",
+                a,
+                "must be a number in 0..=10",
+            ));
+        }
+        let base_method = self.base_method.unwrap_or(defaults.base_method);
+        if !base_method.refinable() {
+            return Err(OptionError::new(
+                "base_method",
+                base_method,
+                base_method_reason(),
+            ));
+        }
+        if let Some(g) = self.gamma.filter(|g| !gamma_in_range(*g)) {
+            return Err(OptionError::new("gamma", g, GAMMA_RANGE));
+        }
+        Ok(MethodParams {
+            kernel: self.kernel.unwrap_or(defaults.kernel),
+            gamma: self.gamma.or(defaults.gamma),
+            base_method,
+            seed: self.seed.unwrap_or(defaults.seed),
+            comparison_categories,
+            finer_alpha: self.finer_alpha.unwrap_or(defaults.finer_alpha),
+        })
+    }
 }
+
+fn base_method_reason() -> String {
+    let names: Vec<&str> = Method::ALL
+        .iter()
+        .filter(|m| m.refinable())
+        .map(|m| m.name())
+        .collect();
+    format!("must be one of {}", names.join(", "))
+}
+
+/// `gamma`: a kernel coefficient, above 0 (scikit-learn's kernels take any, but 0 makes
+/// every kernel but `linear` and `cosine` constant); a float64, as scikit-learn's, so that
+/// every positive number the spec allows (5e-324 too) is one the server takes.
+fn gamma_in_range(g: f64) -> bool {
+    g > 0.0 && g <= 1000.0
+}
+
+const GAMMA_RANGE: &str = "must be a number above 0 and at most 1000";
+
+/// The values `finer_alpha` may take.
+const FINER_ALPHA: std::ops::RangeInclusive<f32> = 0.0..=10.0;
 
 /// The layers for a message: all of them when few, else the first and last few.
 fn layer_summary(layers: &[String]) -> String {
@@ -685,6 +866,12 @@ mod tests {
             "eigen_smooth" => "true",
             "aug_smooth" => "true",
             "top_k_maps" => "2",
+            "seed" => "7",
+            "comparison_categories" => "1,4",
+            "finer_alpha" => "0.5",
+            "base_method" => "gradcam",
+            "kernel" => "rbf",
+            "gamma" => "0.01",
             other => panic!("no sample value for option `{other}`: add one here"),
         }
     }

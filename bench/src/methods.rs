@@ -38,6 +38,7 @@ fn explain_once(engine: &Engine, input: &ModelInput, method: Method) -> anyhow::
             layers: vec!["layer4".into()],
             eigen_smooth: false,
             aug_smooth: false,
+            params: Default::default(),
         };
         std::hint::black_box(engine.cam(input, &cam, &|| false)?);
     }

@@ -35,9 +35,12 @@ pub fn terms(method: Method, activation: &[f32], gradient: &[f32], channels: usi
     };
     match method {
         // np.mean(grads, axis=(2, 3)): a pairwise sum, divided.
-        Method::GradCam => Terms::Weights(per_channel(&|_, g| {
-            (numpy_sum(g) as f64 / positions as f64) as f32
-        })),
+        // FinerCAM and ShapleyCAM are Grad-CAM of another score / of another gradient.
+        Method::GradCam | Method::FinerCam | Method::ShapleyCam => {
+            Terms::Weights(per_channel(&|_, g| {
+                (numpy_sum(g) as f64 / positions as f64) as f32
+            }))
+        }
         Method::GradCamPlusPlus => Terms::Weights(per_channel(&|a, g| {
             let sum_a = numpy_sum(a);
             let w: Vec<f32> = g
@@ -64,7 +67,13 @@ pub fn terms(method: Method, activation: &[f32], gradient: &[f32], channels: usi
         Method::HiResCam | Method::EigenGradCam => Terms::Elementwise(zip(|g, a| g * a)),
         Method::GradCamElementWise => Terms::Elementwise(zip(|g, a| (g * a).max(0.0))),
         Method::LayerCam => Terms::Elementwise(zip(|g, a| g.max(0.0) * a)),
-        Method::EigenCam | Method::AblationCam | Method::ScoreCam | Method::Fem => {
+        Method::EigenCam
+        | Method::AblationCam
+        | Method::ScoreCam
+        | Method::Fem
+        | Method::RandomCam
+        | Method::RefineCam
+        | Method::KpcaCam => {
             unreachable!("{method} has no gradient terms")
         }
     }
@@ -78,6 +87,32 @@ pub fn weighted(weights: &[f32], activation: &[f32]) -> Vec<f32> {
         .zip(weights)
         .flat_map(|(a, &w)| a.iter().map(move |&v| w * v))
         .collect()
+}
+
+/// RandomCAM's weights: `np.random.uniform(-1, 1, size=channels)` from NumPy's legacy
+/// generator (MT19937; each double from two draws, 53 bits).
+pub fn uniform_weights(generator: &mut rand_mt::Mt, channels: usize) -> Vec<f64> {
+    (0..channels)
+        .map(|_| {
+            let high = (generator.next_u32() >> 5) as f64;
+            let low = (generator.next_u32() >> 6) as f64;
+            let unit = (high * 67108864.0 + low) / 9007199254740992.0;
+            -1.0 + 2.0 * unit
+        })
+        .collect()
+}
+
+/// `weights[:, None, None] * A` summed over the channels with float64 weights: NumPy
+/// promotes the product to float64 and adds the channels one after another.
+pub fn weighted_sum_f64(weights: &[f64], activation: &[f32]) -> Vec<f32> {
+    let positions = activation.len() / weights.len();
+    let mut cam = vec![0f64; positions];
+    for (row, &w) in activation.chunks_exact(positions).zip(weights) {
+        for (c, &v) in cam.iter_mut().zip(row) {
+            *c += w * v as f64;
+        }
+    }
+    cam.into_iter().map(|c| c as f32).collect()
 }
 
 /// `.sum(axis=1)` of a [channels, positions] array: the channels added one after another.

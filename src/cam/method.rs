@@ -4,6 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use super::kernel_pca::Kernel;
 use crate::model::Needs;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -31,10 +32,21 @@ pub enum Method {
     ScoreCam,
     /// FEM: channels weighted by how often they exceed mean + 2 std (no gradient).
     Fem,
+    /// RandomCAM: channel weights drawn uniformly from [-1, 1] (seeded): a baseline.
+    RandomCam,
+    /// FinerCAM: Grad-CAM of the target's score against the classes scored closest to it.
+    FinerCam,
+    /// ShapleyCAM: channel weights = mean of gradient - Hessian-vector product / 2.
+    ShapleyCam,
+    /// RefineCAM: the product of a base method's maps at several layers (each scaled to
+    /// the input), scaled.
+    RefineCam,
+    /// KPCA-CAM: the first kernel principal component of the activations (no gradient).
+    KpcaCam,
 }
 
 impl Method {
-    pub const ALL: [Method; 11] = [
+    pub const ALL: [Method; 16] = [
         Method::GradCam,
         Method::HiResCam,
         Method::GradCamElementWise,
@@ -46,6 +58,11 @@ impl Method {
         Method::AblationCam,
         Method::ScoreCam,
         Method::Fem,
+        Method::RandomCam,
+        Method::FinerCam,
+        Method::ShapleyCam,
+        Method::RefineCam,
+        Method::KpcaCam,
     ];
 
     /// The name the API uses.
@@ -62,6 +79,11 @@ impl Method {
             Method::AblationCam => "ablationcam",
             Method::ScoreCam => "scorecam",
             Method::Fem => "fem",
+            Method::RandomCam => "randomcam",
+            Method::FinerCam => "finercam",
+            Method::ShapleyCam => "shapleycam",
+            Method::RefineCam => "refinecam",
+            Method::KpcaCam => "kpcacam",
         }
     }
 
@@ -79,14 +101,26 @@ impl Method {
             Method::AblationCam => "AblationCAM",
             Method::ScoreCam => "ScoreCAM",
             Method::Fem => "FEM",
+            Method::RandomCam => "RandomCAM",
+            Method::FinerCam => "FinerCAM",
+            Method::ShapleyCam => "ShapleyCAM",
+            Method::RefineCam => "RefineCAM",
+            Method::KpcaCam => "KPCA_CAM",
         }
     }
 
     /// Whether the method reads the gradient at the layer (a backward pass per target).
+    /// RandomCAM does not: pytorch-grad-cam runs a backward pass for it, and ignores it.
+    /// RefineCAM: as its base method does (GradCAM++ by default: yes).
     pub fn uses_gradients(self) -> bool {
         !matches!(
             self,
-            Method::EigenCam | Method::AblationCam | Method::ScoreCam | Method::Fem
+            Method::EigenCam
+                | Method::AblationCam
+                | Method::ScoreCam
+                | Method::Fem
+                | Method::RandomCam
+                | Method::KpcaCam
         )
     }
 
@@ -95,7 +129,11 @@ impl Method {
     /// not merely close: float rounding can flip a channel in or out.
     pub fn forward_needs(self) -> Needs {
         match self {
-            Method::Fem => Needs::ExactOutputs,
+            // KPCA-CAM: the default sigmoid kernel of these large activations is tanh far
+            // into saturation, and the eigenvector amplifies what rounding is left:
+            // resnet50 at layer3 on noise.png was 6.4e-5 of the map off on the fast path,
+            // 1.9e-6 on the exact one (tests/core/methods_parity.rs).
+            Method::Fem | Method::KpcaCam => Needs::ExactOutputs,
             m if m.uses_gradients() => Needs::Gradients,
             _ => Needs::Outputs,
         }
@@ -104,35 +142,83 @@ impl Method {
     /// Whether `eigen_smooth` changes its map (EigenCAM and EigenGradCAM always project;
     /// FEM, AblationCAM and ScoreCAM ignore it, as pytorch-grad-cam does).
     pub fn smoothable(self) -> bool {
-        self.uses_gradients() && self != Method::EigenGradCam
+        (self.uses_gradients() || self == Method::RandomCam) && self != Method::EigenGradCam
+    }
+
+    /// Whether `aug_smooth` applies: FinerCAM's `forward` takes no such argument in
+    /// pytorch-grad-cam, so there is no map to reproduce; it is ignored there.
+    pub fn augmentable(self) -> bool {
+        !matches!(self, Method::FinerCam | Method::RefineCam)
+    }
+
+    /// Whether RefineCAM may multiply its maps (`base_method`): every method made of one
+    /// layer's map at a time (pytorch-grad-cam's `BaseCAM` subclasses), not FinerCAM
+    /// (another target) nor RefineCAM itself.
+    pub fn refinable(self) -> bool {
+        !matches!(self, Method::FinerCam | Method::RefineCam)
+    }
+
+    /// The method that makes each layer's map: RefineCAM's base, else the method itself.
+    pub fn per_layer(self, params: &MethodParams) -> Method {
+        if self == Method::RefineCam {
+            params.base_method
+        } else {
+            self
+        }
+    }
+
+    /// The request options that change its map beyond the common ones.
+    pub fn options(self) -> Vec<&'static str> {
+        let mut options = Vec::new();
+        if self.smoothable() {
+            options.push("eigen_smooth");
+        }
+        if self.augmentable() {
+            options.push("aug_smooth");
+        }
+        match self {
+            Method::RandomCam => options.push("seed"),
+            Method::FinerCam => options.extend(["comparison_categories", "finer_alpha"]),
+            Method::RefineCam => options.push("base_method"),
+            Method::KpcaCam => options.extend(["kernel", "gamma"]),
+            _ => {}
+        }
+        options
     }
 
     /// What one explanation costs, in passes through the network.
     pub fn cost(self) -> &'static str {
         match self {
-            Method::EigenCam | Method::Fem => "one forward pass",
+            Method::EigenCam | Method::Fem | Method::RandomCam => "one forward pass",
+            Method::KpcaCam => {
+                "one forward pass, then the kernel matrix of the layer's positions and its \
+                 eigenvectors (196 x 196 at a ResNet's layer4, 784 x 784 at layer3)"
+            }
+            Method::ShapleyCam => {
+                "one forward pass, then per target one backward pass and one through the \
+                 backward's graph (the Hessian-vector product)"
+            }
             Method::AblationCam => {
                 "one forward pass, then the layers after the chosen one once per 32 channels"
             }
             Method::ScoreCam => "one forward pass, then one per channel of the layer",
+            Method::RefineCam => {
+                "its base method's (GradCAM++ by default: one forward and one backward pass \
+                 per target), all layers from the same passes"
+            }
             _ => "one forward and one backward pass per target",
         }
     }
 
     /// What `GET /model` says of it; `layers`: where it runs, when not at every layer.
     pub fn info(self, layers: Option<Vec<String>>) -> MethodInfo {
-        let mut options = Vec::new();
-        if self.smoothable() {
-            options.push("eigen_smooth".to_string());
-        }
-        options.push("aug_smooth".to_string());
         MethodInfo {
             name: self.name().to_string(),
             reference: self.reference_class().to_string(),
             takes_layer: true,
             gradient: self.uses_gradients(),
             cost: self.cost().to_string(),
-            options,
+            options: self.options().into_iter().map(String::from).collect(),
             layers,
         }
     }
@@ -175,6 +261,40 @@ impl<'de> serde::Deserialize<'de> for Method {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
         text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The options only some methods take (pytorch-grad-cam's per-method constructor and
+/// `forward` arguments); the other methods ignore them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MethodParams {
+    /// RandomCAM: each map's weights are NumPy's draws after `np.random.seed(seed)`.
+    pub seed: u32,
+    /// FinerCAM: the classes it compares the target with, as positions in the classes
+    /// sorted by how close their logit is to the target's (0 is the target itself).
+    pub comparison_categories: Vec<usize>,
+    /// FinerCAM's `alpha`: how much of each compared class's logit is subtracted.
+    pub finer_alpha: f32,
+    /// RefineCAM: the method whose maps it multiplies (`Method::refinable`).
+    pub base_method: Method,
+    /// KPCA-CAM's kernel and its coefficient (None: 1 / the layer's channels).
+    pub kernel: Kernel,
+    pub gamma: Option<f64>,
+}
+
+/// FinerCAM's default comparisons: the three classes scored closest to the target.
+pub const DEFAULT_COMPARISON_CATEGORIES: [usize; 3] = [1, 2, 3];
+
+impl Default for MethodParams {
+    fn default() -> Self {
+        MethodParams {
+            seed: 0,
+            comparison_categories: DEFAULT_COMPARISON_CATEGORIES.to_vec(),
+            finer_alpha: 1.0,
+            base_method: Method::GradCamPlusPlus,
+            kernel: Kernel::default(),
+            gamma: None,
+        }
     }
 }
 

@@ -18,6 +18,7 @@
 //! the mean of that over the six augmented inputs. [`returned_map`] gives the latter for
 //! any map.
 
+pub mod kernel_pca;
 pub mod lapack;
 mod maps;
 mod method;
@@ -28,10 +29,10 @@ use std::time::Instant;
 
 use tch::{Kind, Tensor};
 
-pub use method::{Method, MethodInfo};
+pub use method::{Method, MethodInfo, MethodParams, DEFAULT_COMPARISON_CATEGORIES};
 
 use crate::gradcam::{self, GradCamError, GradCamMap, PassTimings};
-use crate::model::{layer_indices, Network};
+use crate::model::{layer_indices, Network, NetworkError};
 
 /// Most classes one request may explain.
 pub const MAX_TARGETS: usize = 10;
@@ -70,6 +71,9 @@ pub struct CamAsk {
     pub layers: Vec<String>,
     pub eigen_smooth: bool,
     pub aug_smooth: bool,
+    /// What only some methods take (RandomCAM's seed, FinerCAM's comparisons, RefineCAM's
+    /// base method, KPCA-CAM's kernel).
+    pub params: MethodParams,
 }
 
 impl CamAsk {
@@ -159,6 +163,25 @@ fn aggregate(layer_maps: &[(&Vec<f32>, usize, usize)], width: usize, height: usi
     scale::min_max_scale(&mean)
 }
 
+/// RefineCAM: each layer's map as its base method returns it (scaled, at the input's
+/// size), multiplied in float32 layer after layer (`np.prod`), the product scaled.
+fn refined(
+    per_layer: &[Vec<f32>],
+    shapes: &[(usize, usize, usize)],
+    width: usize,
+    height: usize,
+) -> Vec<f32> {
+    let mut product: Option<Vec<f32>> = None;
+    for (map, &(_, h, w)) in per_layer.iter().zip(shapes) {
+        let returned = aggregate(&[(map, w, h)], width, height);
+        product = Some(match product {
+            None => returned,
+            Some(p) => p.iter().zip(&returned).map(|(a, b)| a * b).collect(),
+        });
+    }
+    scale::min_max_scale(&product.expect("at least one layer"))
+}
+
 /// ttach's default augmentations in pytorch-grad-cam, in its order: (horizontal flip,
 /// multiplier) for flip in (no, yes) and multiplier in (0.9, 1, 1.1).
 const AUGMENTATIONS: [(bool, f64); 6] = [
@@ -212,8 +235,10 @@ pub fn compute(
         (input.shallow_clone(), 0)
     };
     let images = batch.size()[0] as usize;
-    let gradients = ask.method.uses_gradients();
-    let pass = network.forward(&batch, &layers, ask.method.forward_needs())?;
+    // What makes each layer's map (RefineCAM multiplies its base method's).
+    let method = ask.method.per_layer(&ask.params);
+    let gradients = method.uses_gradients();
+    let pass = network.forward(&batch, &layers, method.forward_needs())?;
     let logits = &pass.logits;
     let forward_ms = start.elapsed().as_secs_f64() * 1e3;
 
@@ -263,18 +288,38 @@ pub fn compute(
             .map(|b| target.unwrap_or(top1[b] as usize))
             .collect();
         let grads: Vec<Vec<f32>> = if gradients {
-            let index = Tensor::from_slice(&chosen.iter().map(|&c| c as i64).collect::<Vec<_>>())
-                .unsqueeze(1);
-            let score = logits.gather(1, &index, false).sum(Kind::Float);
+            let score = if method == Method::FinerCam {
+                finer_score(logits, &flat_logits, &chosen, &ask.params)?
+            } else {
+                let index =
+                    Tensor::from_slice(&chosen.iter().map(|&c| c as i64).collect::<Vec<_>>())
+                        .unsqueeze(1);
+                logits.gather(1, &index, false).sum(Kind::Float)
+            };
             let retain = j + 1 < targets.len();
-            network
-                .gradients(&pass, &score, retain)?
+            let at_layers = if method == Method::ShapleyCam {
+                // ShapleyCAM's `grads - 0.5 * hvp`, in float32 as torch computes it.
+                let (g, hvp) = network
+                    .gradients_and_curvature(&pass, &score, retain)
+                    .map_err(|e| match e {
+                        // A model without second derivatives: the request's fault, not ours.
+                        NetworkError::Unsupported(why) => GradCamError::Unsupported(why),
+                        e => e.into(),
+                    })?;
+                g.iter().zip(&hvp).map(|(g, h)| g - h * 0.5).collect()
+            } else {
+                network.gradients(&pass, &score, retain)?
+            };
+            at_layers
                 .iter()
                 .map(|g| Vec::<f32>::try_from(g.contiguous().view([-1])))
                 .collect::<Result<_, _>>()?
         } else {
             vec![]
         };
+        // RandomCAM: NumPy's generator seeded afresh for each map, drawn from in
+        // pytorch-grad-cam's order (augmentation, then layer).
+        let mut random = rand_mt::Mt::new(ask.params.seed);
         // Each image's map at each layer.
         let mut per_image: Vec<Vec<Vec<f32>>> = Vec::with_capacity(images);
         for (b, &class) in chosen.iter().enumerate() {
@@ -286,11 +331,27 @@ pub fn compute(
                 let g = grads.get(l).map(|g| &g[range]);
                 let score = flat_logits[b * classes + class];
                 let one = |t: &Tensor| t.get(b as i64).unsqueeze(0);
-                let map = match ask.method {
+                let map = match method {
                     Method::EigenCam => {
                         maps::projection(a, channels).map_err(GradCamError::Unsupported)?
                     }
                     Method::Fem => maps::fem(a, channels),
+                    Method::KpcaCam => kernel_pca::kernel_projection(
+                        a,
+                        channels,
+                        ask.params.kernel,
+                        ask.params.gamma,
+                    )?,
+                    Method::RandomCam => {
+                        let w = maps::uniform_weights(&mut random, channels);
+                        if ask.eigen_smooth {
+                            let w = w.iter().map(|&w| w as f32).collect();
+                            maps::cam_image(&maps::Terms::Weights(w), a, channels, true)
+                                .map_err(GradCamError::Unsupported)?
+                        } else {
+                            maps::weighted_sum_f64(&w, a)
+                        }
+                    }
                     Method::AblationCam => {
                         let w = perturb::ablation_weights(
                             network,
@@ -332,7 +393,15 @@ pub fn compute(
             per_image.push(per_layer);
         }
         let class = chosen[original];
-        maps.push(if layers.len() == 1 && !ask.aug_smooth {
+        maps.push(if ask.method == Method::RefineCam {
+            CamMap {
+                target: class,
+                map: refined(&per_image[original], &shapes, width, height),
+                width,
+                height,
+                scaled: true,
+            }
+        } else if layers.len() == 1 && !ask.aug_smooth {
             let (_, h, w) = shapes[0];
             CamMap {
                 target: class,
@@ -393,6 +462,56 @@ pub fn compute(
             backward_ms,
         },
     ))
+}
+
+/// FinerCAM's target (`FinerWeightedTarget`) summed over the images: per image, the
+/// compared classes' softmax-weighted mean of the target's logit minus `finer_alpha` times
+/// theirs. The compared classes are the `comparison_categories`-th closest in logit to the
+/// target (pytorch-grad-cam's `argsort(abs(logits - target logit))`).
+fn finer_score(
+    logits: &Tensor,
+    flat_logits: &[f32],
+    chosen: &[usize],
+    params: &MethodParams,
+) -> Result<Tensor, GradCamError> {
+    let classes = flat_logits.len() / chosen.len();
+    let mut total: Option<Tensor> = None;
+    for (b, &main) in chosen.iter().enumerate() {
+        let row_values = &flat_logits[b * classes..(b + 1) * classes];
+        let by_closeness = closest_classes(row_values, main);
+        let compared: Vec<usize> = params
+            .comparison_categories
+            .iter()
+            .map(|&k| by_closeness[k])
+            .collect();
+        if compared.is_empty() {
+            return Err(GradCamError::Unsupported(
+                "FinerCAM compares the target with other classes; this model has one".into(),
+            ));
+        }
+        let row = logits.get(b as i64);
+        let probabilities = row.softmax(-1, Kind::Float);
+        let main_logit = row.get(main as i64);
+        let (mut numerator, mut denominator): (Option<Tensor>, Option<Tensor>) = (None, None);
+        for &c in &compared {
+            let weight = probabilities.get(c as i64);
+            let term = &weight * (&main_logit - row.get(c as i64) * params.finer_alpha as f64);
+            numerator = Some(numerator.map_or(term.shallow_clone(), |n| n + &term));
+            denominator = Some(denominator.map_or(weight.shallow_clone(), |d| d + &weight));
+        }
+        let score = numerator.expect("a class") / (denominator.expect("a class") + 1e-9);
+        total = Some(total.map_or(score.shallow_clone(), |t| t + &score));
+    }
+    Ok(total.expect("an image"))
+}
+
+/// The classes ordered by how close their logit is to `main`'s (`main` first), ties by
+/// index.
+fn closest_classes(logits: &[f32], main: usize) -> Vec<usize> {
+    let distance = |c: usize| (logits[c] - logits[main]).abs();
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&x, &y| distance(x).total_cmp(&distance(y)).then(x.cmp(&y)));
+    order
 }
 
 /// A row-major map mirrored left to right.

@@ -11,6 +11,7 @@ pub mod problem;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cam::Method;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -129,13 +130,16 @@ pub fn openapi_for(model: &ModelDescription, allow_scorecam: bool) -> serde_json
     model_spec(model.num_classes, &model.layers, allow_scorecam)
 }
 
-/// The `method` pattern: every method's name (and `gradcam++`), ScoreCAM's only when
-/// allowed.
-fn method_pattern(allow_scorecam: bool) -> String {
-    let names: Vec<String> = crate::cam::Method::names()
-        .split(", ")
-        .filter(|n| allow_scorecam || *n != crate::cam::Method::ScoreCam.name())
-        .map(|n| n.replace('+', "\\+"))
+/// A pattern of method names: `names`' (with `gradcam++` beside `gradcam-plusplus`),
+/// ScoreCAM's only when allowed.
+fn method_pattern(allow_scorecam: bool, names: impl Fn(Method) -> bool) -> String {
+    let names: Vec<String> = Method::ALL
+        .into_iter()
+        .filter(|&m| names(m) && (allow_scorecam || m != Method::ScoreCam))
+        .flat_map(|m| {
+            let alias = (m == Method::GradCamPlusPlus).then_some("gradcam\\+\\+".to_string());
+            std::iter::once(m.name().to_string()).chain(alias)
+        })
         .collect();
     format!("^({})$", names.join("|"))
 }
@@ -149,12 +153,7 @@ fn model_spec(classes: usize, layers: &[String], allow_scorecam: bool) -> serde_
             "target" => {
                 // The model's class range, exactly, so that a schema-valid target is one
                 // the model has.
-                let one = format!("({})", index_pattern(classes - 1));
-                let most = crate::cam::MAX_TARGETS - 1;
-                obj.insert(
-                    "pattern".into(),
-                    format!("^{one}(,{one}){{0,{most}}}$").into(),
-                );
+                obj.insert("pattern".into(), class_list_pattern(classes).into());
                 Some(format!(
                     "Class index to explain, 0..={} (GET /model lists the labels), or up to {} \
                  of them comma-separated (`1,2`): one map each, the first in the answer's \
@@ -172,7 +171,20 @@ fn model_spec(classes: usize, layers: &[String], allow_scorecam: bool) -> serde_
                 None
             }
             "method" => {
-                obj.insert("pattern".into(), method_pattern(allow_scorecam).into());
+                obj.insert(
+                    "pattern".into(),
+                    method_pattern(allow_scorecam, |_| true).into(),
+                );
+                None
+            }
+            "base_method" => {
+                let pattern = method_pattern(allow_scorecam, Method::refinable);
+                obj.insert("pattern".into(), pattern.into());
+                None
+            }
+            "comparison_categories" => {
+                // Positions in the model's classes: `target`'s range.
+                obj.insert("pattern".into(), class_list_pattern(classes).into());
                 None
             }
             "top_k" => {
@@ -218,6 +230,13 @@ fn model_spec(classes: usize, layers: &[String], allow_scorecam: bool) -> serde_
         }
     }
     spec
+}
+
+/// Up to `MAX_TARGETS` class indices of the model, comma-separated.
+fn class_list_pattern(classes: usize) -> String {
+    let one = format!("({})", index_pattern(classes - 1));
+    let most = crate::cam::MAX_TARGETS - 1;
+    format!("^{one}(,{one}){{0,{most}}}$")
 }
 
 /// A regular expression for the whole numbers 0..=max, written without leading zeros.

@@ -49,6 +49,18 @@ pub trait Network: Send {
         keep_graph: bool,
     ) -> Result<Vec<Tensor>, NetworkError>;
 
+    /// ShapleyCAM: the gradient of `score` at each layer of the pass (as
+    /// [`Network::gradients`] gives it) and the Hessian-vector product there, the gradient
+    /// of that gradient along the layer's own output (pytorch-grad-cam's
+    /// `autograd.grad(grads, activations, grad_outputs=activations)`); zero where the
+    /// gradient does not depend on the output (a linear head).
+    fn gradients_and_curvature(
+        &self,
+        pass: &Pass,
+        score: &Tensor,
+        keep_graph: bool,
+    ) -> Result<(Vec<Tensor>, Vec<Tensor>), NetworkError>;
+
     /// AblationCAM: the logits of one image (`input`, `[1, 3, S, S]`) when the output of
     /// `layer` is each of `outputs` in turn (`[n, ...]`, in the layout of `Pass::raw`).
     fn logits_replacing(
@@ -96,6 +108,56 @@ pub enum NetworkError {
     Torch(#[from] tch::TchError),
     #[error("{0}")]
     Unsupported(String),
+}
+
+/// The gradient of `score` at each of `at` with its graph kept, and each one's
+/// Hessian-vector product along `at`'s values: the gradient of `sum(gradient * at)`
+/// (`at` held constant in the product), which is what `grad_outputs=at` computes.
+pub(crate) fn gradients_with_hvp(
+    score: &Tensor,
+    at: &[Tensor],
+    keep_graph: bool,
+) -> Result<(Vec<Tensor>, Vec<Tensor>), NetworkError> {
+    let gradients = Tensor::f_run_backward(&[score], at, true, true)?;
+    let mut products = Vec::with_capacity(at.len());
+    for (i, (g, a)) in gradients.iter().zip(at).enumerate() {
+        // The graph goes once more through this layer's gradient after this one.
+        let keep = keep_graph || i + 1 < at.len();
+        let product = if g.defined() && g.requires_grad() {
+            let along = (g * a.detach()).sum(tch::Kind::Float);
+            Tensor::f_run_backward(&[along], &[a], keep, false)
+                .map_err(|e| {
+                    // torch's CPU attention, for one, has no second derivative: a refusal.
+                    let why = e.to_string();
+                    let first = why.lines().next().unwrap_or_default();
+                    NetworkError::Unsupported(format!(
+                        "ShapleyCAM needs the second derivative of what follows the layer, \
+                         and libtorch has none for one of this model's operations ({first}); \
+                         pytorch-grad-cam's ShapleyCAM fails on it too. Choose another method"
+                    ))
+                })?
+                .remove(0)
+        } else {
+            Tensor::new()
+        };
+        products.push(if product.defined() {
+            product
+        } else {
+            a.zeros_like()
+        });
+    }
+    let gradients = gradients
+        .into_iter()
+        .zip(at)
+        .map(|(g, a)| {
+            if g.defined() {
+                g.detach()
+            } else {
+                a.zeros_like()
+            }
+        })
+        .collect();
+    Ok((gradients, products))
 }
 
 /// The index of each name in `layers`, or the first name that is not there.

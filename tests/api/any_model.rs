@@ -228,6 +228,52 @@ exported_model_tests! {
     a_custom_module_exported_by_an_older_torch_matches_pytorch_grad_cam: "custom-old-torch",
 }
 
+/// The ShapleyCAM cases above prove something only where the Hessian-vector product moves
+/// the map (behind ReLUs and a linear head it is zero and ShapleyCAM is Grad-CAM): in the
+/// reference, at least one model's ShapleyCAM map is far from its Grad-CAM map.
+#[test]
+#[ignore = "needs the pytorch-grad-cam reference data: run `make test`"]
+fn the_shapleycam_cases_have_a_hessian_that_moves_the_map() {
+    let mut moved = Vec::new();
+    for m in reference().models {
+        let raw = |case: &Case| case.raw_map.clone().map(|r| r.concat());
+        for shapley in m.cases.iter().filter(|c| c.method == "shapleycam") {
+            let gradcam = m
+                .cases
+                .iter()
+                .find(|c| {
+                    c.method == "gradcam" && c.image == shapley.image && c.target == shapley.target
+                })
+                .expect("a Grad-CAM case of the same image and target");
+            let (s, g) = (raw(shapley).unwrap(), raw(gradcam).unwrap());
+            moved.push((compare::worst(&s, &g), m.name.clone()));
+        }
+    }
+    eprintln!("ShapleyCAM against Grad-CAM: {moved:?}");
+    assert!(
+        moved.iter().any(|(e, _)| *e > 1e-2),
+        "no ShapleyCAM case differs from Grad-CAM: {moved:?}"
+    );
+}
+
+/// ShapleyCAM needs second derivatives; torch's CPU attention has none (pytorch-grad-cam
+/// fails there too): on the ViT the request is refused, saying so, and the server goes on.
+#[test]
+#[ignore = "needs the pytorch-grad-cam reference data: run `make test`"]
+fn shapleycam_without_second_derivatives_is_refused() {
+    let m = model("vit_b_16");
+    let server = Server::start_with_weights(&dir().join(&m.file), &[]);
+    let image = std::fs::read(dir().join("case-0.png")).unwrap();
+    let r =
+        crate::helpers::upload(&server.url, "?method=shapleycam", image.clone(), "a.png").unwrap();
+    assert_eq!(r.status(), 422);
+    let body: Value = r.json().unwrap();
+    let detail = body["detail"].as_str().unwrap();
+    assert!(detail.contains("second derivative"), "{detail}");
+    let r = crate::helpers::upload(&server.url, "?method=gradcam", image, "a.png").unwrap();
+    assert_eq!(r.status(), 200);
+}
+
 /// The exported resnet50 against the native path on the same weights: the same top-5 and
 /// maps within 1e-4, for Grad-CAM and GradCAM++ (the exported default tap is layer4[-1],
 /// which the native path calls layer4).

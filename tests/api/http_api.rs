@@ -445,6 +445,16 @@ fn bad_requests_get_problem_json_with_the_right_status() {
         ("overlay_format=gif", "overlay_format"),
         ("overlay_format=", "overlay_format"),
         ("resize=squash", "resize"),
+        ("seed=-1", "seed"),
+        ("seed=4294967296", "seed"),
+        ("comparison_categories=1000", "comparison_categories"),
+        ("comparison_categories=1,b", "comparison_categories"),
+        ("finer_alpha=11", "finer_alpha"),
+        ("finer_alpha=NaN", "finer_alpha"),
+        ("base_method=refinecam", "base_method"),
+        ("kernel=gaussian", "kernel"),
+        ("gamma=0", "gamma"),
+        ("gamma=1001", "gamma"),
         ("tagret=3", "tagret"),
     ] {
         let body = problem(
@@ -809,6 +819,19 @@ fn the_model_endpoint_lists_every_method_the_server_runs() {
             .unwrap()
             .contains(&"eigen_smooth".into());
         assert_eq!(smooth, method.smoothable(), "{m}");
+        let options: Vec<&str> = m["options"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o.as_str().unwrap())
+            .collect();
+        for option in &options {
+            assert!(
+                gradcam_serve::options::NAMES.contains(option),
+                "{name} lists `{option}`, which is no request option"
+            );
+        }
+        assert_eq!(options.contains(&"aug_smooth"), method.augmentable(), "{m}");
         let e: Explanation = server
             .explain(
                 &format!("?method={name}&overlay=false"),
@@ -1103,6 +1126,103 @@ fn methods_targets_and_layers_through_query_and_form() {
         .unwrap();
     assert_eq!(e.method, "eigencam");
     assert!(e.saliency.scaled);
+}
+
+/// RandomCAM's seed, FinerCAM's comparisons and strength change their maps, and only
+/// theirs; ShapleyCAM is Grad-CAM on a ReLU network (its Hessian there is zero).
+#[test]
+fn the_methods_own_options_change_their_maps() {
+    let server = Server::start(&[]);
+    let image = png(224, 224);
+    let map = |query: &str| -> Vec<f32> {
+        let e: Explanation = server
+            .explain(query, image.clone(), "a.png")
+            .json()
+            .unwrap();
+        e.saliency.data.concat()
+    };
+    let random = map("?method=randomcam");
+    assert_eq!(
+        random,
+        map("?method=randomcam&seed=0"),
+        "seed 0 is the default"
+    );
+    assert_ne!(random, map("?method=randomcam&seed=1"));
+    assert_eq!(
+        map("?method=randomcam&seed=1"),
+        map("?method=randomcam&seed=1"),
+        "a seed gives the same map every time"
+    );
+    assert_eq!(map("?method=gradcam"), map("?method=gradcam&seed=5"));
+
+    let finer = map("?method=finercam&layer=layer3");
+    assert_eq!(
+        finer,
+        map("?method=finercam&layer=layer3&comparison_categories=1,2,3&finer_alpha=1")
+    );
+    assert_ne!(
+        finer,
+        map("?method=finercam&layer=layer3&comparison_categories=4")
+    );
+    assert_ne!(finer, map("?method=finercam&layer=layer3&finer_alpha=0.25"));
+    assert_eq!(
+        finer,
+        map("?method=finercam&layer=layer3&aug_smooth=true"),
+        "FinerCAM has no aug_smooth in pytorch-grad-cam: ignored, as GET /model says"
+    );
+    let gradcam = map("?layer=layer3");
+    assert_eq!(gradcam, map("?layer=layer3&finer_alpha=0.25"));
+    assert_ne!(finer, gradcam);
+
+    // RefineCAM: the product of its base method's maps, at the input's size, scaled.
+    let e: Explanation = server
+        .explain(
+            "?method=refinecam&layer=layer3,layer4",
+            image.clone(),
+            "a.png",
+        )
+        .json()
+        .unwrap();
+    assert!(e.saliency.scaled);
+    assert_eq!((e.saliency.width, e.saliency.height), (224, 224));
+    let refined = e.saliency.data.concat();
+    let top = refined.iter().cloned().fold(0f32, f32::max);
+    assert!(top > 0.999 && top <= 1.0, "scaled: {top}");
+    assert_ne!(
+        refined,
+        map("?method=refinecam&layer=layer3,layer4&base_method=gradcam")
+    );
+    for (query, says) in [
+        ("?method=refinecam&base_method=finercam", "must be one of"),
+        ("?method=refinecam&base_method=scorecam", "allow_scorecam"),
+    ] {
+        let body = problem(server.explain(query, image.clone(), "a.png"), 422);
+        let detail = body["detail"].as_str().unwrap();
+        assert!(
+            detail.starts_with("base_method") && detail.contains(says),
+            "{detail}"
+        );
+    }
+
+    // KPCA-CAM: its kernel and gamma change its map, and only its.
+    let kpca = map("?method=kpcacam");
+    assert_eq!(kpca, map("?method=kpcacam&kernel=sigmoid"));
+    assert_ne!(kpca, map("?method=kpcacam&kernel=linear"));
+    assert_ne!(kpca, map("?method=kpcacam&gamma=0.00001"));
+    assert_eq!(
+        map("?method=eigencam"),
+        map("?method=eigencam&kernel=linear")
+    );
+    // Any positive gamma the spec allows is taken (the contract test once sent 5e-324,
+    // which a float32 option read as 0 and refused).
+    assert_eq!(map("?method=kpcacam&gamma=5e-324").len(), 49);
+
+    let shapley = map("?method=shapleycam&layer=layer3");
+    let top = gradcam.iter().cloned().fold(0f32, f32::max);
+    assert!(top > 0.0);
+    for (s, g) in shapley.iter().zip(&gradcam) {
+        assert!((s - g).abs() <= 1e-5 * top, "{s} against Grad-CAM's {g}");
+    }
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! Every CAM method against pytorch-grad-cam 1.5.7 on the same seeded random weights and
 //! inputs: resnet50 and resnet18, layer4 and layer3, top-1 and a forced target, with and
-//! without eigen_smooth, aug_smooth, two layers at once and three targets at once.
+//! without eigen_smooth, aug_smooth, two layers at once and three targets at once, and the
+//! options only some methods take (RandomCAM's seed, FinerCAM's comparisons, RefineCAM's
+//! base method over one to three layers, KPCA-CAM's kernels).
 //!
 //! The reference comes from tests/reference/methods_reference.py (run by `make test`
 //! through make_reference.py); without it these tests are ignored, never passed.
@@ -31,6 +33,9 @@ struct Case {
     targets: Vec<Option<usize>>,
     eigen_smooth: bool,
     aug_smooth: bool,
+    /// The options only some methods take (seed, comparison_categories, finer_alpha).
+    #[serde(default)]
+    options: serde_json::Map<String, serde_json::Value>,
     top5: Vec<usize>,
     maps: Vec<Map>,
 }
@@ -101,6 +106,17 @@ fn explain(dir: &Path, engine: &Engine, case: &Case) -> CamMaps {
     chosen
         .set("aug_smooth", &case.aug_smooth.to_string())
         .unwrap();
+    for (name, value) in &case.options {
+        let text = match value {
+            serde_json::Value::Array(list) => {
+                let items: Vec<String> = list.iter().map(|v| v.to_string()).collect();
+                items.join(",")
+            }
+            serde_json::Value::String(text) => text.clone(),
+            other => other.to_string(),
+        };
+        chosen.set(name, &text).unwrap();
+    }
     let mut defaults = Defaults::from_config(&Default::default());
     defaults.allow_scorecam = true;
     let model = engine.description();
@@ -156,14 +172,15 @@ fn check_case(
     fold_batch_norm: bool,
 ) -> Vec<(f32, String)> {
     let what = format!(
-        "{} {} {} at {} targets {:?} eigen_smooth={} aug_smooth={} fold={fold_batch_norm}",
+        "{} {} {} at {} targets {:?} eigen_smooth={} aug_smooth={} {:?} fold={fold_batch_norm}",
         case.architecture,
         case.method,
         case.image,
         case.layers.join(","),
         case.targets,
         case.eigen_smooth,
-        case.aug_smooth
+        case.aug_smooth,
+        case.options
     );
     let ours = explain(dir, engine, case);
     let top5: Vec<usize> = gradcam::top_k(&ours.probabilities, 5)
@@ -202,7 +219,7 @@ fn check_case(
     report
 }
 
-const ONE_PASS: [&str; 9] = [
+const ONE_PASS: [&str; 14] = [
     "gradcam",
     "hirescam",
     "gradcam-elementwise",
@@ -212,6 +229,11 @@ const ONE_PASS: [&str; 9] = [
     "eigencam",
     "eigengradcam",
     "fem",
+    "randomcam",
+    "finercam",
+    "shapleycam",
+    "refinecam",
+    "kpcacam",
 ];
 
 /// With batch norm unfolded the network runs pytorch-grad-cam's very operations.

@@ -21,8 +21,9 @@ Reads PARITY_DIR/resnet50-random.safetensors (make_reference.py) and writes PARI
 Every model is made by its constructor with seeded random weights, batch-norm statistics
 measured on the images and then moved away from them, and the classifier rescaled so that its logits are spread enough for a
 well-defined top-5 (as make_reference.py does for the ResNets). Grad-CAM top-1 and a forced
-target on every model; GradCAM++, EigenCAM, AblationCAM and two layers at once on
-mobilenet_v3_large, regnet_y_400mf and the custom module.
+target on every model; GradCAM++, EigenCAM, AblationCAM, FinerCAM and two layers at once on
+mobilenet_v3_large, regnet_y_400mf and the custom module; ShapleyCAM where a smooth
+activation follows the tap (efficientnet_b0, convnext_tiny).
 """
 import argparse
 import json
@@ -38,7 +39,7 @@ import torchvision
 from PIL import Image
 from safetensors.torch import save_file
 
-from pytorch_grad_cam import AblationCAM, EigenCAM, GradCAM, GradCAMPlusPlus
+from pytorch_grad_cam import AblationCAM, EigenCAM, FinerCAM, GradCAM, GradCAMPlusPlus, ShapleyCAM
 from pytorch_grad_cam.ablation_layer import AblationLayerVit
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -53,6 +54,8 @@ METHODS = {
     "gradcam-plusplus": GradCAMPlusPlus,
     "eigencam": EigenCAM,
     "ablationcam": AblationCAM,
+    "shapleycam": ShapleyCAM,
+    "finercam": FinerCAM,
 }
 
 
@@ -68,13 +71,16 @@ def swin_reshape(tensor):
 
 
 # name: (constructor, classes, checkpoint, reshape, layers [default first], methods, cli args)
+#   smooth: a smooth activation (SiLU, GELU) follows the tap, so ShapleyCAM's Hessian-vector
+#   product is not zero as it is behind ReLUs: a ShapleyCAM case (not on vit_b_16: torch's
+#   CPU attention has no second derivative, and pytorch-grad-cam's ShapleyCAM fails there)
 #   checkpoint: how the weights are saved for the CLI: safetensors | pth | pth-wrapped |
 #   safetensors-prefixed (a wrapper's `model.`/`backbone.` prefix on every name)
 SPECS = {
-    "efficientnet_b0": dict(classes=1000, checkpoint="safetensors"),
+    "efficientnet_b0": dict(classes=1000, checkpoint="safetensors", smooth=True),
     "mobilenet_v3_large": dict(classes=10, checkpoint="pth-wrapped", labels=True,
                                extra_layer="features[-4]", methods=True),
-    "convnext_tiny": dict(classes=1000, checkpoint="pth"),
+    "convnext_tiny": dict(classes=1000, checkpoint="pth", smooth=True),
     "densenet121": dict(classes=10, checkpoint="safetensors-prefixed", num_classes_flag=False),
     "regnet_y_400mf": dict(classes=10, checkpoint="pth", labels=True,
                            extra_layer="trunk_output[-2]", methods=True),
@@ -219,8 +225,12 @@ def case(model, spec, recorder, out, name, images, index, image, method, layers,
     cam = METHODS[method](model=model, target_layers=[model.get_submodule(l) for l in layers],
                           **kwargs)
     recorder.maps.clear()
-    t = None if target is None else [ClassifierOutputTarget(target)]
-    returned = cam(input_tensor=x, targets=t)[0]
+    if method == "finercam":
+        returned = cam(input_tensor=x, targets=None, target_idx=target)[0]
+        cam = cam.base_cam
+    else:
+        t = None if target is None else [ClassifierOutputTarget(target)]
+        returned = cam(input_tensor=x, targets=t)[0]
     cam.activations_and_grads.release()
     raw = recorder.maps[0][0] if len(layers) == 1 else None
     overlay = f"{name}-{index}-overlay.png"
@@ -253,7 +263,10 @@ def model_entry(name, spec, images, recorder, out, seed, old_python):
         plan += [("gradcam-plusplus", layers[:1], 0, None),
                  ("eigencam", layers[:1], 1, forced),
                  ("ablationcam", layers[:1], 0, None),
-                 ("gradcam", layers, 0, None)]
+                 ("gradcam", layers, 0, None),
+                 ("finercam", layers[:1], 1, forced)]
+    if spec.get("smooth"):
+        plan += [("shapleycam", layers[:1], 0, None), ("shapleycam", layers[:1], 1, forced)]
     cases = [case(model, spec, recorder, out, name, images, n, image, method, ls, target)
              for n, (method, ls, image, target) in enumerate(plan)]
     print(f"exported reference: {name}: {len(cases)} cases ({time.perf_counter() - start:.1f} s)",

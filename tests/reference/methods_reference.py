@@ -13,7 +13,9 @@ architecture (resnet50, resnet18):
 Models: the seeded random resnet50 and resnet18 of make_reference.py. Every method but
 AblationCAM and ScoreCAM on both, at layer4 and layer3, top-1 (case-0.png) and a forced
 target (top5[3] of case-1.png), and eigen_smooth (top-1) for the methods it changes; aug_smooth
-for GradCAM++ and EigenCAM; layer3+layer4 together; three targets of one image; every
+for GradCAM++, EigenCAM, RandomCAM and ShapleyCAM; RandomCAM with another seed and FinerCAM
+with other comparison categories and alpha (the `options` of a case); RefineCAM over one to
+three layers with its default base method (GradCAM++) and others; KPCA-CAM with each kernel; layer3+layer4 together; three targets of one image; every
 one-pass method at layer3 on a seeded noise image (noise.png), FEM with a forced target too.
 AblationCAM and ScoreCAM rerun the network once per channel (pytorch-grad-cam reruns the
 whole model even for AblationCAM): on resnet18 only (512 channels at layer4, 256 at layer3
@@ -28,9 +30,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pytorch_grad_cam import (AblationCAM, EigenCAM, EigenGradCAM, FEM, GradCAM,
+from pytorch_grad_cam import (AblationCAM, EigenCAM, EigenGradCAM, FEM, FinerCAM, GradCAM,
                               GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM,
-                              ScoreCAM, XGradCAM)
+                              KPCA_CAM, RandomCAM, RefineCAM, ScoreCAM, ShapleyCAM, XGradCAM)
+from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 METHODS = {
@@ -45,12 +48,20 @@ METHODS = {
     "fem": FEM,
     "ablationcam": AblationCAM,
     "scorecam": ScoreCAM,
+    "randomcam": RandomCAM,
+    "finercam": FinerCAM,
+    "shapleycam": ShapleyCAM,
+    "refinecam": RefineCAM,
+    "kpcacam": KPCA_CAM,
 }
 # Methods whose map eigen_smooth changes (EigenCAM, EigenGradCAM and FEM ignore it).
 SMOOTHABLE = ["gradcam", "hirescam", "gradcam-elementwise", "gradcam-plusplus", "xgradcam",
-              "layercam"]
-ONE_PASS = [m for m in METHODS if m not in ("ablationcam", "scorecam")]
+              "layercam", "randomcam", "finercam", "shapleycam"]
+# RefineCAM multiplies maps of several layers: its own cases below.
+ONE_PASS = [m for m in METHODS if m not in ("ablationcam", "scorecam", "refinecam")]
 LAYERS = {"layer4": lambda m: m.layer4[-1], "layer3": lambda m: m.layer3[-1]}
+# Only RefineCAM's cases reach this far back (it is made for early layers).
+LAYER2 = {"layer2": lambda m: m.layer2[-1]}
 
 
 def methods_reference(out_dir, arch, weights, model, images, to_input, recorder):
@@ -66,22 +77,52 @@ def methods_reference(out_dir, arch, weights, model, images, to_input, recorder)
     Image.fromarray(noise).save(os.path.join(out_dir, "noise.png"))
     named.append(("noise.png", noise))
 
-    def run(arch, weights, model, image_index, method, layers, targets, eigen=False, aug=False):
+    def run(arch, weights, model, image_index, method, layers, targets, eigen=False, aug=False,
+            options=None):
         nonlocal offset
+        options = options or {}
         image_name, rgb = named[image_index]
         rgb_float, x = to_input(rgb)
         with torch.no_grad():
             probs = torch.softmax(model(x), dim=1)[0]
         top5 = torch.topk(probs, 5).indices.tolist()
-        cam = METHODS[method](model=model, target_layers=[LAYERS[l](model) for l in layers])
+        kwargs = {}
+        if "base_method" in options:
+            kwargs["base_method"] = METHODS[options["base_method"]]
+        kwargs.update({k: options[k] for k in ("kernel", "gamma") if k in options})
+        pick = {**LAYERS, **LAYER2}
+        cam = METHODS[method](model=model, target_layers=[pick[l](model) for l in layers],
+                              **kwargs)
         entries = []
         for target in targets:
             recorder.maps.clear()
-            t = None if target is None else [ClassifierOutputTarget(target)]
-            returned = cam(input_tensor=x, targets=t, eigen_smooth=eigen, aug_smooth=aug)[0]
+            if method == "finercam":
+                # FinerCAM takes the target as `target_idx` and has no aug_smooth.
+                returned = cam(input_tensor=x, targets=None, eigen_smooth=eigen,
+                               target_idx=target, alpha=options.get("finer_alpha", 1),
+                               comparison_categories=options.get("comparison_categories"))[0]
+            elif method == "refinecam":
+                # RefineCAM has no aug_smooth.
+                np.random.seed(options.get("seed", 0))
+                t = None if target is None else [ClassifierOutputTarget(target)]
+                if eigen:
+                    returned = refine_by_keyword(cam, x, t)[0]
+                else:
+                    returned = cam(input_tensor=x, targets=t, eigen_smooth=eigen)[0]
+                    np.random.seed(options.get("seed", 0))
+                    same = refine_by_keyword(cam, x, t, eigen_smooth=False)[0]
+                    assert np.array_equal(returned, same), "refine_by_keyword is RefineCAM's"
+
+            else:
+                # RandomCAM draws from NumPy's global generator: seeded per map, as the
+                # server seeds it (its `seed` option, 0 by default).
+                np.random.seed(options.get("seed", 0))
+                t = None if target is None else [ClassifierOutputTarget(target)]
+                returned = cam(input_tensor=x, targets=t, eigen_smooth=eigen, aug_smooth=aug)[0]
             returned = np.ascontiguousarray(returned, dtype="<f4")
             blob.write(returned.tobytes())
-            raw = recorder.maps[0][0] if len(layers) == 1 and not aug else None
+            one_layer = len(layers) == 1 and not aug and method != "refinecam"
+            raw = recorder.maps[0][0] if one_layer else None
             entries.append({
                 "explained_class": target if target is not None else top5[0],
                 "raw_map": None if raw is None else np.float32(raw).tolist(),
@@ -89,11 +130,15 @@ def methods_reference(out_dir, arch, weights, model, images, to_input, recorder)
                 "size": list(returned.shape),
             })
             offset += returned.size
-        cam.activations_and_grads.release()
+        if method == "refinecam":
+            for base in cam.base_cam_per_layer:
+                base.activations_and_grads.release()
+        else:
+            (cam.base_cam if method == "finercam" else cam).activations_and_grads.release()
         cases.append({
             "architecture": arch, "weights": weights, "image": image_name,
             "method": method, "layers": layers, "targets": targets, "eigen_smooth": eigen,
-            "aug_smooth": aug, "top5": top5, "maps": entries,
+            "aug_smooth": aug, "options": options, "top5": top5, "maps": entries,
         })
 
     forced = forced_target(model, to_input(images[1])[1])
@@ -108,6 +153,31 @@ def methods_reference(out_dir, arch, weights, model, images, to_input, recorder)
         run(arch, weights, model, -1, method, ["layer3"], [None])
     run(arch, weights, model, -1, "fem", ["layer3"], [noise_forced])
     run(arch, weights, model, -1, "fem", ["layer4"], [None])
+    # The methods' own options: another seed, other comparisons and strength, aug_smooth.
+    run(arch, weights, model, 1, "randomcam", ["layer4"], [None], options={"seed": 7})
+    run(arch, weights, model, 0, "randomcam", ["layer3"], [None], aug=True)
+    run(arch, weights, model, 1, "finercam", ["layer3"], [forced],
+        options={"comparison_categories": [2, 5], "finer_alpha": 0.6})
+    run(arch, weights, model, 0, "shapleycam", ["layer3"], [None], aug=True)
+    # KPCA-CAM's other kernels, and rbf with a gamma of about 1 / the median squared
+    # distance between the layer's positions: the seeded weights' activations are large
+    # (about 5e6 at resnet50's layer3, 2e8 at layer4), so with the default 1 / channels the
+    # rbf kernel is the identity, whose eigenvectors are any vectors at all.
+    for kernel in ("linear", "poly", "cosine"):
+        run(arch, weights, model, 1, "kpcacam", ["layer4"], [forced], options={"kernel": kernel})
+    for image, layer in ((1, "layer4"), (0, "layer3")):
+        gamma = rbf_gamma(model, LAYERS[layer](model), to_input(named[image][1])[1])
+        run(arch, weights, model, image, "kpcacam", [layer], [None],
+            options={"kernel": "rbf", "gamma": gamma})
+    # RefineCAM: its default base (GradCAM++) and others, one to three layers.
+    run(arch, weights, model, 0, "refinecam", ["layer3", "layer4"], [None])
+    run(arch, weights, model, 1, "refinecam", ["layer2", "layer3", "layer4"], [forced],
+        options={"base_method": "gradcam"})
+    run(arch, weights, model, 0, "refinecam", ["layer3"], [None], eigen=True)
+    run(arch, weights, model, -1, "refinecam", ["layer3", "layer4"], [None],
+        options={"base_method": "eigencam"})
+    run(arch, weights, model, 1, "refinecam", ["layer3", "layer4"], [None],
+        options={"base_method": "randomcam", "seed": 3})
     run(arch, weights, model, 0, "gradcam-plusplus", ["layer4"], [None], aug=True)
     run(arch, weights, model, 1, "eigencam", ["layer3"], [forced], aug=True)
     run(arch, weights, model, 0, "layercam", ["layer3", "layer4"], [None])
@@ -123,6 +193,33 @@ def methods_reference(out_dir, arch, weights, model, images, to_input, recorder)
     with open(os.path.join(out_dir, f"methods-{arch}.json"), "w") as f:
         json.dump({"cases": cases}, f)
     print(f"reference: {len(cases)} method cases on {arch} ({time.perf_counter() - start:.1f} s)")
+
+
+def refine_by_keyword(cam, x, targets, eigen_smooth=True):
+    """RefineCAM.forward with `eigen_smooth` passed to its base method by name. RefineCAM
+    1.5.7 passes it third, where BaseCAM.__call__ takes `aug_smooth`: its eigen_smooth=True
+    runs the base method with aug_smooth instead. The server's `eigen_smooth` means
+    eigen_smooth (README); this is RefineCAM's own code otherwise, and equals it without
+    eigen_smooth (checked on every such case above)."""
+    per_layer = np.array([base(x, targets, eigen_smooth=eigen_smooth)
+                          for base in cam.base_cam_per_layer])
+    return scale_cam_image(np.prod(per_layer, axis=0))
+
+
+def rbf_gamma(model, layer, x):
+    """1 / the median squared distance between the layer's (centred) positions, to two
+    digits."""
+    kept = []
+    handle = layer.register_forward_hook(lambda m, i, o: kept.append(o.detach()))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    a = kept[0][0].numpy().astype(np.float64)
+    positions = a.reshape(a.shape[0], -1).T
+    positions -= positions.mean(axis=0)
+    squares = (positions ** 2).sum(axis=1)
+    distances = squares[:, None] + squares[None, :] - 2 * positions @ positions.T
+    return float(f"{1 / np.median(distances):.1e}")
 
 
 def forced_target(model, x):

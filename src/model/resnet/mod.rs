@@ -377,6 +377,15 @@ impl Network for ResNet {
         )?)
     }
 
+    fn gradients_and_curvature(
+        &self,
+        pass: &Pass,
+        score: &Tensor,
+        keep_graph: bool,
+    ) -> Result<(Vec<Tensor>, Vec<Tensor>), NetworkError> {
+        super::gradients_with_hvp(score, &pass.differentiable, keep_graph)
+    }
+
     /// Only the blocks after the layer's and the head run, on the copies.
     fn logits_replacing(
         &self,

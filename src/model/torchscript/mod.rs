@@ -327,6 +327,23 @@ impl Network for TorchScriptNetwork {
         Ok(out)
     }
 
+    fn gradients_and_curvature(
+        &self,
+        pass: &Pass,
+        score: &Tensor,
+        keep_graph: bool,
+    ) -> Result<(Vec<Tensor>, Vec<Tensor>), NetworkError> {
+        let (gradients, products) =
+            super::gradients_with_hvp(score, &pass.differentiable, keep_graph)?;
+        let in_map_layout = |all: Vec<Tensor>| -> Result<Vec<Tensor>, NetworkError> {
+            all.iter()
+                .zip(&pass.layers)
+                .map(|(t, &l)| tch::no_grad(|| self.reshape(l, t)))
+                .collect()
+        };
+        Ok((in_map_layout(gradients)?, in_map_layout(products)?))
+    }
+
     /// Only what follows the layer where the file has it (`tail`); else the whole network
     /// on the image repeated, with the layer's output replaced (pytorch-grad-cam's cost).
     fn logits_replacing(
