@@ -478,6 +478,24 @@ fn every_request_option_works_on_an_exported_model() {
     ] {
         assert_eq!(ok(&format!("?method={method}"), &square)["method"], method);
     }
+    // The methods with options of their own, with them.
+    let every_layer = m.layers.join(",");
+    for (method, options) in [
+        ("randomcam", "&seed=3&eigen_smooth=true".to_string()),
+        (
+            "finercam",
+            "&comparison_categories=1,2&finer_alpha=0.5".into(),
+        ),
+        ("shapleycam", "&aug_smooth=true".into()),
+        (
+            "refinecam",
+            format!("&layer={every_layer}&base_method=layercam"),
+        ),
+        ("kpcacam", "&kernel=rbf&gamma=0.01".into()),
+    ] {
+        let answer = ok(&format!("?method={method}{options}"), &square);
+        assert_eq!(answer["method"], method, "{options}");
+    }
     let r = client()
         .post(format!("{}/explain", server.url))
         .header("accept", "image/png")
