@@ -61,7 +61,10 @@ impl FromStr for Kernel {
         Kernel::ALL
             .into_iter()
             .find(|k| k.name() == s)
-            .ok_or_else(|| "must be linear, poly, rbf, sigmoid or cosine".to_string())
+            .ok_or_else(|| {
+                let names: Vec<&str> = Kernel::ALL.into_iter().map(Kernel::name).collect();
+                format!("must be one of {}", names.join(", "))
+            })
     }
 }
 

@@ -223,10 +223,15 @@ impl Method {
         }
     }
 
-    /// Every accepted name, for error messages and the spec.
+    /// The names a request may give it: its name, and `gradcam++` for GradCAM++.
+    pub fn spellings(self) -> impl Iterator<Item = &'static str> {
+        let alias = (self == Method::GradCamPlusPlus).then_some("gradcam++");
+        std::iter::once(self.name()).chain(alias)
+    }
+
+    /// Every accepted name, for error messages.
     pub fn names() -> String {
-        let mut names: Vec<&str> = Self::ALL.iter().map(|m| m.name()).collect();
-        names.insert(4, "gradcam++");
+        let names: Vec<&str> = Self::ALL.into_iter().flat_map(Method::spellings).collect();
         names.join(", ")
     }
 }
@@ -241,12 +246,9 @@ impl FromStr for Method {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        if s == "gradcam++" {
-            return Ok(Method::GradCamPlusPlus);
-        }
         Self::ALL
             .into_iter()
-            .find(|m| m.name() == s)
+            .find(|m| m.spellings().any(|name| name == s))
             .ok_or_else(|| format!("unknown method; the methods are {}", Self::names()))
     }
 }
@@ -283,7 +285,7 @@ pub struct MethodParams {
 }
 
 /// FinerCAM's default comparisons: the three classes scored closest to the target.
-pub const DEFAULT_COMPARISON_CATEGORIES: [usize; 3] = [1, 2, 3];
+const DEFAULT_COMPARISON_CATEGORIES: [usize; 3] = [1, 2, 3];
 
 impl Default for MethodParams {
     fn default() -> Self {

@@ -29,7 +29,7 @@ use std::time::Instant;
 
 use tch::{Kind, Tensor};
 
-pub use method::{Method, MethodInfo, MethodParams, DEFAULT_COMPARISON_CATEGORIES};
+pub use method::{Method, MethodInfo, MethodParams};
 
 use crate::gradcam::{self, GradCamError, GradCamMap, PassTimings};
 use crate::model::{layer_indices, Network, NetworkError};

@@ -11,6 +11,7 @@ pub mod problem;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cam::kernel_pca::Kernel;
 use crate::cam::Method;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
@@ -130,16 +131,13 @@ pub fn openapi_for(model: &ModelDescription, allow_scorecam: bool) -> serde_json
     model_spec(model.num_classes, &model.layers, allow_scorecam)
 }
 
-/// A pattern of method names: `names`' (with `gradcam++` beside `gradcam-plusplus`),
-/// ScoreCAM's only when allowed.
+/// A pattern of method names: `names`' every spelling, ScoreCAM's only when allowed.
 fn method_pattern(allow_scorecam: bool, names: impl Fn(Method) -> bool) -> String {
     let names: Vec<String> = Method::ALL
         .into_iter()
         .filter(|&m| names(m) && (allow_scorecam || m != Method::ScoreCam))
-        .flat_map(|m| {
-            let alias = (m == Method::GradCamPlusPlus).then_some("gradcam\\+\\+".to_string());
-            std::iter::once(m.name().to_string()).chain(alias)
-        })
+        .flat_map(Method::spellings)
+        .map(|n| n.replace('+', "\\+"))
         .collect();
     format!("^({})$", names.join("|"))
 }
@@ -180,6 +178,11 @@ fn model_spec(classes: usize, layers: &[String], allow_scorecam: bool) -> serde_
             "base_method" => {
                 let pattern = method_pattern(allow_scorecam, Method::refinable);
                 obj.insert("pattern".into(), pattern.into());
+                None
+            }
+            "kernel" => {
+                let names: Vec<&str> = Kernel::ALL.into_iter().map(Kernel::name).collect();
+                obj.insert("pattern".into(), format!("^({})$", names.join("|")).into());
                 None
             }
             "comparison_categories" => {

@@ -140,24 +140,24 @@ pub(crate) fn gradients_with_hvp(
         } else {
             Tensor::new()
         };
-        products.push(if product.defined() {
-            product
-        } else {
-            a.zeros_like()
-        });
+        products.push(or_zeros(product, a));
     }
     let gradients = gradients
         .into_iter()
         .zip(at)
-        .map(|(g, a)| {
-            if g.defined() {
-                g.detach()
-            } else {
-                a.zeros_like()
-            }
-        })
+        .map(|(g, a)| or_zeros(g, a).detach())
         .collect();
     Ok((gradients, products))
+}
+
+/// A gradient autograd left undefined (the score does not depend on `like` that way) as
+/// the zeros it stands for.
+pub(crate) fn or_zeros(gradient: Tensor, like: &Tensor) -> Tensor {
+    if gradient.defined() {
+        gradient
+    } else {
+        like.zeros_like()
+    }
 }
 
 /// The index of each name in `layers`, or the first name that is not there.

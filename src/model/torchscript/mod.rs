@@ -222,6 +222,14 @@ impl TorchScriptNetwork {
     }
 
     /// A tap's reshape (ViT tokens to a map, ...) applied to `t`.
+    /// One tensor per layer of `pass`, in the layout of `pass.maps`.
+    fn in_map_layout(&self, pass: &Pass, all: Vec<Tensor>) -> Result<Vec<Tensor>, NetworkError> {
+        all.iter()
+            .zip(&pass.layers)
+            .map(|(t, &l)| tch::no_grad(|| self.reshape(l, t)))
+            .collect()
+    }
+
     fn reshape(&self, tap: usize, t: &Tensor) -> Result<Tensor, NetworkError> {
         if self.metadata.taps[tap].reshape == "none" {
             return Ok(t.shallow_clone());
@@ -314,17 +322,13 @@ impl Network for TorchScriptNetwork {
         keep_graph: bool,
     ) -> Result<Vec<Tensor>, NetworkError> {
         let found = Tensor::f_run_backward(&[score], &pass.differentiable, keep_graph, false)?;
-        let mut out = Vec::with_capacity(found.len());
-        for (i, g) in found.into_iter().enumerate() {
-            // A layer the score does not depend on has no gradient: zero.
-            let g = if g.defined() {
-                g
-            } else {
-                pass.differentiable[i].zeros_like()
-            };
-            out.push(tch::no_grad(|| self.reshape(pass.layers[i], &g))?);
-        }
-        Ok(out)
+        // A layer the score does not depend on has no gradient: zero.
+        let found = found
+            .into_iter()
+            .zip(&pass.differentiable)
+            .map(|(g, at)| super::or_zeros(g, at))
+            .collect();
+        self.in_map_layout(pass, found)
     }
 
     fn gradients_and_curvature(
@@ -335,13 +339,10 @@ impl Network for TorchScriptNetwork {
     ) -> Result<(Vec<Tensor>, Vec<Tensor>), NetworkError> {
         let (gradients, products) =
             super::gradients_with_hvp(score, &pass.differentiable, keep_graph)?;
-        let in_map_layout = |all: Vec<Tensor>| -> Result<Vec<Tensor>, NetworkError> {
-            all.iter()
-                .zip(&pass.layers)
-                .map(|(t, &l)| tch::no_grad(|| self.reshape(l, t)))
-                .collect()
-        };
-        Ok((in_map_layout(gradients)?, in_map_layout(products)?))
+        Ok((
+            self.in_map_layout(pass, gradients)?,
+            self.in_map_layout(pass, products)?,
+        ))
     }
 
     /// Only what follows the layer where the file has it (`tail`); else the whole network
