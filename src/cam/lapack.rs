@@ -17,7 +17,7 @@
 //! 3 ms for 49 x 2048, a ResNet-50's layer4).
 
 use std::ffi::{c_char, c_int, c_void, CStr};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 type Dgesdd = unsafe extern "C" fn(
     jobz: *const c_char,
@@ -123,6 +123,12 @@ pub fn available() -> Result<(), String> {
 pub fn first_projection(x: &[f64], m: usize, n: usize) -> Result<Vec<f64>, String> {
     assert_eq!(x.len(), m * n);
     let lapack = lapack()?;
+    // Debian's serial OpenBLAS is not reentrant: it shares its work buffers between
+    // threads, and two model workers projecting at once got each other's numbers (a sign
+    // flipped, a map 1.0 of its maximum off; `concurrent_calls_give_what_one_call_gives`).
+    // One call at a time: a few milliseconds each.
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let short = m.min(n);
     let threshold = short * 11 / 6;
     if n > m && n >= threshold {
@@ -308,5 +314,44 @@ mod tests {
                 assert!((got - sign * s * norm).abs() < 1e-9, "{m}x{n}: {p:?}");
             }
         }
+    }
+
+    /// Model workers project at the same time: each call must give what it gives alone
+    /// (Debian's serial OpenBLAS shares its work buffers between threads).
+    #[test]
+    fn concurrent_calls_give_what_one_call_gives() {
+        available().expect("make test installs the system LAPACK");
+        // A ResNet's layer3 at 224: 196 positions x 1024 channels (the LQ path), and a
+        // square-ish one (dgesdd itself), of seeded values.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+        };
+        let shapes = [(196usize, 1024usize), (120, 100)];
+        let inputs: Vec<Vec<f64>> = shapes
+            .iter()
+            .map(|&(m, n)| (0..m * n).map(|_| next()).collect())
+            .collect();
+        let alone: Vec<Vec<f64>> = inputs
+            .iter()
+            .zip(&shapes)
+            .map(|(x, &(m, n))| first_projection(x, m, n).unwrap())
+            .collect();
+        std::thread::scope(|scope| {
+            for t in 0..4 {
+                let (inputs, alone) = (&inputs, &alone);
+                scope.spawn(move || {
+                    for round in 0..10 {
+                        let i = (t + round) % shapes.len();
+                        let (m, n) = shapes[i];
+                        let p = first_projection(&inputs[i], m, n).unwrap();
+                        assert_eq!(p, alone[i], "thread {t}, round {round}, {m}x{n}");
+                    }
+                });
+            }
+        });
     }
 }
