@@ -452,14 +452,20 @@ fn explain_file(
             c.score
         )?;
     }
+    let at = if e.model.target_layer.is_empty() {
+        String::new()
+    } else {
+        format!(" at {}", e.model.target_layer)
+    };
     writeln!(
         stdout,
-        "Grad-CAM of class {} ({}) at {}, {}x{} (raw):",
+        "{} map of class {} ({}){at}, {}x{} ({}):",
+        e.method,
         e.target.class_index,
         e.target.label,
-        e.model.target_layer,
         e.saliency.width,
-        e.saliency.height
+        e.saliency.height,
+        if e.saliency.scaled { "scaled" } else { "raw" }
     )?;
     for row in &e.saliency.data {
         let cells: Vec<String> = row.iter().map(|v| format!("{v:8.4}")).collect();

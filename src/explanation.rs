@@ -124,6 +124,9 @@ pub struct ImageSize {
 #[schema(example = json!({"name": "resnet50", "target_layer": "layer4", "weights": "demo-random"}))]
 pub struct ModelInfo {
     pub name: String,
+    /// The layer explained (several: comma-separated). Empty for the methods that take no
+    /// layer: `fullgrad` (every convolution and batch norm with a bias takes part) and
+    /// `sobelcam` (the image's edges).
     pub target_layer: String,
     /// SHA-256 of the weights file, or "demo-random" for seeded random demo weights
     /// (whose labels mean nothing).

@@ -87,11 +87,14 @@ pub struct ExplainOptions {
     /// baseline), `finercam` (the target against the classes scored closest to it:
     /// `comparison_categories`, `finer_alpha`), `shapleycam`, `refinecam` (the product of
     /// `base_method`'s maps at the layers, `layer=layer3,layer4`), `kpcacam` (kernel PCA of
-    /// the activations: `kernel`, `gamma`). `GET /model` lists the
-    /// methods the loaded model runs, with the options each takes. Default: the server's
-    /// setting, `gradcam` unless changed.
-    #[param(value_type = Option<String>, pattern = "^(gradcam|hirescam|gradcam-elementwise|gradcam-plusplus|gradcam\\+\\+|xgradcam|layercam|eigencam|eigengradcam|ablationcam|scorecam|fem|randomcam|finercam|shapleycam|refinecam|kpcacam)$")]
-    #[schema(value_type = String, required = false, pattern = "^(gradcam|hirescam|gradcam-elementwise|gradcam-plusplus|gradcam\\+\\+|xgradcam|layercam|eigencam|eigengradcam|ablationcam|scorecam|fem|randomcam|finercam|shapleycam|refinecam|kpcacam)$")]
+    /// the activations: `kernel`, `gamma`), `fullgrad` (input and bias gradients of the whole
+    /// network, no `layer`; native ResNet models only) and `sobelcam` (the image's edges,
+    /// whatever the class: a baseline). `GET /model` lists the methods the loaded model
+    /// runs, with the options each takes. Default: the server's setting, `gradcam` unless
+    /// changed.
+    // The pattern of the spec is made from `Method::ALL` (`http::model_spec`).
+    #[param(value_type = Option<String>)]
+    #[schema(value_type = String, required = false)]
     #[arg(long)]
     pub method: Option<Method>,
     /// pytorch-grad-cam's `eigen_smooth`: the first principal component of the weighted
@@ -135,10 +138,11 @@ pub struct ExplainOptions {
     #[arg(long)]
     pub finer_alpha: Option<f32>,
     /// `refinecam`'s `base_method`: the method whose map at each layer it multiplies, any
-    /// but `finercam` and `refinecam`. Ignored by the other methods. Default
+    /// with a layer map (not `finercam`, `refinecam`, `fullgrad` or `sobelcam`). Ignored by the other methods. Default
     /// `gradcam-plusplus`, as pytorch-grad-cam's.
-    #[param(value_type = Option<String>, pattern = "^(gradcam|hirescam|gradcam-elementwise|gradcam-plusplus|gradcam\\+\\+|xgradcam|layercam|eigencam|eigengradcam|ablationcam|scorecam|fem|randomcam|shapleycam|kpcacam)$")]
-    #[schema(value_type = String, required = false, pattern = "^(gradcam|hirescam|gradcam-elementwise|gradcam-plusplus|gradcam\\+\\+|xgradcam|layercam|eigencam|eigengradcam|ablationcam|scorecam|fem|randomcam|shapleycam|kpcacam)$")]
+    // The pattern of the spec is made from `Method::refinable` (`http::model_spec`).
+    #[param(value_type = Option<String>)]
+    #[schema(value_type = String, required = false)]
     #[arg(long)]
     pub base_method: Option<Method>,
     /// `kpcacam`'s kernel, as scikit-learn's `KernelPCA` names them: `linear`, `poly`

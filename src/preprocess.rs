@@ -271,8 +271,22 @@ pub struct Region {
 /// image they show.
 pub struct ModelInput {
     pub chw: Vec<f32>,
+    /// The same image before normalisation: RGB bytes, `size` x `size`, row-major (what
+    /// SobelCAM takes its edges from).
+    pub pixels: Vec<u8>,
     pub size: u32,
     pub region: Region,
+}
+
+impl ModelInput {
+    fn new(pixels: Vec<u8>, spec: &InputSpec, region: Region) -> Self {
+        ModelInput {
+            chw: normalise(&pixels, spec),
+            pixels,
+            size: spec.size,
+            region,
+        }
+    }
 }
 
 /// Longest aspect ratio `ResizeMode::Crop` resizes whole (see `prepare`).
@@ -288,16 +302,10 @@ pub fn prepare(image: &RgbImage, spec: &InputSpec, mode: ResizeMode) -> ModelInp
         height: h,
     };
     match mode {
-        ResizeMode::Stretch if (w, h) == (size, size) => ModelInput {
-            chw: normalise(image.as_raw(), spec),
-            size,
-            region: whole,
-        },
-        ResizeMode::Stretch => ModelInput {
-            chw: normalise(&resize(image, size, size), spec),
-            size,
-            region: whole,
-        },
+        ResizeMode::Stretch if (w, h) == (size, size) => {
+            ModelInput::new(image.to_vec(), spec, whole)
+        }
+        ResizeMode::Stretch => ModelInput::new(resize(image, size, size), spec, whole),
         // Only the centre of the long side reaches the model, but Resize(256) below would
         // scale the whole image first: a 4000000x1 strip (a few KiB of PNG, under the pixel
         // limit) would need a 1024000000x256 intermediate, hundreds of GB, and the failed
@@ -342,11 +350,7 @@ pub fn prepare(image: &RgbImage, spec: &InputSpec, mode: ResizeMode) -> ModelInp
                 width: ((size as f64 * sx).round() as u32).clamp(1, w),
                 height: ((size as f64 * sy).round() as u32).clamp(1, h),
             };
-            ModelInput {
-                chw: normalise(&cropped, spec),
-                size,
-                region,
-            }
+            ModelInput::new(cropped, spec, region)
         }
     }
 }

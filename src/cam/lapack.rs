@@ -128,7 +128,9 @@ pub fn first_projection(x: &[f64], m: usize, n: usize) -> Result<Vec<f64>, Strin
     // flipped, a map 1.0 of its maximum off; `concurrent_calls_give_what_one_call_gives`).
     // One call at a time: a few milliseconds each.
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let short = m.min(n);
     let threshold = short * 11 / 6;
     if n > m && n >= threshold {

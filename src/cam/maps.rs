@@ -73,7 +73,9 @@ pub fn terms(method: Method, activation: &[f32], gradient: &[f32], channels: usi
         | Method::Fem
         | Method::RandomCam
         | Method::RefineCam
-        | Method::KpcaCam => {
+        | Method::KpcaCam
+        | Method::FullGrad
+        | Method::SobelCam => {
             unreachable!("{method} has no gradient terms")
         }
     }

@@ -43,10 +43,15 @@ pub enum Method {
     RefineCam,
     /// KPCA-CAM: the first kernel principal component of the activations (no gradient).
     KpcaCam,
+    /// FullGrad: |input gradient x input| plus |bias x gradient| at every bias layer (no
+    /// layer chosen).
+    FullGrad,
+    /// SobelCAM: the Sobel edges of the input image, whatever the class: a baseline.
+    SobelCam,
 }
 
 impl Method {
-    pub const ALL: [Method; 16] = [
+    pub const ALL: [Method; 18] = [
         Method::GradCam,
         Method::HiResCam,
         Method::GradCamElementWise,
@@ -63,6 +68,8 @@ impl Method {
         Method::ShapleyCam,
         Method::RefineCam,
         Method::KpcaCam,
+        Method::FullGrad,
+        Method::SobelCam,
     ];
 
     /// The name the API uses.
@@ -84,6 +91,8 @@ impl Method {
             Method::ShapleyCam => "shapleycam",
             Method::RefineCam => "refinecam",
             Method::KpcaCam => "kpcacam",
+            Method::FullGrad => "fullgrad",
+            Method::SobelCam => "sobelcam",
         }
     }
 
@@ -106,6 +115,8 @@ impl Method {
             Method::ShapleyCam => "ShapleyCAM",
             Method::RefineCam => "RefineCAM",
             Method::KpcaCam => "KPCA_CAM",
+            Method::FullGrad => "FullGrad",
+            Method::SobelCam => "sobel_cam",
         }
     }
 
@@ -121,6 +132,7 @@ impl Method {
                 | Method::Fem
                 | Method::RandomCam
                 | Method::KpcaCam
+                | Method::SobelCam
         )
     }
 
@@ -145,17 +157,30 @@ impl Method {
         (self.uses_gradients() || self == Method::RandomCam) && self != Method::EigenGradCam
     }
 
-    /// Whether `aug_smooth` applies: FinerCAM's `forward` takes no such argument in
-    /// pytorch-grad-cam, so there is no map to reproduce; it is ignored there.
+    /// Whether `aug_smooth` applies: FinerCAM's and RefineCAM's `forward` take no such
+    /// argument in pytorch-grad-cam, and `sobel_cam` is no CAM, so there is no map to
+    /// reproduce; it is ignored there.
     pub fn augmentable(self) -> bool {
-        !matches!(self, Method::FinerCam | Method::RefineCam)
+        !matches!(
+            self,
+            Method::FinerCam | Method::RefineCam | Method::SobelCam
+        )
     }
 
     /// Whether RefineCAM may multiply its maps (`base_method`): every method made of one
     /// layer's map at a time (pytorch-grad-cam's `BaseCAM` subclasses), not FinerCAM
-    /// (another target) nor RefineCAM itself.
+    /// (another target), RefineCAM itself, nor FullGrad (no layer).
     pub fn refinable(self) -> bool {
-        !matches!(self, Method::FinerCam | Method::RefineCam)
+        !matches!(
+            self,
+            Method::FinerCam | Method::RefineCam | Method::FullGrad | Method::SobelCam
+        )
+    }
+
+    /// Whether `layer` chooses what it explains: FullGrad takes every bias layer instead
+    /// (pytorch-grad-cam warns that its `target_layers` are ignored), SobelCAM the image.
+    pub fn takes_layer(self) -> bool {
+        !matches!(self, Method::FullGrad | Method::SobelCam)
     }
 
     /// The method that makes each layer's map: RefineCAM's base, else the method itself.
@@ -190,6 +215,7 @@ impl Method {
     pub fn cost(self) -> &'static str {
         match self {
             Method::EigenCam | Method::Fem | Method::RandomCam => "one forward pass",
+            Method::SobelCam => "one prediction (for the classes); the edges are nearly free",
             Method::KpcaCam => {
                 "one forward pass, then the kernel matrix of the layer's positions and its \
                  eigenvectors (196 x 196 at a ResNet's layer4, 784 x 784 at layer3)"
@@ -202,6 +228,10 @@ impl Method {
                 "one forward pass, then the layers after the chosen one once per 32 channels"
             }
             Method::ScoreCam => "one forward pass, then one per channel of the layer",
+            Method::FullGrad => {
+                "one forward pass with autograd from the input on, then per target one \
+                 backward pass to the input (about three predictions)"
+            }
             Method::RefineCam => {
                 "its base method's (GradCAM++ by default: one forward and one backward pass \
                  per target), all layers from the same passes"
@@ -215,7 +245,7 @@ impl Method {
         MethodInfo {
             name: self.name().to_string(),
             reference: self.reference_class().to_string(),
-            takes_layer: true,
+            takes_layer: self.takes_layer(),
             gradient: self.uses_gradients(),
             cost: self.cost().to_string(),
             options: self.options().into_iter().map(String::from).collect(),

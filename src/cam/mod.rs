@@ -18,12 +18,14 @@
 //! the mean of that over the six augmented inputs. [`returned_map`] gives the latter for
 //! any map.
 
+mod fullgrad;
 pub mod kernel_pca;
 pub mod lapack;
 mod maps;
 mod method;
 mod perturb;
 pub mod scale;
+mod sobel;
 
 use std::time::Instant;
 
@@ -51,6 +53,27 @@ pub enum Targets {
 }
 
 impl Targets {
+    /// Each map's class: None for each image's own top-1. `probabilities`: the image's.
+    fn resolve(&self, probabilities: &[f32]) -> Vec<Option<usize>> {
+        match self {
+            Targets::Top1 => vec![None],
+            Targets::Classes(c) => c.iter().copied().map(Some).collect(),
+            Targets::TopK { listed, .. } => {
+                let others = gradcam::top_k(probabilities, probabilities.len())
+                    .into_iter()
+                    .map(|(c, _)| c)
+                    .filter(|c| !listed.contains(c));
+                listed
+                    .iter()
+                    .copied()
+                    .chain(others)
+                    .take(self.count())
+                    .map(Some)
+                    .collect()
+            }
+        }
+    }
+
     /// How many maps the answer will have.
     pub fn count(&self) -> usize {
         match self {
@@ -195,14 +218,23 @@ const AUGMENTATIONS: [(bool, f64); 6] = [
 /// The augmentation that leaves the image as it is.
 const IDENTITY: usize = 1;
 
-/// Explains one image (`input` [1, 3, H, W], normalised). `abandoned` is asked between
-/// the chunks of AblationCAM and ScoreCAM: true stops the work (the caller has gone).
+/// The image to explain, as the network takes it and as it looked.
+pub struct Image<'a> {
+    /// `[1, 3, H, W]`, normalised.
+    pub normalised: Tensor,
+    /// The same before normalisation: RGB bytes, H x W, row-major (SobelCAM's input).
+    pub pixels: &'a [u8],
+}
+
+/// Explains one image. `abandoned` is asked between the chunks of AblationCAM and
+/// ScoreCAM: true stops the work (the caller has gone).
 pub fn compute(
     network: &dyn Network,
-    input: &Tensor,
+    image: &Image<'_>,
     ask: &CamAsk,
     abandoned: &dyn Fn() -> bool,
 ) -> Result<(CamMaps, PassTimings), GradCamError> {
+    let input = &image.normalised;
     let classes = network.num_classes();
     let wanted: Vec<usize> = match &ask.targets {
         Targets::Classes(c) | Targets::TopK { listed: c, .. } => c.clone(),
@@ -234,6 +266,11 @@ pub fn compute(
     } else {
         (input.shallow_clone(), 0)
     };
+    match ask.method {
+        Method::FullGrad => return full_grad(network, &batch, original, ask),
+        Method::SobelCam => return sobel_edges(network, input, image.pixels, ask),
+        _ => {}
+    }
     let images = batch.size()[0] as usize;
     // What makes each layer's map (RefineCAM multiplies its base method's).
     let method = ask.method.per_layer(&ask.params);
@@ -251,23 +288,7 @@ pub fn compute(
             .softmax(-1, Kind::Float),
     )?;
     let top1 = Vec::<i64>::try_from(logits.detach().argmax(1, false))?;
-    let targets: Vec<Option<usize>> = match &ask.targets {
-        Targets::Top1 => vec![None],
-        Targets::Classes(c) => c.iter().copied().map(Some).collect(),
-        Targets::TopK { listed, .. } => {
-            let others = gradcam::top_k(&probabilities, classes)
-                .into_iter()
-                .map(|(c, _)| c)
-                .filter(|c| !listed.contains(c));
-            listed
-                .iter()
-                .copied()
-                .chain(others)
-                .take(ask.targets.count())
-                .map(Some)
-                .collect()
-        }
-    };
+    let targets = ask.targets.resolve(&probabilities);
     let values: Vec<Vec<f32>> = pass
         .maps
         .iter()
@@ -413,36 +434,18 @@ pub fn compute(
         } else {
             let returned: Vec<Vec<f32>> = per_image
                 .iter()
-                .enumerate()
-                .map(|(b, per_layer)| {
+                .map(|per_layer| {
                     let layer_maps: Vec<_> = per_layer
                         .iter()
                         .zip(&shapes)
                         .map(|(m, &(_, h, w))| (m, w, h))
                         .collect();
-                    let map = aggregate(&layer_maps, width, height);
-                    if ask.aug_smooth && AUGMENTATIONS[b].0 {
-                        flip_rows(&map, width)
-                    } else {
-                        map
-                    }
+                    aggregate(&layer_maps, width, height)
                 })
                 .collect();
-            // np.mean over the augmentations: summed one after another, divided.
-            let n = returned.len() as f32;
-            let mut sum = vec![0f32; width * height];
-            for m in &returned {
-                for (s, v) in sum.iter_mut().zip(m) {
-                    *s += v;
-                }
-            }
             CamMap {
                 target: class,
-                map: if returned.len() == 1 {
-                    sum
-                } else {
-                    sum.iter().map(|s| s / n).collect()
-                },
+                map: deaugmented_mean(returned, ask.aug_smooth, width),
                 width,
                 height,
                 scaled: true,
@@ -512,6 +515,168 @@ fn closest_classes(logits: &[f32], main: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..logits.len()).collect();
     order.sort_by(|&x, &y| distance(x).total_cmp(&distance(y)).then(x.cmp(&y)));
     order
+}
+
+/// The map of the image itself from the returned map of each image of the batch: with
+/// `aug_smooth`, their mean (summed one after another, divided, as `np.mean` does) after
+/// the flipped ones are flipped back.
+fn deaugmented_mean(returned: Vec<Vec<f32>>, aug_smooth: bool, width: usize) -> Vec<f32> {
+    if !aug_smooth {
+        return returned.into_iter().next().expect("one image");
+    }
+    let n = returned.len() as f32;
+    let mut sum = vec![0f32; returned[0].len()];
+    for (b, m) in returned.iter().enumerate() {
+        let m = if AUGMENTATIONS[b].0 {
+            flip_rows(m, width)
+        } else {
+            m.clone()
+        };
+        for (s, v) in sum.iter_mut().zip(m) {
+            *s += v;
+        }
+    }
+    sum.iter().map(|s| s / n).collect()
+}
+
+/// FullGrad: one forward pass from the input with autograd, then per target one backward
+/// pass to the input and every bias layer; each image's map from those ([`fullgrad`]).
+fn full_grad(
+    network: &dyn Network,
+    batch: &Tensor,
+    original: usize,
+    ask: &CamAsk,
+) -> Result<(CamMaps, PassTimings), GradCamError> {
+    let size = batch.size();
+    let (images, height, width) = (size[0] as usize, size[2] as usize, size[3] as usize);
+    let start = Instant::now();
+    let pass = network.forward_with_biases(batch).map_err(|e| match e {
+        NetworkError::Unsupported(why) => GradCamError::Unsupported(why),
+        e => e.into(),
+    })?;
+    let forward_ms = start.elapsed().as_secs_f64() * 1e3;
+
+    let start = Instant::now();
+    let logits = pass.logits.detach();
+    let probabilities = Vec::<f32>::try_from(logits.get(original as i64).softmax(-1, Kind::Float))?;
+    let top1 = Vec::<i64>::try_from(logits.argmax(1, false))?;
+    let flat = |t: &Tensor| Vec::<f32>::try_from(t.detach().contiguous().view([-1]));
+    let input = flat(&pass.input)?;
+    let biases: Vec<Vec<f32>> = pass.biases.iter().map(flat).collect::<Result<_, _>>()?;
+    let targets = ask.targets.resolve(&probabilities);
+    let mut maps = Vec::with_capacity(targets.len());
+    for (j, target) in targets.iter().enumerate() {
+        let chosen: Vec<i64> = (0..images)
+            .map(|b| target.map_or(top1[b], |t| t as i64))
+            .collect();
+        let score = pass
+            .logits
+            .gather(1, &Tensor::from_slice(&chosen).unsqueeze(1), false)
+            .sum(Kind::Float);
+        let (input_gradient, gradients) = pass.gradients(&score, j + 1 < targets.len())?;
+        let input_gradient = flat(&input_gradient)?;
+        let gradients: Vec<Vec<f32>> = gradients.iter().map(flat).collect::<Result<_, _>>()?;
+        let shapes: Vec<(usize, usize)> = pass
+            .outputs
+            .iter()
+            .map(|o| (o.size()[2] as usize, o.size()[3] as usize))
+            .collect();
+        let per_image = input.len() / images;
+        let returned = (0..images)
+            .map(|b| {
+                let layers = biases
+                    .iter()
+                    .zip(&gradients)
+                    .zip(&shapes)
+                    .map(|((bias, g), &(height, width))| {
+                        let n = g.len() / images;
+                        fullgrad::BiasLayer {
+                            bias,
+                            gradient: &g[b * n..(b + 1) * n],
+                            height,
+                            width,
+                        }
+                    })
+                    .collect();
+                let image = b * per_image..(b + 1) * per_image;
+                let inputs = fullgrad::FullGradInputs {
+                    input: &input[image.clone()],
+                    input_gradient: &input_gradient[image],
+                    layers,
+                };
+                fullgrad::full_grad_map(&inputs, width, height, ask.eigen_smooth)
+                    .map_err(GradCamError::Unsupported)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        maps.push(CamMap {
+            target: chosen[original] as usize,
+            map: deaugmented_mean(returned, ask.aug_smooth, width),
+            width,
+            height,
+            scaled: true,
+        });
+    }
+    let backward_ms = start.elapsed().as_secs_f64() * 1e3;
+    Ok((
+        CamMaps {
+            probabilities,
+            method: Method::FullGrad,
+            layers: vec![],
+            maps,
+        },
+        PassTimings {
+            forward_ms,
+            backward_ms,
+        },
+    ))
+}
+
+/// SobelCAM: a prediction for the classes, and for every target the same map, the Sobel
+/// edges of the image scaled to [0, 1] (`scale_cam_image`) as every returned map is.
+fn sobel_edges(
+    network: &dyn Network,
+    input: &Tensor,
+    pixels: &[u8],
+    ask: &CamAsk,
+) -> Result<(CamMaps, PassTimings), GradCamError> {
+    let size = input.size();
+    let (height, width) = (size[2] as usize, size[3] as usize);
+    let start = Instant::now();
+    let logits = network.logits(input)?;
+    let forward_ms = start.elapsed().as_secs_f64() * 1e3;
+    let start = Instant::now();
+    let probabilities = Vec::<f32>::try_from(logits.get(0).softmax(-1, Kind::Float))?;
+    let top1 = gradcam::top_k(&probabilities, 1)[0].0;
+    let edges: Vec<f32> = sobel::sobel_cam(pixels, width, height)
+        .into_iter()
+        .map(f32::from)
+        .collect();
+    let map = scale::min_max_scale(&edges);
+    let maps = ask
+        .targets
+        .resolve(&probabilities)
+        .into_iter()
+        .map(|target| CamMap {
+            target: target.unwrap_or(top1),
+            map: map.clone(),
+            width,
+            height,
+            scaled: true,
+        })
+        .collect();
+    let backward_ms = start.elapsed().as_secs_f64() * 1e3;
+    Ok((
+        CamMaps {
+            probabilities,
+            method: Method::SobelCam,
+            layers: vec![],
+            maps,
+        },
+        PassTimings {
+            forward_ms,
+            backward_ms,
+        },
+    ))
 }
 
 /// A row-major map mirrored left to right.

@@ -181,7 +181,8 @@ fn describe(
 }
 
 /// The methods this network can run here: the eigen ones (and `eigen_smooth`) need the
-/// system's LAPACK, and AblationCAM only the layers whose channels it can find.
+/// system's LAPACK, AblationCAM only the layers whose channels it can find, and FullGrad
+/// a network that reaches its biases.
 fn methods(network: &dyn Network) -> Vec<MethodInfo> {
     let lapack = crate::cam::lapack::available().is_ok();
     let ablatable: Vec<String> = (0..network.layers().len())
@@ -193,6 +194,7 @@ fn methods(network: &dyn Network) -> Vec<MethodInfo> {
         .filter(|m| lapack || !matches!(m, Method::EigenCam | Method::EigenGradCam))
         .filter_map(|m| match m {
             Method::AblationCam if ablatable.is_empty() => None,
+            Method::FullGrad if !network.reaches_biases() => None,
             Method::AblationCam if ablatable.len() < network.layers().len() => {
                 Some(m.info(Some(ablatable.clone())))
             }

@@ -154,13 +154,18 @@ impl Explainer for Engine {
         ask: &CamAsk,
         abandoned: &dyn Fn() -> bool,
     ) -> Result<(CamMaps, PassTimings), GradCamError> {
-        cam::compute(&*self.network, &batch_tensor(&[input]), ask, abandoned)
+        let image = cam::Image {
+            normalised: batch_tensor(&[input]),
+            pixels: &input.pixels,
+        };
+        cam::compute(&*self.network, &image, ask, abandoned)
     }
 
     fn warm_up(&self) {
         let size = self.description.input_size;
         let blank = ModelInput {
             chw: vec![0.0; (3 * size * size) as usize],
+            pixels: vec![0; (3 * size * size) as usize],
             size,
             region: preprocess::Region {
                 x: 0,

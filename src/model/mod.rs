@@ -73,6 +73,54 @@ pub trait Network: Send {
     /// Where a layer's channels are in its raw output (`Pass::raw`): 1 for convolutional
     /// maps, the last dimension for tokens; None when AblationCAM cannot tell.
     fn channel_axis(&self, layer: usize) -> Option<i64>;
+
+    /// Whether [`Network::forward_with_biases`] runs (FullGrad can be offered).
+    fn reaches_biases(&self) -> bool {
+        false
+    }
+
+    /// FullGrad: a forward pass with autograd from the input on, keeping the output of
+    /// every layer with a bias (pytorch-grad-cam's: each `Conv2d` with a bias and each
+    /// `BatchNorm2d`, in the order the model registers them) and that bias.
+    fn forward_with_biases(&self, _input: &Tensor) -> Result<BiasPass, NetworkError> {
+        Err(NetworkError::Unsupported(
+            "FullGrad needs the gradient at the output of every convolution and batch norm, \
+             which this model does not expose (only the native ResNet models do); choose \
+             another method"
+                .into(),
+        ))
+    }
+}
+
+/// A pass for FullGrad ([`Network::forward_with_biases`]).
+pub struct BiasPass {
+    /// The input as a leaf that takes a gradient.
+    pub input: Tensor,
+    /// Raw logits `[N, classes]`, part of the autograd graph.
+    pub logits: Tensor,
+    /// Each bias layer's output `[N, C, h, w]`, in the graph, with its bias `[C]` (a batch
+    /// norm's as folded into its convolution: `bias - running_mean * weight / std`).
+    pub outputs: Vec<Tensor>,
+    pub biases: Vec<Tensor>,
+}
+
+impl BiasPass {
+    /// The gradient of `score` at the input and at each bias layer's output.
+    pub fn gradients(
+        &self,
+        score: &Tensor,
+        keep_graph: bool,
+    ) -> Result<(Tensor, Vec<Tensor>), NetworkError> {
+        let at: Vec<&Tensor> = std::iter::once(&self.input).chain(&self.outputs).collect();
+        let mut all = Tensor::f_run_backward(&[score], &at, keep_graph, false)?;
+        let input = all.remove(0);
+        let outputs = all
+            .into_iter()
+            .zip(&self.outputs)
+            .map(|(g, o)| or_zeros(g, o))
+            .collect();
+        Ok((or_zeros(input, &self.input), outputs))
+    }
 }
 
 /// What a forward pass must give at the layers it keeps.

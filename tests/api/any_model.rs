@@ -492,10 +492,37 @@ fn every_request_option_works_on_an_exported_model() {
             format!("&layer={every_layer}&base_method=layercam"),
         ),
         ("kpcacam", "&kernel=rbf&gamma=0.01".into()),
+        ("sobelcam", "&target=1,2".into()),
     ] {
         let answer = ok(&format!("?method={method}{options}"), &square);
         assert_eq!(answer["method"], method, "{options}");
     }
+    // FullGrad needs every bias layer's output, which an exported file does not give: a
+    // 422 that says so, GET /model does not offer it, and the server goes on.
+    let r =
+        crate::helpers::upload(&server.url, "?method=fullgrad", square.clone(), "a.png").unwrap();
+    assert_eq!(r.status(), 422);
+    let problem: Value = r.json().unwrap();
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("FullGrad") && detail.contains("native ResNet"),
+        "{detail}"
+    );
+    let listed = client()
+        .get(format!("{}/model", server.url))
+        .send()
+        .unwrap()
+        .json::<Value>()
+        .unwrap();
+    assert!(
+        listed["methods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["name"] != "fullgrad"),
+        "{listed}"
+    );
+    assert_eq!(ok("?method=sobelcam", &square)["model"]["target_layer"], "");
     let r = client()
         .post(format!("{}/explain", server.url))
         .header("accept", "image/png")

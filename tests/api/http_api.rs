@@ -1,7 +1,7 @@
 //! Black-box tests of the HTTP API: a real server process on port 0, spoken to over HTTP.
 
 use crate::helpers;
-use crate::helpers::{client, jpeg, png, png_claiming, Server, BIN};
+use crate::helpers::{client, encode, jpeg, png, png_claiming, Server, BIN};
 use base64::Engine as _;
 use gradcam_serve::explanation::Explanation;
 use serde_json::Value;
@@ -812,7 +812,7 @@ fn the_model_endpoint_lists_every_method_the_server_runs() {
         let method: Method = name.parse().unwrap();
         assert_eq!(m["reference"], method.reference_class(), "{m}");
         assert_eq!(m["gradient"], method.uses_gradients(), "{m}");
-        assert_eq!(m["takes_layer"], true, "{m}");
+        assert_eq!(m["takes_layer"], method.takes_layer(), "{m}");
         assert!(!m["cost"].as_str().unwrap().is_empty(), "{m}");
         let smooth = m["options"]
             .as_array()
@@ -1223,6 +1223,59 @@ fn the_methods_own_options_change_their_maps() {
     for (s, g) in shapley.iter().zip(&gradcam) {
         assert!((s - g).abs() <= 1e-5 * top, "{s} against Grad-CAM's {g}");
     }
+}
+
+/// FullGrad and SobelCAM take no layer: `layer` changes nothing, the answer names none,
+/// and the map is the scaled one at the input's size. FullGrad's map follows the class,
+/// SobelCAM's follows only the image.
+#[test]
+fn fullgrad_and_sobelcam_take_no_layer() {
+    let server = Server::start(&[]);
+    let image = png(224, 224);
+    let answer = |query: &str, image: &[u8]| -> Explanation {
+        server
+            .explain(query, image.to_vec(), "a.png")
+            .json()
+            .unwrap()
+    };
+    for method in ["fullgrad", "sobelcam"] {
+        let e = answer(&format!("?method={method}"), &image);
+        assert_eq!(e.method, method);
+        assert_eq!(e.model.target_layer, "", "{method} names no layer");
+        assert!(e.saliency.scaled, "{method}");
+        assert_eq!((e.saliency.width, e.saliency.height), (224, 224));
+        let map = e.saliency.data.concat();
+        let top = map.iter().cloned().fold(f32::MIN, f32::max);
+        assert!(top > 0.999 && top <= 1.0, "{method}: scaled, max {top}");
+        assert!(map.iter().all(|&v| v >= 0.0), "{method}");
+        let at_layer3 = answer(&format!("?method={method}&layer=layer3"), &image);
+        assert_eq!(at_layer3.saliency, e.saliency, "{method}: layer is ignored");
+        assert_eq!(at_layer3.model.target_layer, "");
+    }
+    let full = |target: usize| {
+        answer(&format!("?method=fullgrad&target={target}"), &image)
+            .saliency
+            .data
+    };
+    assert_ne!(full(1), full(2), "FullGrad explains the class asked for");
+    let e = answer("?method=sobelcam&target=1,2", &image);
+    let maps = e.maps.expect("two targets");
+    assert_eq!(
+        maps[0].saliency, maps[1].saliency,
+        "edges whatever the class"
+    );
+    assert_ne!(
+        e.saliency,
+        answer("?method=sobelcam", &png(200, 224)).saliency,
+        "another image, other edges"
+    );
+    // A flat image has no edges: an all-zero map, not NaN.
+    let flat = encode(
+        &image::RgbImage::from_pixel(64, 64, image::Rgb([90, 120, 200])),
+        image::ImageFormat::Png,
+    );
+    let e = answer("?method=sobelcam", &flat);
+    assert!(e.saliency.data.concat().iter().all(|&v| v == 0.0));
 }
 
 #[test]

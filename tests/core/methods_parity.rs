@@ -2,7 +2,8 @@
 //! inputs: resnet50 and resnet18, layer4 and layer3, top-1 and a forced target, with and
 //! without eigen_smooth, aug_smooth, two layers at once and three targets at once, and the
 //! options only some methods take (RandomCAM's seed, FinerCAM's comparisons, RefineCAM's
-//! base method over one to three layers, KPCA-CAM's kernels).
+//! base method over one to three layers, KPCA-CAM's kernels); FullGrad and SobelCAM, which
+//! take no layer.
 //!
 //! The reference comes from tests/reference/methods_reference.py (run by `make test`
 //! through make_reference.py); without it these tests are ignored, never passed.
@@ -90,7 +91,10 @@ fn engine(dir: &Path, case: &Case, fold_batch_norm: bool) -> Engine {
 fn explain(dir: &Path, engine: &Engine, case: &Case) -> CamMaps {
     let mut chosen = ExplainOptions::default();
     chosen.set("method", &case.method).unwrap();
-    chosen.set("layer", &case.layers.join(",")).unwrap();
+    if !case.layers.is_empty() {
+        // FullGrad's cases name none.
+        chosen.set("layer", &case.layers.join(",")).unwrap();
+    }
     let listed: Vec<String> = case
         .targets
         .iter()
@@ -219,7 +223,7 @@ fn check_case(
     report
 }
 
-const ONE_PASS: [&str; 14] = [
+const ONE_PASS: [&str; 16] = [
     "gradcam",
     "hirescam",
     "gradcam-elementwise",
@@ -234,6 +238,8 @@ const ONE_PASS: [&str; 14] = [
     "shapleycam",
     "refinecam",
     "kpcacam",
+    "fullgrad",
+    "sobelcam",
 ];
 
 /// With batch norm unfolded the network runs pytorch-grad-cam's very operations.

@@ -15,7 +15,10 @@ AblationCAM and ScoreCAM on both, at layer4 and layer3, top-1 (case-0.png) and a
 target (top5[3] of case-1.png), and eigen_smooth (top-1) for the methods it changes; aug_smooth
 for GradCAM++, EigenCAM, RandomCAM and ShapleyCAM; RandomCAM with another seed and FinerCAM
 with other comparison categories and alpha (the `options` of a case); RefineCAM over one to
-three layers with its default base method (GradCAM++) and others; KPCA-CAM with each kernel; layer3+layer4 together; three targets of one image; every
+three layers with its default base method (GradCAM++) and others; KPCA-CAM with each kernel;
+FullGrad (no layer: layers []) top-1, forced, on noise.png, eigen_smooth and aug_smooth;
+SobelCAM (no layer either) on three images;
+layer3+layer4 together; three targets of one image; every
 one-pass method at layer3 on a seeded noise image (noise.png), FEM with a forced target too.
 AblationCAM and ScoreCAM rerun the network once per channel (pytorch-grad-cam reruns the
 whole model even for AblationCAM): on resnet18 only (512 channels at layer4, 256 at layer3
@@ -30,9 +33,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pytorch_grad_cam import (AblationCAM, EigenCAM, EigenGradCAM, FEM, FinerCAM, GradCAM,
-                              GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM,
+from pytorch_grad_cam import (AblationCAM, EigenCAM, EigenGradCAM, FEM, FinerCAM, FullGrad,
+                              GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM,
                               KPCA_CAM, RandomCAM, RefineCAM, ScoreCAM, ShapleyCAM, XGradCAM)
+from pytorch_grad_cam.sobel_cam import sobel_cam
 from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -53,12 +57,16 @@ METHODS = {
     "shapleycam": ShapleyCAM,
     "refinecam": RefineCAM,
     "kpcacam": KPCA_CAM,
+    "fullgrad": FullGrad,
+    # A function, not a CAM class: the edges of the 8-bit image, whatever the class.
+    "sobelcam": None,
 }
 # Methods whose map eigen_smooth changes (EigenCAM, EigenGradCAM and FEM ignore it).
 SMOOTHABLE = ["gradcam", "hirescam", "gradcam-elementwise", "gradcam-plusplus", "xgradcam",
               "layercam", "randomcam", "finercam", "shapleycam"]
-# RefineCAM multiplies maps of several layers: its own cases below.
-ONE_PASS = [m for m in METHODS if m not in ("ablationcam", "scorecam", "refinecam")]
+# RefineCAM multiplies maps of several layers, FullGrad takes none: their own cases below.
+ONE_PASS = [m for m in METHODS
+            if m not in ("ablationcam", "scorecam", "refinecam", "fullgrad", "sobelcam")]
 LAYERS = {"layer4": lambda m: m.layer4[-1], "layer3": lambda m: m.layer3[-1]}
 # Only RefineCAM's cases reach this far back (it is made for early layers).
 LAYER2 = {"layer2": lambda m: m.layer2[-1]}
@@ -91,12 +99,18 @@ def methods_reference(out_dir, arch, weights, model, images, to_input, recorder)
             kwargs["base_method"] = METHODS[options["base_method"]]
         kwargs.update({k: options[k] for k in ("kernel", "gamma") if k in options})
         pick = {**LAYERS, **LAYER2}
-        cam = METHODS[method](model=model, target_layers=[pick[l](model) for l in layers],
-                              **kwargs)
+        cam = None
+        if METHODS[method] is not None:
+            cam = METHODS[method](model=model, target_layers=[pick[l](model) for l in layers],
+                                  **kwargs)
         entries = []
         for target in targets:
             recorder.maps.clear()
-            if method == "finercam":
+            if method == "sobelcam":
+                # sobel_cam of the 8-bit RGB image the model sees, scaled as every returned
+                # map is (the server's convention for it).
+                returned = scale_cam_image(np.float32(sobel_cam(rgb))[None])[0]
+            elif method == "finercam":
                 # FinerCAM takes the target as `target_idx` and has no aug_smooth.
                 returned = cam(input_tensor=x, targets=None, eigen_smooth=eigen,
                                target_idx=target, alpha=options.get("finer_alpha", 1),
@@ -130,7 +144,9 @@ def methods_reference(out_dir, arch, weights, model, images, to_input, recorder)
                 "size": list(returned.shape),
             })
             offset += returned.size
-        if method == "refinecam":
+        if cam is None:
+            pass
+        elif method == "refinecam":
             for base in cam.base_cam_per_layer:
                 base.activations_and_grads.release()
         else:
@@ -178,6 +194,14 @@ def methods_reference(out_dir, arch, weights, model, images, to_input, recorder)
         options={"base_method": "eigencam"})
     run(arch, weights, model, 1, "refinecam", ["layer3", "layer4"], [None],
         options={"base_method": "randomcam", "seed": 3})
+    # FullGrad: every batch norm of the network, no layer (target_layers=[]).
+    for image, target in ((0, None), (1, forced), (-1, None)):
+        run(arch, weights, model, image, "fullgrad", [], [target])
+    run(arch, weights, model, 0, "fullgrad", [], [None], eigen=True)
+    run(arch, weights, model, 1, "fullgrad", [], [None], aug=True)
+    # SobelCAM: the same edges whatever the class.
+    for image, target in ((0, None), (1, forced), (-1, None)):
+        run(arch, weights, model, image, "sobelcam", [], [target])
     run(arch, weights, model, 0, "gradcam-plusplus", ["layer4"], [None], aug=True)
     run(arch, weights, model, 1, "eigencam", ["layer3"], [forced], aug=True)
     run(arch, weights, model, 0, "layercam", ["layer3", "layer4"], [None])

@@ -110,6 +110,13 @@ impl ConvBn {
         )
     }
 
+    /// The batch norm's bias as FullGrad takes it (pytorch-grad-cam's `get_bias_data`, in
+    /// its order of operations): `bias - running_mean * weight / sqrt(running_var + eps)`.
+    pub(super) fn effective_bias(&self) -> Tensor {
+        let bn = &self.bn;
+        -(&bn.running_mean * &bn.weight / (&bn.running_var + BN_EPS).sqrt()) + &bn.bias
+    }
+
     pub(super) fn plain_weight(&self) -> &Tensor {
         if !self.weight.is_mkldnn() {
             return &self.weight;
@@ -176,16 +183,27 @@ impl Block {
     /// Unfolded and out of place on plain tensors, as torchvision runs it, so that autograd
     /// can go back through it and every value equals pytorch-grad-cam's to the bit.
     pub(super) fn forward_exact(&self, x: &Tensor) -> Tensor {
+        self.forward_exact_keeping(x, &mut Vec::new())
+    }
+
+    /// [`Block::forward_exact`], pushing each convolution's output (after its batch norm)
+    /// onto `kept`, in the order of [`Block::convs`].
+    pub(super) fn forward_exact_keeping(&self, x: &Tensor, kept: &mut Vec<Tensor>) -> Tensor {
         let mut y = x.shallow_clone();
         let last = self.convs.len() - 1;
         for (i, conv) in self.convs.iter().enumerate() {
             y = conv.forward_exact(&y);
+            kept.push(y.shallow_clone());
             if i < last {
                 y = y.relu();
             }
         }
         let shortcut = match &self.downsample {
-            Some(d) => d.forward_exact(x),
+            Some(d) => {
+                let s = d.forward_exact(x);
+                kept.push(s.shallow_clone());
+                s
+            }
             None => x.shallow_clone(),
         };
         (y + shortcut).relu()

@@ -22,7 +22,7 @@ pub use architecture::{known_architectures, Architecture, BlockKind, Layer, Mode
 use blocks::{BatchNorm, Block, ConvBn};
 pub use random::random_tensors;
 
-use super::{Needs, Network, NetworkError, Pass};
+use super::{BiasPass, Needs, Network, NetworkError, Pass};
 use crate::fused::Post;
 
 pub struct ResNet {
@@ -394,6 +394,37 @@ impl Network for ResNet {
         outputs: &Tensor,
     ) -> Result<Tensor, NetworkError> {
         Ok(self.logits_after(outputs, self.layer_blocks[layer]))
+    }
+
+    fn reaches_biases(&self) -> bool {
+        true
+    }
+
+    /// The exact path from the input on (FullGrad's gradients go back through every ReLU).
+    /// torchvision's convolutions have no bias: the bias layers are the batch norms.
+    fn forward_with_biases(&self, input: &Tensor) -> Result<BiasPass, NetworkError> {
+        let input = input.detach().set_requires_grad(true);
+        let stem = self.stem.forward_exact(&input);
+        let mut outputs = vec![stem.shallow_clone()];
+        let mut x = stem
+            .relu()
+            .max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+        for block in &self.blocks {
+            x = block.forward_exact_keeping(&x, &mut outputs);
+        }
+        let logits = self.head(&x);
+        let biases = tch::no_grad(|| {
+            std::iter::once(&self.stem)
+                .chain(self.blocks.iter().flat_map(Block::convs))
+                .map(ConvBn::effective_bias)
+                .collect()
+        });
+        Ok(BiasPass {
+            input,
+            logits,
+            outputs,
+            biases,
+        })
     }
 
     fn channel_axis(&self, _layer: usize) -> Option<i64> {
