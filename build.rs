@@ -61,10 +61,13 @@ fn libtorch_version(root: &std::path::Path) {
     println!("cargo:rustc-env=GRADCAM_LIBTORCH_MAX_FILE_FORMAT={max}");
 }
 
-/// Compiles csrc/fused_conv.cpp, the C++ shim to libtorch's fused oneDNN convolutions
-/// (see src/fused.rs), against the same libtorch headers that torch-sys compiles with.
+/// Compiles the C++ shims, csrc/fused_conv.cpp (libtorch's fused oneDNN convolutions, see
+/// src/fused.rs) and csrc/guided_relu.cpp (a custom autograd function, see
+/// src/model/resnet/guided.rs), against the same libtorch headers that torch-sys compiles
+/// with.
 fn fused_convolutions(root: &std::path::Path) {
     println!("cargo:rerun-if-changed=csrc/fused_conv.cpp");
+    println!("cargo:rerun-if-changed=csrc/guided_relu.cpp");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     let include = root.join("include");
     // torch-sys's default too: the PyPI wheels since PyTorch 2.7 use the C++11 ABI.
@@ -72,6 +75,7 @@ fn fused_convolutions(root: &std::path::Path) {
     cc::Build::new()
         .cpp(true)
         .file("csrc/fused_conv.cpp")
+        .file("csrc/guided_relu.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")

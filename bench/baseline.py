@@ -181,6 +181,7 @@ METHODS = {
     "scorecam": "ScoreCAM", "fem": "FEM", "randomcam": "RandomCAM", "finercam": "FinerCAM",
     "shapleycam": "ShapleyCAM", "refinecam": "RefineCAM", "kpcacam": "KPCA_CAM",
     "fullgrad": "FullGrad", "sobelcam": "sobel_cam",
+    "guided-backprop": "GuidedBackpropReLUModel", "guided-gradcam": "GuidedGradCAM",
 }
 # FullGrad min-max scales and resizes every channel of every batch norm (26,560 maps of
 # 224 x 224 on a ResNet-50): seconds a call, so timed like the per-channel methods.
@@ -206,6 +207,18 @@ def methods_table(weights, x, runs, slow_runs):
                     model(input_tensor)
                 return sobel_cam(rgb)
             return edges
+        if cls == "GuidedBackpropReLUModel":
+            guided = pytorch_grad_cam.GuidedBackpropReLUModel(model=model, device="cpu")
+            return lambda input_tensor, targets: guided(input_tensor.clone(), None)
+        if cls == "GuidedGradCAM":
+            # pytorch-grad-cam's cam.py: GradCAM's map times guided backpropagation's.
+            guided = pytorch_grad_cam.GuidedBackpropReLUModel(model=model, device="cpu")
+            cam = pytorch_grad_cam.GradCAM(model=model, target_layers=[model.layer4[-1]])
+
+            def guided_gradcam(input_tensor, targets):
+                mask = cam(input_tensor=input_tensor, targets=targets)[0]
+                return np.stack([mask] * 3, axis=-1) * guided(input_tensor.clone(), None)
+            return guided_gradcam
         # FullGrad takes every bias layer, and warns when given a layer.
         layers = [] if cls == "FullGrad" else [model.layer4[-1]]
         return getattr(pytorch_grad_cam, cls)(model=model, target_layers=layers)

@@ -380,7 +380,7 @@ def trunk_section(results, w):
 # Methods whose cost is a pass per channel (or batch of channels) of the layer.
 SLOW_METHODS = ("ablationcam", "scorecam")
 # Methods that go back to the input, not to layer4: no one-pass goal at layer4 for them.
-WHOLE_NETWORK_METHODS = ("fullgrad",)
+WHOLE_NETWORK_METHODS = ("fullgrad", "guided-backprop", "guided-gradcam")
 
 
 def cam_methods(weights, image, threads):

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 pub use crate::render::EncodedOverlay;
-use crate::render::{OverlayFormat, OverlayKind};
+use crate::render::{Drawn, OverlayFormat};
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
 #[schema(example = json!({"class_index": 281, "label": "tabby", "score": 0.83}))]
@@ -27,10 +27,25 @@ pub struct ClassScore {
 pub struct Saliency {
     pub width: usize,
     pub height: usize,
+    /// `height` rows; each of `width` values, or with `channels` 3 of `width` pixels'
+    /// red, green and blue values one after another (`r0, g0, b0, r1, ...`).
     pub data: Vec<Vec<f32>>,
     /// Whether this is the scaled map at the input's size rather than the raw layer map.
     #[serde(default)]
     pub scaled: bool,
+    /// 1, or 3 for `guided-backprop` and `guided-gradcam`: the input gradient of each
+    /// colour at the model input's size, signed and not scaled (pytorch-grad-cam's
+    /// `(H, W, 3)` array, row by row). Absent means 1.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub channels: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 /// One explained class, when a request asks for several (`target=281,285`, `top_k_maps`).
@@ -72,7 +87,9 @@ impl TargetMap {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
 #[schema(example = json!({"kind": "blend", "media_type": "image/png", "field": "overlay_png", "width": 960, "height": 720}))]
 pub struct OverlayImage {
-    /// `blend` (the heat map over the picture) or `heatmap` (the coloured map alone).
+    /// `blend` (the heat map over the picture), `heatmap` (the coloured map alone) or
+    /// `deprocessed` (the guided methods: their three-channel map as a picture,
+    /// pytorch-grad-cam's `deprocess_image`, at the model input's size).
     pub kind: String,
     /// `image/png`, `image/jpeg` or `image/webp`.
     pub media_type: String,
@@ -87,8 +104,9 @@ impl From<&EncodedOverlay> for OverlayImage {
     fn from(overlay: &EncodedOverlay) -> Self {
         OverlayImage {
             kind: match overlay.kind {
-                OverlayKind::Heatmap => "heatmap",
-                _ => "blend",
+                Drawn::Heatmap => "heatmap",
+                Drawn::Deprocessed => "deprocessed",
+                Drawn::Blend => "blend",
             }
             .into(),
             media_type: overlay.format.media_type().into(),
@@ -253,6 +271,7 @@ mod tests {
                 height: 1,
                 data: vec![vec![0.5, 1e-9]],
                 scaled: false,
+                channels: 1,
             },
             method: "gradcam".into(),
             maps: None,
@@ -305,7 +324,7 @@ mod tests {
             let overlay = EncodedOverlay {
                 bytes: png.clone(),
                 format: formats[i % 3],
-                kind: OverlayKind::Blend,
+                kind: Drawn::Blend,
                 width: 5,
                 height: 4,
             };

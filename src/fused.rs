@@ -55,7 +55,8 @@ pub struct Conv<'a> {
     pub groups: i64,
 }
 
-fn check(message: *mut c_char) -> Result<(), tch::TchError> {
+/// Ok, or the message the shim returned (its exception), freed.
+pub(crate) fn check(message: *mut c_char) -> Result<(), tch::TchError> {
     if message.is_null() {
         return Ok(());
     }

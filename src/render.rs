@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cam::scale::{min_max_scale, Upsampler};
 use crate::colormap;
+use crate::gradcam::numpy_sum;
 use crate::preprocess::{self, Region};
 
 /// What the answer's overlay image shows.
@@ -21,6 +22,18 @@ pub enum OverlayKind {
     Off,
     /// The coloured heat map alone (`overlay=heatmap`).
     Heatmap,
+}
+
+/// What an overlay image drawn shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drawn {
+    /// The heat map blended over the picture.
+    Blend,
+    /// The coloured heat map alone.
+    Heatmap,
+    /// A guided method's three-channel map as a picture (pytorch-grad-cam's
+    /// `deprocess_image`): what `overlay=true` and `overlay=heatmap` give for them.
+    Deprocessed,
 }
 
 /// How the overlay image is encoded.
@@ -269,7 +282,7 @@ pub fn overlay(
 pub struct EncodedOverlay {
     pub bytes: Vec<u8>,
     pub format: OverlayFormat,
-    pub kind: OverlayKind,
+    pub kind: Drawn,
     pub width: u32,
     pub height: u32,
 }
@@ -321,10 +334,61 @@ pub fn draw(
     Some(EncodedOverlay {
         bytes: encode(&drawn, options.format),
         format: options.format,
-        kind: options.kind,
+        kind: if options.kind == OverlayKind::Heatmap {
+            Drawn::Heatmap
+        } else {
+            Drawn::Blend
+        },
         width: w,
         height: h,
     })
+}
+
+/// The overlay of a three-channel map (the guided methods, `width` x `height` x 3, at the
+/// model input's size): `deprocess_image` of it, fitted to `max_side`. It shows the
+/// gradient, not the photo, so it is neither blended nor stretched to the upload's size.
+pub fn draw_deprocessed(
+    map: &[f32],
+    width: usize,
+    height: usize,
+    options: &OverlayOptions,
+) -> Option<EncodedOverlay> {
+    if options.kind == OverlayKind::Off {
+        return None;
+    }
+    let (w, h) = (width as u32, height as u32);
+    let image = RgbImage::from_raw(w, h, deprocess_image(map)).expect("width x height x 3");
+    let (fw, fh) = fitted_size(w, h, options.max_side);
+    let image = if (fw, fh) == (w, h) {
+        image
+    } else {
+        preprocess::resized(&image, fw, fh)
+    };
+    Some(EncodedOverlay {
+        bytes: encode(&image, options.format),
+        format: options.format,
+        kind: Drawn::Deprocessed,
+        width: fw,
+        height: fh,
+    })
+}
+
+/// pytorch-grad-cam's `deprocess_image` in its float32 operations: the values centred,
+/// divided by (their standard deviation + 1e-5), times 0.1, plus 0.5, clipped to [0, 1],
+/// times 255, truncated to bytes. Sums are NumPy's pairwise ones.
+pub fn deprocess_image(map: &[f32]) -> Vec<u8> {
+    let n = map.len() as f32;
+    let mean = numpy_sum(map) / n;
+    let centred: Vec<f32> = map.iter().map(|v| v - mean).collect();
+    // np.std: the mean again (of the centred values), the mean square about it, its root.
+    let again = numpy_sum(&centred) / n;
+    let squares: Vec<f32> = centred.iter().map(|v| (v - again) * (v - again)).collect();
+    let std = (numpy_sum(&squares) / n).sqrt();
+    let denominator = std + 1e-5;
+    centred
+        .iter()
+        .map(|v| ((v / denominator * 0.1 + 0.5).clamp(0.0, 1.0) * 255.0) as u8)
+        .collect()
 }
 
 /// `region` of a `from`-sized picture, in a `to`-sized copy of it.

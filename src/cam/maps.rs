@@ -75,7 +75,9 @@ pub fn terms(method: Method, activation: &[f32], gradient: &[f32], channels: usi
         | Method::RefineCam
         | Method::KpcaCam
         | Method::FullGrad
-        | Method::SobelCam => {
+        | Method::SobelCam
+        | Method::GuidedBackprop
+        | Method::GuidedGradCam => {
             unreachable!("{method} has no gradient terms")
         }
     }

@@ -48,10 +48,15 @@ pub enum Method {
     FullGrad,
     /// SobelCAM: the Sobel edges of the input image, whatever the class: a baseline.
     SobelCam,
+    /// Guided backpropagation: the input gradient through ReLUs that pass only positive
+    /// gradients, three channels at the input's size.
+    GuidedBackprop,
+    /// Guided Grad-CAM: guided backpropagation times the Grad-CAM map at the layer.
+    GuidedGradCam,
 }
 
 impl Method {
-    pub const ALL: [Method; 18] = [
+    pub const ALL: [Method; 20] = [
         Method::GradCam,
         Method::HiResCam,
         Method::GradCamElementWise,
@@ -70,6 +75,8 @@ impl Method {
         Method::KpcaCam,
         Method::FullGrad,
         Method::SobelCam,
+        Method::GuidedBackprop,
+        Method::GuidedGradCam,
     ];
 
     /// The name the API uses.
@@ -93,6 +100,8 @@ impl Method {
             Method::KpcaCam => "kpcacam",
             Method::FullGrad => "fullgrad",
             Method::SobelCam => "sobelcam",
+            Method::GuidedBackprop => "guided-backprop",
+            Method::GuidedGradCam => "guided-gradcam",
         }
     }
 
@@ -117,6 +126,8 @@ impl Method {
             Method::KpcaCam => "KPCA_CAM",
             Method::FullGrad => "FullGrad",
             Method::SobelCam => "sobel_cam",
+            Method::GuidedBackprop => "GuidedBackpropReLUModel",
+            Method::GuidedGradCam => "GuidedBackpropReLUModel x GradCAM",
         }
     }
 
@@ -154,7 +165,8 @@ impl Method {
     /// Whether `eigen_smooth` changes its map (EigenCAM and EigenGradCAM always project;
     /// FEM, AblationCAM and ScoreCAM ignore it, as pytorch-grad-cam does).
     pub fn smoothable(self) -> bool {
-        (self.uses_gradients() || self == Method::RandomCam) && self != Method::EigenGradCam
+        (self.uses_gradients() || self == Method::RandomCam)
+            && !matches!(self, Method::EigenGradCam | Method::GuidedBackprop)
     }
 
     /// Whether `aug_smooth` applies: FinerCAM's and RefineCAM's `forward` take no such
@@ -163,7 +175,7 @@ impl Method {
     pub fn augmentable(self) -> bool {
         !matches!(
             self,
-            Method::FinerCam | Method::RefineCam | Method::SobelCam
+            Method::FinerCam | Method::RefineCam | Method::SobelCam | Method::GuidedBackprop
         )
     }
 
@@ -173,14 +185,28 @@ impl Method {
     pub fn refinable(self) -> bool {
         !matches!(
             self,
-            Method::FinerCam | Method::RefineCam | Method::FullGrad | Method::SobelCam
+            Method::FinerCam
+                | Method::RefineCam
+                | Method::FullGrad
+                | Method::SobelCam
+                | Method::GuidedBackprop
+                | Method::GuidedGradCam
         )
     }
 
     /// Whether `layer` chooses what it explains: FullGrad takes every bias layer instead
     /// (pytorch-grad-cam warns that its `target_layers` are ignored), SobelCAM the image.
     pub fn takes_layer(self) -> bool {
-        !matches!(self, Method::FullGrad | Method::SobelCam)
+        !matches!(
+            self,
+            Method::FullGrad | Method::SobelCam | Method::GuidedBackprop
+        )
+    }
+
+    /// Whether its map has three channels (the input gradient's colours) at the input's
+    /// size: the guided methods.
+    pub fn colour(self) -> bool {
+        matches!(self, Method::GuidedBackprop | Method::GuidedGradCam)
     }
 
     /// The method that makes each layer's map: RefineCAM's base, else the method itself.
@@ -228,6 +254,14 @@ impl Method {
                 "one forward pass, then the layers after the chosen one once per 32 channels"
             }
             Method::ScoreCam => "one forward pass, then one per channel of the layer",
+            Method::GuidedBackprop => {
+                "one forward pass with autograd from the input on, then per target one \
+                 backward pass to the input through guided ReLUs"
+            }
+            Method::GuidedGradCam => {
+                "Grad-CAM's (one forward and one backward pass per target), and guided \
+                 backpropagation's (one more forward and a backward to the input per target)"
+            }
             Method::FullGrad => {
                 "one forward pass with autograd from the input on, then per target one \
                  backward pass to the input (about three predictions)"
@@ -246,6 +280,7 @@ impl Method {
             name: self.name().to_string(),
             reference: self.reference_class().to_string(),
             takes_layer: self.takes_layer(),
+            channels: if self.colour() { 3 } else { 1 },
             gradient: self.uses_gradients(),
             cost: self.cost().to_string(),
             options: self.options().into_iter().map(String::from).collect(),
@@ -333,7 +368,7 @@ impl Default for MethodParams {
 /// A method the loaded model can run, as `GET /model` lists it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[schema(example = json!({"name": "gradcam", "reference": "GradCAM", "takes_layer": true,
-    "gradient": true, "cost": "one forward and one backward pass per target",
+    "channels": 1, "gradient": true, "cost": "one forward and one backward pass per target",
     "options": ["eigen_smooth", "aug_smooth"]}))]
 pub struct MethodInfo {
     /// The `method` option's value.
@@ -342,6 +377,8 @@ pub struct MethodInfo {
     pub reference: String,
     /// Whether `layer` applies.
     pub takes_layer: bool,
+    /// The map's channels: 1, or 3 for the guided methods (`saliency.channels`).
+    pub channels: usize,
     /// Whether it needs a backward pass (the gradient at the layer).
     pub gradient: bool,
     /// What an explanation costs, in passes through the network.

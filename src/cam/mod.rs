@@ -130,6 +130,10 @@ pub struct CamMap {
     /// False: the raw map at the layer's resolution; true: the map pytorch-grad-cam
     /// returns, at the input's size (see the module's documentation).
     pub scaled: bool,
+    /// 1, or 3 for the guided methods: then `map` is `height` x `width` x 3 (each pixel's
+    /// red, green and blue gradient, as pytorch-grad-cam's `(H, W, 3)` array), at the
+    /// input's size, not scaled.
+    pub channels: usize,
 }
 
 /// The network's answer for one image.
@@ -155,6 +159,7 @@ impl From<GradCamMap> for CamMaps {
                 width: raw.width,
                 height: raw.height,
                 scaled: false,
+                channels: 1,
             }],
         }
     }
@@ -164,7 +169,7 @@ impl From<GradCamMap> for CamMaps {
 /// `height` (the input's size): a raw map scaled, resized and scaled again; a scaled map
 /// as it is.
 pub fn returned_map(m: &CamMap, width: usize, height: usize) -> Vec<f32> {
-    if m.scaled {
+    if m.scaled || m.channels > 1 {
         assert_eq!((m.width, m.height), (width, height));
         return m.map.clone();
     }
@@ -269,6 +274,15 @@ pub fn compute(
     match ask.method {
         Method::FullGrad => return full_grad(network, &batch, original, ask),
         Method::SobelCam => return sobel_edges(network, input, image.pixels, ask),
+        Method::GuidedBackprop => return guided(network, input, ask, None),
+        Method::GuidedGradCam => {
+            let grad_cam = CamAsk {
+                method: Method::GradCam,
+                ..ask.clone()
+            };
+            let cams = compute(network, image, &grad_cam, abandoned)?;
+            return guided(network, input, ask, Some(cams));
+        }
         _ => {}
     }
     let images = batch.size()[0] as usize;
@@ -421,6 +435,7 @@ pub fn compute(
                 width,
                 height,
                 scaled: true,
+                channels: 1,
             }
         } else if layers.len() == 1 && !ask.aug_smooth {
             let (_, h, w) = shapes[0];
@@ -430,6 +445,7 @@ pub fn compute(
                 width: w,
                 height: h,
                 scaled: false,
+                channels: 1,
             }
         } else {
             let returned: Vec<Vec<f32>> = per_image
@@ -449,6 +465,7 @@ pub fn compute(
                 width,
                 height,
                 scaled: true,
+                channels: 1,
             }
         });
     }
@@ -614,6 +631,7 @@ fn full_grad(
             width,
             height,
             scaled: true,
+            channels: 1,
         });
     }
     let backward_ms = start.elapsed().as_secs_f64() * 1e3;
@@ -628,6 +646,79 @@ fn full_grad(
             forward_ms,
             backward_ms,
         },
+    ))
+}
+
+/// Guided backpropagation: the input gradient of each target's logit through guided ReLUs
+/// (pytorch-grad-cam's `GuidedBackpropReLUModel`), as `(H, W, 3)`; for Guided Grad-CAM
+/// each pixel's times the Grad-CAM map `grad_cam` returns at that pixel (the Grad-CAM
+/// paper's product, as pytorch-grad-cam's example computes it).
+fn guided(
+    network: &dyn Network,
+    input: &Tensor,
+    ask: &CamAsk,
+    grad_cam: Option<(CamMaps, PassTimings)>,
+) -> Result<(CamMaps, PassTimings), GradCamError> {
+    let size = input.size();
+    let (height, width) = (size[2] as usize, size[3] as usize);
+    let start = Instant::now();
+    let pass = network.forward_guided(input).map_err(|e| match e {
+        NetworkError::Unsupported(why) => GradCamError::Unsupported(why),
+        e => e.into(),
+    })?;
+    let forward_ms = start.elapsed().as_secs_f64() * 1e3;
+    let start = Instant::now();
+    let probabilities = Vec::<f32>::try_from(pass.logits.detach().get(0).softmax(-1, Kind::Float))?;
+    let classes: Vec<usize> = match &grad_cam {
+        Some((cams, _)) => cams.maps.iter().map(|m| m.target).collect(),
+        None => {
+            // np.argmax of the logits: the first largest.
+            let top1 = Vec::<i64>::try_from(pass.logits.detach().argmax(1, false))?[0] as usize;
+            let targets = ask.targets.resolve(&probabilities);
+            targets.into_iter().map(|t| t.unwrap_or(top1)).collect()
+        }
+    };
+    let mut maps = Vec::with_capacity(classes.len());
+    for (j, &class) in classes.iter().enumerate() {
+        let score = pass.logits.get(0).get(class as i64);
+        let gradient = pass.input_gradient(&score, j + 1 < classes.len())?;
+        let hwc = gradient.get(0).permute([1, 2, 0]).contiguous().view([-1]);
+        let mut map = Vec::<f32>::try_from(hwc)?;
+        if let Some((cams, _)) = &grad_cam {
+            let mask = returned_map(&cams.maps[j], width, height);
+            for (pixel, &m) in map.chunks_exact_mut(3).zip(&mask) {
+                pixel.iter_mut().for_each(|v| *v *= m);
+            }
+        }
+        maps.push(CamMap {
+            target: class,
+            map,
+            width,
+            height,
+            scaled: false,
+            channels: 3,
+        });
+    }
+    let mut timings = PassTimings {
+        forward_ms,
+        backward_ms: start.elapsed().as_secs_f64() * 1e3,
+    };
+    let layers = match grad_cam {
+        Some((cams, cam_timings)) => {
+            timings.forward_ms += cam_timings.forward_ms;
+            timings.backward_ms += cam_timings.backward_ms;
+            cams.layers
+        }
+        None => vec![],
+    };
+    Ok((
+        CamMaps {
+            probabilities,
+            method: ask.method,
+            layers,
+            maps,
+        },
+        timings,
     ))
 }
 
@@ -662,6 +753,7 @@ fn sobel_edges(
             width,
             height,
             scaled: true,
+            channels: 1,
         })
         .collect();
     let backward_ms = start.elapsed().as_secs_f64() * 1e3;

@@ -29,7 +29,8 @@ pub enum Backend {
     "layer2.1", "layer3.0", "layer3.1", "layer4.0", "layer4.1"], "default_layer": "layer4",
     "input_size": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
     "weights": "demo-random", "methods": [{"name": "gradcam", "reference": "GradCAM",
-    "takes_layer": true, "gradient": true, "cost": "one forward and one backward pass per target",
+    "takes_layer": true, "channels": 1, "gradient": true,
+    "cost": "one forward and one backward pass per target",
     "options": ["eigen_smooth", "aug_smooth"]}]}))]
 pub struct ModelDescription {
     /// The model's name: torchvision's architecture for a ResNet (`resnet50`,

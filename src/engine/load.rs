@@ -181,8 +181,8 @@ fn describe(
 }
 
 /// The methods this network can run here: the eigen ones (and `eigen_smooth`) need the
-/// system's LAPACK, AblationCAM only the layers whose channels it can find, and FullGrad
-/// a network that reaches its biases.
+/// system's LAPACK, AblationCAM only the layers whose channels it can find, FullGrad a
+/// network that reaches its biases, the guided methods one that can guide its ReLUs.
 fn methods(network: &dyn Network) -> Vec<MethodInfo> {
     let lapack = crate::cam::lapack::available().is_ok();
     let ablatable: Vec<String> = (0..network.layers().len())
@@ -195,6 +195,7 @@ fn methods(network: &dyn Network) -> Vec<MethodInfo> {
         .filter_map(|m| match m {
             Method::AblationCam if ablatable.is_empty() => None,
             Method::FullGrad if !network.reaches_biases() => None,
+            Method::GuidedBackprop | Method::GuidedGradCam if !network.reaches_relus() => None,
             Method::AblationCam if ablatable.len() < network.layers().len() => {
                 Some(m.info(Some(ablatable.clone())))
             }

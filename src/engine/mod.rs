@@ -218,6 +218,9 @@ pub fn finish(
     };
     let top = gradcam::top_k(&raw.probabilities, options.top_k.max(1));
     let draw = |m: &cam::CamMap| {
+        if m.channels == 3 {
+            return render::draw_deprocessed(&m.map, m.width, m.height, &options.overlay);
+        }
         render::draw(
             picture,
             (image.width, image.height),
@@ -229,8 +232,13 @@ pub fn finish(
     let saliency = |m: &cam::CamMap| Saliency {
         width: m.width,
         height: m.height,
-        data: m.map.chunks(m.width.max(1)).map(<[f32]>::to_vec).collect(),
+        data: m
+            .map
+            .chunks((m.width * m.channels).max(1))
+            .map(<[f32]>::to_vec)
+            .collect(),
         scaled: m.scaled,
+        channels: m.channels,
     };
     let first = &raw.maps[0];
     let overlay = draw(first);

@@ -74,6 +74,23 @@ pub trait Network: Send {
     /// maps, the last dimension for tokens; None when AblationCAM cannot tell.
     fn channel_axis(&self, layer: usize) -> Option<i64>;
 
+    /// Whether [`Network::forward_guided`] runs (guided backpropagation can be offered).
+    fn reaches_relus(&self) -> bool {
+        false
+    }
+
+    /// Guided backpropagation: a forward pass with autograd from the input on, every ReLU
+    /// replaced by one whose backward passes only positive gradients where its input was
+    /// positive (pytorch-grad-cam's `GuidedBackpropReLUModel`).
+    fn forward_guided(&self, _input: &Tensor) -> Result<GuidedPass, NetworkError> {
+        Err(NetworkError::Unsupported(
+            "guided backpropagation replaces every ReLU of the model, which only the native \
+             ResNet models allow (an exported file's operations are fixed); choose another \
+             method"
+                .into(),
+        ))
+    }
+
     /// Whether [`Network::forward_with_biases`] runs (FullGrad can be offered).
     fn reaches_biases(&self) -> bool {
         false
@@ -89,6 +106,22 @@ pub trait Network: Send {
              another method"
                 .into(),
         ))
+    }
+}
+
+/// A pass for guided backpropagation ([`Network::forward_guided`]).
+pub struct GuidedPass {
+    /// The input as a leaf that takes a gradient.
+    pub input: Tensor,
+    /// Raw logits `[N, classes]`, part of the autograd graph.
+    pub logits: Tensor,
+}
+
+impl GuidedPass {
+    /// The guided gradient of `score` at the input, `[N, 3, H, W]`.
+    pub fn input_gradient(&self, score: &Tensor, keep_graph: bool) -> Result<Tensor, NetworkError> {
+        let g = Tensor::f_run_backward(&[score], &[&self.input], keep_graph, false)?.remove(0);
+        Ok(or_zeros(g, &self.input))
     }
 }
 

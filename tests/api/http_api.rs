@@ -1278,6 +1278,83 @@ fn fullgrad_and_sobelcam_take_no_layer() {
     assert!(e.saliency.data.concat().iter().all(|&v| v == 0.0));
 }
 
+/// Guided backpropagation and Guided Grad-CAM: three signed channels at the input's size
+/// (rows of r, g, b per pixel), and as overlay the deprocessed picture of that map.
+#[test]
+fn guided_methods_answer_three_channels_and_their_picture() {
+    let server = Server::start(&[]);
+    let image = png(300, 200);
+    let answer = |query: &str| -> Explanation {
+        server
+            .explain(query, image.clone(), "a.png")
+            .json()
+            .unwrap()
+    };
+    let backprop = answer("?method=guided-backprop&target=3");
+    let s = &backprop.saliency;
+    assert_eq!(
+        (s.width, s.height, s.channels, s.scaled),
+        (224, 224, 3, false)
+    );
+    assert_eq!(s.data.len(), 224);
+    assert!(s.data.iter().all(|row| row.len() == 224 * 3));
+    let values = s.data.concat();
+    assert!(values.iter().any(|&v| v > 0.0) && values.iter().any(|&v| v < 0.0));
+    assert_eq!(backprop.model.target_layer, "", "no layer");
+    let picture = backprop.overlay_image.as_ref().unwrap();
+    assert_eq!(
+        (picture.kind.as_str(), picture.width, picture.height),
+        ("deprocessed", 224, 224)
+    );
+    let png_bytes = base64::engine::general_purpose::STANDARD
+        .decode(backprop.overlay_png.as_ref().unwrap())
+        .unwrap();
+    let decoded = image::load_from_memory(&png_bytes).unwrap().to_rgb8();
+    assert_eq!(
+        decoded.as_raw(),
+        &gradcam_serve::render::deprocess_image(&values),
+        "the picture is deprocess_image of the map"
+    );
+    assert_eq!(
+        answer("?method=guided-backprop&target=3&layer=layer3").saliency,
+        backprop.saliency,
+        "layer does not apply"
+    );
+    assert_ne!(
+        answer("?method=guided-backprop&target=4").saliency,
+        backprop.saliency
+    );
+
+    // Guided Grad-CAM: the same gradients times a map in [0, 1]: zero where they are,
+    // never larger, and not everywhere the same.
+    let guided_cam = answer("?method=guided-gradcam&target=3&layer=layer3");
+    assert_eq!(guided_cam.model.target_layer, "layer3");
+    assert_eq!(guided_cam.saliency.channels, 3);
+    let product = guided_cam.saliency.data.concat();
+    assert_ne!(product, values);
+    for (p, g) in product.iter().zip(&values) {
+        assert!(
+            p.abs() <= g.abs() && (*g != 0.0 || *p == 0.0),
+            "{p} from {g}"
+        );
+    }
+    let r = client()
+        .post(format!("{}/explain?method=guided-gradcam", server.url))
+        .header("accept", "image/png")
+        .multipart(reqwest::blocking::multipart::Form::new().part(
+            "image",
+            reqwest::blocking::multipart::Part::bytes(image.clone()).file_name("a.png"),
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let picture = image::load_from_memory(&r.bytes().unwrap()).unwrap();
+    assert_eq!((picture.width(), picture.height()), (224, 224));
+    assert!(answer("?method=guided-backprop&overlay=false")
+        .overlay_png
+        .is_none());
+}
+
 #[test]
 fn method_refusals_say_what_is_allowed() {
     let server = Server::start(&[]);

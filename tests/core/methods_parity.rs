@@ -3,7 +3,7 @@
 //! without eigen_smooth, aug_smooth, two layers at once and three targets at once, and the
 //! options only some methods take (RandomCAM's seed, FinerCAM's comparisons, RefineCAM's
 //! base method over one to three layers, KPCA-CAM's kernels); FullGrad and SobelCAM, which
-//! take no layer.
+//! take no layer; guided backpropagation and Guided Grad-CAM, with their pictures.
 //!
 //! The reference comes from tests/reference/methods_reference.py (run by `make test`
 //! through make_reference.py); without it these tests are ignored, never passed.
@@ -46,7 +46,11 @@ struct Map {
     explained_class: usize,
     raw_map: Option<Vec<Vec<f32>>>,
     offset: usize,
-    size: [usize; 2],
+    /// `[h, w]`, or `[h, w, 3]` for the guided methods.
+    size: Vec<usize>,
+    /// The guided methods: pytorch-grad-cam's `deprocess_image` of the map.
+    #[serde(default)]
+    deprocessed: Option<Vec<u8>>,
 }
 
 /// The reference directory and, per architecture, its cases and its maps.
@@ -210,9 +214,27 @@ fn check_case(
                 "{what}: raw map off by {e:e} (allowed {allowed:e})"
             );
         }
-        let [h, w] = want.size;
+        let (h, w) = (want.size[0], want.size[1]);
         let returned = cam::returned_map(m, w, h);
-        let e = worst(&returned, &blob[want.offset..want.offset + w * h]);
+        let n: usize = want.size.iter().product();
+        assert_eq!(returned.len(), n, "{what}: the map's size");
+        let e = worst(&returned, &blob[want.offset..want.offset + n]);
+        if let Some(picture) = &want.deprocessed {
+            // Bytes truncated from floats that agree to rounding: at most one apart, and
+            // that rarely.
+            let ours = gradcam_serve::render::deprocess_image(&returned);
+            let apart: Vec<i32> = ours
+                .iter()
+                .zip(picture)
+                .map(|(&a, &b)| (a as i32 - b as i32).abs())
+                .collect();
+            let off = apart.iter().filter(|&&d| d > 0).count();
+            assert!(
+                apart.iter().all(|&d| d <= 1) && off * 1000 <= apart.len(),
+                "{what}: deprocessed picture: {off} of {} bytes differ",
+                apart.len()
+            );
+        }
         eprintln!("{e:.2e} {what}");
         assert!(
             e <= allowed,
@@ -223,7 +245,7 @@ fn check_case(
     report
 }
 
-const ONE_PASS: [&str; 16] = [
+const ONE_PASS: [&str; 18] = [
     "gradcam",
     "hirescam",
     "gradcam-elementwise",
@@ -240,6 +262,8 @@ const ONE_PASS: [&str; 16] = [
     "kpcacam",
     "fullgrad",
     "sobelcam",
+    "guided-backprop",
+    "guided-gradcam",
 ];
 
 /// With batch norm unfolded the network runs pytorch-grad-cam's very operations.

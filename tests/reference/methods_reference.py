@@ -17,7 +17,9 @@ for GradCAM++, EigenCAM, RandomCAM and ShapleyCAM; RandomCAM with another seed a
 with other comparison categories and alpha (the `options` of a case); RefineCAM over one to
 three layers with its default base method (GradCAM++) and others; KPCA-CAM with each kernel;
 FullGrad (no layer: layers []) top-1, forced, on noise.png, eigen_smooth and aug_smooth;
-SobelCAM (no layer either) on three images;
+SobelCAM (no layer either) on three images; guided backpropagation top-1 and forced, Guided
+Grad-CAM at layer4 (top-1, forced) and layer3 with eigen_smooth, each with its deprocessed
+picture;
 layer3+layer4 together; three targets of one image; every
 one-pass method at layer3 on a seeded noise image (noise.png), FEM with a forced target too.
 AblationCAM and ScoreCAM rerun the network once per channel (pytorch-grad-cam reruns the
@@ -36,8 +38,9 @@ from PIL import Image
 from pytorch_grad_cam import (AblationCAM, EigenCAM, EigenGradCAM, FEM, FinerCAM, FullGrad,
                               GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM,
                               KPCA_CAM, RandomCAM, RefineCAM, ScoreCAM, ShapleyCAM, XGradCAM)
+from pytorch_grad_cam import GuidedBackpropReLUModel
 from pytorch_grad_cam.sobel_cam import sobel_cam
-from pytorch_grad_cam.utils.image import scale_cam_image
+from pytorch_grad_cam.utils.image import deprocess_image, scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 METHODS = {
@@ -60,13 +63,18 @@ METHODS = {
     "fullgrad": FullGrad,
     # A function, not a CAM class: the edges of the 8-bit image, whatever the class.
     "sobelcam": None,
+    # GuidedBackpropReLUModel, and its product with GradCAM's map (the Grad-CAM paper's
+    # Guided Grad-CAM, as pytorch-grad-cam's cam.py example computes it).
+    "guided-backprop": None,
+    "guided-gradcam": GradCAM,
 }
 # Methods whose map eigen_smooth changes (EigenCAM, EigenGradCAM and FEM ignore it).
 SMOOTHABLE = ["gradcam", "hirescam", "gradcam-elementwise", "gradcam-plusplus", "xgradcam",
               "layercam", "randomcam", "finercam", "shapleycam"]
 # RefineCAM multiplies maps of several layers, FullGrad takes none: their own cases below.
 ONE_PASS = [m for m in METHODS
-            if m not in ("ablationcam", "scorecam", "refinecam", "fullgrad", "sobelcam")]
+            if m not in ("ablationcam", "scorecam", "refinecam", "fullgrad", "sobelcam",
+                         "guided-backprop", "guided-gradcam")]
 LAYERS = {"layer4": lambda m: m.layer4[-1], "layer3": lambda m: m.layer3[-1]}
 # Only RefineCAM's cases reach this far back (it is made for early layers).
 LAYER2 = {"layer2": lambda m: m.layer2[-1]}
@@ -106,7 +114,16 @@ def methods_reference(out_dir, arch, weights, model, images, to_input, recorder)
         entries = []
         for target in targets:
             recorder.maps.clear()
-            if method == "sobelcam":
+            if method in ("guided-backprop", "guided-gradcam"):
+                # A fresh input each time: the model sets requires_grad on the tensor it is
+                # given and its .grad would add up over calls.
+                gb = GuidedBackpropReLUModel(model=model, device="cpu")(x.clone(), target)
+                if method == "guided-gradcam":
+                    t = None if target is None else [ClassifierOutputTarget(target)]
+                    mask = cam(input_tensor=x, targets=t, eigen_smooth=eigen, aug_smooth=aug)[0]
+                    gb = np.stack([mask, mask, mask], axis=-1) * gb
+                returned = gb
+            elif method == "sobelcam":
                 # sobel_cam of the 8-bit RGB image the model sees, scaled as every returned
                 # map is (the server's convention for it).
                 returned = scale_cam_image(np.float32(sobel_cam(rgb))[None])[0]
@@ -135,9 +152,13 @@ def methods_reference(out_dir, arch, weights, model, images, to_input, recorder)
                 returned = cam(input_tensor=x, targets=t, eigen_smooth=eigen, aug_smooth=aug)[0]
             returned = np.ascontiguousarray(returned, dtype="<f4")
             blob.write(returned.tobytes())
-            one_layer = len(layers) == 1 and not aug and method != "refinecam"
+            one_layer = (len(layers) == 1 and not aug
+                         and method not in ("refinecam", "guided-gradcam"))
             raw = recorder.maps[0][0] if one_layer else None
             entries.append({
+                # The guided methods' picture: deprocess_image of the map.
+                "deprocessed": (deprocess_image(returned).reshape(-1).tolist()
+                                if method.startswith("guided") else None),
                 "explained_class": target if target is not None else top5[0],
                 "raw_map": None if raw is None else np.float32(raw).tolist(),
                 "offset": offset,
@@ -199,6 +220,11 @@ def methods_reference(out_dir, arch, weights, model, images, to_input, recorder)
         run(arch, weights, model, image, "fullgrad", [], [target])
     run(arch, weights, model, 0, "fullgrad", [], [None], eigen=True)
     run(arch, weights, model, 1, "fullgrad", [], [None], aug=True)
+    # Guided backpropagation, and Guided Grad-CAM at both layers and with eigen_smooth.
+    for image, target in ((0, None), (1, forced)):
+        run(arch, weights, model, image, "guided-backprop", [], [target])
+        run(arch, weights, model, image, "guided-gradcam", ["layer4"], [target])
+    run(arch, weights, model, 0, "guided-gradcam", ["layer3"], [None], eigen=True)
     # SobelCAM: the same edges whatever the class.
     for image, target in ((0, None), (1, forced), (-1, None)):
         run(arch, weights, model, image, "sobelcam", [], [target])

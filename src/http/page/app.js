@@ -169,10 +169,11 @@
         })
       );
       // Every method the server runs on this model (its default first), named as
-      // pytorch-grad-cam names it, with what it costs.
+      // pytorch-grad-cam names it, with what it costs; not yet the three-channel (guided)
+      // ones, whose picture is not a heat map to blend here.
       if (Array.isArray(model.methods) && model.methods.length) {
         $('method').replaceChildren(
-          ...model.methods.map((m) => {
+          ...model.methods.filter((m) => (m.channels || 1) === 1).map((m) => {
             const o = new Option(`${m.reference} (${m.name})`, m.name);
             o.title = m.cost;
             return o;

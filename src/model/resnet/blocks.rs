@@ -189,13 +189,24 @@ impl Block {
     /// [`Block::forward_exact`], pushing each convolution's output (after its batch norm)
     /// onto `kept`, in the order of [`Block::convs`].
     pub(super) fn forward_exact_keeping(&self, x: &Tensor, kept: &mut Vec<Tensor>) -> Tensor {
+        self.forward_exact_with(x, kept, &Tensor::relu)
+    }
+
+    /// [`Block::forward_exact_keeping`] with `relu` in place of each ReLU (guided
+    /// backpropagation's).
+    pub(super) fn forward_exact_with(
+        &self,
+        x: &Tensor,
+        kept: &mut Vec<Tensor>,
+        relu: &dyn Fn(&Tensor) -> Tensor,
+    ) -> Tensor {
         let mut y = x.shallow_clone();
         let last = self.convs.len() - 1;
         for (i, conv) in self.convs.iter().enumerate() {
             y = conv.forward_exact(&y);
             kept.push(y.shallow_clone());
             if i < last {
-                y = y.relu();
+                y = relu(&y);
             }
         }
         let shortcut = match &self.downsample {
@@ -206,7 +217,7 @@ impl Block {
             }
             None => x.shallow_clone(),
         };
-        (y + shortcut).relu()
+        relu(&(y + shortcut))
     }
 
     pub(super) fn convs_mut(&mut self) -> impl Iterator<Item = &mut ConvBn> {

@@ -10,6 +10,7 @@
 
 mod architecture;
 mod blocks;
+mod guided;
 mod onednn;
 mod random;
 
@@ -22,7 +23,7 @@ pub use architecture::{known_architectures, Architecture, BlockKind, Layer, Mode
 use blocks::{BatchNorm, Block, ConvBn};
 pub use random::random_tensors;
 
-use super::{BiasPass, Needs, Network, NetworkError, Pass};
+use super::{BiasPass, GuidedPass, Needs, Network, NetworkError, Pass};
 use crate::fused::Post;
 
 pub struct ResNet {
@@ -425,6 +426,24 @@ impl Network for ResNet {
             outputs,
             biases,
         })
+    }
+
+    fn reaches_relus(&self) -> bool {
+        true
+    }
+
+    /// The exact path from the input on, every ReLU (the stem's, and each block's, the
+    /// last after the shortcut add included: torchvision's `nn.ReLU` modules) guided.
+    fn forward_guided(&self, input: &Tensor) -> Result<GuidedPass, NetworkError> {
+        let guided = |t: &Tensor| guided::guided_relu(t).expect("libtorch runs the guided ReLU");
+        let input = input.detach().set_requires_grad(true);
+        let stem = guided::guided_relu(&self.stem.forward_exact(&input))?;
+        let mut x = stem.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+        for block in &self.blocks {
+            x = block.forward_exact_with(&x, &mut Vec::new(), &guided);
+        }
+        let logits = self.head(&x);
+        Ok(GuidedPass { input, logits })
     }
 
     fn channel_axis(&self, _layer: usize) -> Option<i64> {
