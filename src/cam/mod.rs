@@ -336,11 +336,8 @@ pub fn compute(
                 // ShapleyCAM's `grads - 0.5 * hvp`, in float32 as torch computes it.
                 let (g, hvp) = network
                     .gradients_and_curvature(&pass, &score, retain)
-                    .map_err(|e| match e {
-                        // A model without second derivatives: the request's fault, not ours.
-                        NetworkError::Unsupported(why) => GradCamError::Unsupported(why),
-                        e => e.into(),
-                    })?;
+                    // A model without second derivatives: the request's fault, not ours.
+                    .map_err(refused)?;
                 g.iter().zip(&hvp).map(|(g, h)| g - h * 0.5).collect()
             } else {
                 network.gradients(&pass, &score, retain)?
@@ -567,10 +564,7 @@ fn full_grad(
     let size = batch.size();
     let (images, height, width) = (size[0] as usize, size[2] as usize, size[3] as usize);
     let start = Instant::now();
-    let pass = network.forward_with_biases(batch).map_err(|e| match e {
-        NetworkError::Unsupported(why) => GradCamError::Unsupported(why),
-        e => e.into(),
-    })?;
+    let pass = network.forward_with_biases(batch).map_err(refused)?;
     let forward_ms = start.elapsed().as_secs_f64() * 1e3;
 
     let start = Instant::now();
@@ -662,10 +656,7 @@ fn guided(
     let size = input.size();
     let (height, width) = (size[2] as usize, size[3] as usize);
     let start = Instant::now();
-    let pass = network.forward_guided(input).map_err(|e| match e {
-        NetworkError::Unsupported(why) => GradCamError::Unsupported(why),
-        e => e.into(),
-    })?;
+    let pass = network.forward_guided(input).map_err(refused)?;
     let forward_ms = start.elapsed().as_secs_f64() * 1e3;
     let start = Instant::now();
     let probabilities = Vec::<f32>::try_from(pass.logits.detach().get(0).softmax(-1, Kind::Float))?;
@@ -769,6 +760,15 @@ fn sobel_edges(
             backward_ms,
         },
     ))
+}
+
+/// A network's "this model cannot" as the request's refusal (422) where the method asked
+/// for needs what the network lacks; its other failures stay ours.
+fn refused(e: NetworkError) -> GradCamError {
+    match e {
+        NetworkError::Unsupported(why) => GradCamError::Unsupported(why),
+        e => e.into(),
+    }
 }
 
 /// A row-major map mirrored left to right.
