@@ -182,10 +182,12 @@ METHODS = {
     "shapleycam": "ShapleyCAM", "refinecam": "RefineCAM", "kpcacam": "KPCA_CAM",
     "fullgrad": "FullGrad", "sobelcam": "sobel_cam",
     "guided-backprop": "GuidedBackpropReLUModel", "guided-gradcam": "GuidedGradCAM",
+    "sess": "SESS", "dff": "DeepFeatureFactorization",
 }
 # FullGrad min-max scales and resizes every channel of every batch norm (26,560 maps of
 # 224 x 224 on a ResNet-50): seconds a call, so timed like the per-channel methods.
-SLOW = ("ablationcam", "scorecam", "fullgrad")
+# SESS explains 122 windows of 12 scales with its base method.
+SLOW = ("ablationcam", "scorecam", "fullgrad", "sess")
 
 
 def methods_table(weights, x, runs, slow_runs):
@@ -219,6 +221,11 @@ def methods_table(weights, x, runs, slow_runs):
                 mask = cam(input_tensor=input_tensor, targets=targets)[0]
                 return np.stack([mask] * 3, axis=-1) * guided(input_tensor.clone(), None)
             return guided_gradcam
+        if cls == "DeepFeatureFactorization":
+            # run_dff_on_image's: five concepts, the classifier on each.
+            dff = pytorch_grad_cam.DeepFeatureFactorization(
+                model=model, target_layer=model.layer4[-1], computation_on_concepts=model.fc)
+            return lambda input_tensor, targets: dff(input_tensor, 5)
         # FullGrad takes every bias layer, and warns when given a layer.
         layers = [] if cls == "FullGrad" else [model.layer4[-1]]
         return getattr(pytorch_grad_cam, cls)(model=model, target_layers=layers)

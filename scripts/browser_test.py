@@ -428,9 +428,8 @@ def main():
             assert chosen.get_attribute("value") == model["default_layer"]
             offered = [(o.get_attribute("value"), o.text)
                        for o in Select(driver.find_element(By.ID, "method")).options]
-            # Every one-channel method (the guided ones' pictures are not drawn here yet).
-            listed = [(m["name"], f'{m["reference"]} ({m["name"]})') for m in model["methods"]
-                      if m["channels"] == 1]
+            # Every method the server runs on the model.
+            listed = [(m["name"], f'{m["reference"]} ({m["name"]})') for m in model["methods"]]
             assert offered == listed, (offered, listed)
             assert len(offered) >= 10 and offered[0][0] == "gradcam", offered
             assert not driver.find_element(By.ID, "token-field").is_displayed(), \
@@ -504,6 +503,29 @@ def main():
             wait(driver, lambda d: settled(d) and state(d, "answer.method") == "gradcam",
                  "the Grad-CAM answer again")
             return f"EigenCAM's map equals the API's for class {target}"
+
+        def pictures_the_server_draws():
+            # Guided backpropagation (deprocess_image) and DFF (concepts and a legend): the
+            # canvas is the server's picture, byte for byte.
+            method = Select(driver.find_element(By.ID, "method"))
+            shown = []
+            for name in ("guided-backprop", "dff"):
+                method.select_by_value(name)
+                wait(driver, lambda d: settled(d) and state(d, "answer.method") == name,
+                     f"the {name} answer")
+                target = state(driver, "answer.target.class_index")
+                status, _, api = post_explain(server, photo_png, {
+                    "method": name, "target": str(target), "layer": model["default_layer"],
+                    "resize": driver.find_element(By.ID, "resize").get_attribute("value")})
+                assert status == 200, api
+                diff = compare_canvas(driver, base64.b64decode(api["overlay_png"]))
+                assert diff.get("max") == 0, f"{name}: canvas vs server picture: {diff}"
+                shown.append(f'{name} {api["overlay_image"]["width"]}x'
+                             f'{api["overlay_image"]["height"]}')
+            method.select_by_value("gradcam")
+            wait(driver, lambda d: settled(d) and state(d, "answer.method") == "gradcam",
+                 "the Grad-CAM answer again")
+            return ", ".join(shown)
 
         def slider_needs_no_request():
             requests = server.explain_requests()
@@ -601,6 +623,8 @@ def main():
         checks.run("click the second class: target shown, picture changed", second_class)
         checks.run("choose EigenCAM: the page explains with it, as the API does",
                    another_method)
+        checks.run("guided backpropagation and DFF: the canvas is the server's picture",
+                   pictures_the_server_draws)
         checks.run("the opacity slider redraws with no request", slider_needs_no_request)
         checks.run("centre-crop mode equals the server's overlay", crop_mode)
         checks.run("overlay PNG and JSON download", downloads_work)

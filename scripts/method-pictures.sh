@@ -5,7 +5,7 @@
 # random demo weights, whose maps show the method, not a trained network's reasoning.
 # ScoreCAM is allowed here: 1024 forward passes at layer3 (about a minute on two cores).
 # RefineCAM multiplies its base method's maps at layer2, layer3 and layer4 (made for early
-# layers).
+# layers). DFF factorizes layer4, the layer whose concepts the classifier can name.
 set -euo pipefail
 BIN=${BIN:-target/release/gradcam-serve}
 WEIGHTS=${WEIGHTS:-weights/resnet50.safetensors}
@@ -21,7 +21,11 @@ all=$("$BIN" model --weights "$WEIGHTS" "${extra[@]}" --allow-scorecam |
 for method in ${METHODS:-$all}; do
   "$BIN" explain docs/chelsea.jpg --weights "$WEIGHTS" "${extra[@]}" --method "$method" \
     --allow-scorecam \
-    --layer "$([ "$method" = refinecam ] && echo layer2,layer3,layer4 || echo "$LAYER")" \
+    --layer "$(case "$method" in
+      refinecam) echo layer2,layer3,layer4 ;;
+      dff) echo layer4 ;;
+      *) echo "$LAYER" ;;
+    esac)" \
     --out "$out/$method.png" >/dev/null
   echo "$out/$method.png"
 done

@@ -270,6 +270,48 @@ pub const JET: [[u8; 3]; 256] = [
     [128, 0, 0],
 ];
 
+/// matplotlib's `gist_rainbow` colormap, its 256-entry lookup table as matplotlib builds
+/// it (`LinearSegmentedColormap`, N = 256): the colour of `cmap(x)` for x in [0, 1).
+/// pytorch-grad-cam colours Deep Feature Factorization's concepts with it.
+pub fn gist_rainbow(x: f64) -> [f64; 3] {
+    // (position, red, green, blue): matplotlib's `_gist_rainbow_data`.
+    const DATA: [(f64, [f64; 3]); 8] = [
+        (0.000, [1.00, 0.00, 0.16]),
+        (0.030, [1.00, 0.00, 0.00]),
+        (0.215, [1.00, 1.00, 0.00]),
+        (0.400, [0.00, 1.00, 0.00]),
+        (0.586, [0.00, 1.00, 1.00]),
+        (0.770, [0.00, 0.00, 1.00]),
+        (0.954, [1.00, 0.00, 1.00]),
+        (1.000, [1.00, 0.00, 0.75]),
+    ];
+    const N: usize = 256;
+    // `Colormap.__call__`: the table entry int(x * N), clipped.
+    let index = ((x * N as f64) as usize).min(N - 1);
+    if index == 0 {
+        return DATA[0].1;
+    }
+    if index == N - 1 {
+        return DATA[DATA.len() - 1].1;
+    }
+    // `_create_lookup_table`: the entry at linspace(0, 1, N)[index], linear between the
+    // surrounding points (`searchsorted`, left side).
+    let at = index as f64 / (N - 1) as f64;
+    let upper = DATA.iter().position(|&(p, _)| p >= at).expect("at < 1");
+    let ((x0, lo), (x1, hi)) = (DATA[upper - 1], DATA[upper]);
+    let distance = (at - x0) / (x1 - x0);
+    std::array::from_fn(|c| (distance * (hi[c] - lo[c]) + lo[c]).clamp(0.0, 1.0))
+}
+
+/// `show_factorization_on_image`'s colours for `n` concepts: `gist_rainbow` at
+/// `np.arange(0, 1, 1 / n)`, as bytes (`np.uint8(colour * 255)`).
+pub fn concept_colours(n: usize) -> Vec<[u8; 3]> {
+    let step = 1.0 / n as f64;
+    (0..n)
+        .map(|i| gist_rainbow(i as f64 * step).map(|c| (c * 255.0) as u8))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,5 +334,29 @@ mod tests {
             assert!(jet(l + 1)[1] <= jet(l)[1], "green rises at {l}");
             assert!(jet(l + 1)[2] <= jet(l)[2], "blue rises at {l}");
         }
+    }
+
+    /// Read off matplotlib 3.11 (`colormaps['gist_rainbow']`) with
+    /// `np.uint8(cmap(i)[:3] * 255) for i in np.arange(0, 1, 1 / n)`.
+    #[test]
+    fn concept_colours_are_matplotlibs() {
+        assert_eq!(
+            concept_colours(5),
+            [
+                [255, 0, 40],
+                [255, 234, 0],
+                [0, 255, 0],
+                [0, 235, 255],
+                [41, 0, 255]
+            ]
+        );
+        assert_eq!(
+            concept_colours(3),
+            [[255, 0, 40], [91, 255, 0], [0, 143, 255]]
+        );
+        let sixteen = concept_colours(16);
+        assert_eq!(sixteen[1], [255, 45, 0]);
+        assert_eq!(sixteen[7], [0, 255, 53]);
+        assert_eq!(sixteen[15], [237, 0, 255]);
     }
 }

@@ -82,14 +82,31 @@ impl TargetMap {
     }
 }
 
+/// One concept of Deep Feature Factorization (`method=dff`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct ConceptMap {
+    /// Where the image shows it: the concept's row of the factorization, scaled to [0, 1]
+    /// and resized to the model input's size (pytorch-grad-cam's explanation for it).
+    pub saliency: Saliency,
+    /// The classes the classifier gives its embedding, most probable first (softmax over
+    /// the classes; `concept_top_k` of them). Empty where the layer is not the one the
+    /// classifier reads (a ResNet's last block, `layer4`).
+    pub classes: Vec<ClassScore>,
+    /// Its colour in the overlay and its legend, `#rrggbb` (matplotlib's `gist_rainbow`,
+    /// as pytorch-grad-cam's `show_factorization_on_image`).
+    pub colour: String,
+}
+
 /// What the answer says of its overlay image (`overlay_image`): the bytes are in the field
 /// its format names (`overlay_png`, `overlay_jpeg` or `overlay_webp`).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
 #[schema(example = json!({"kind": "blend", "media_type": "image/png", "field": "overlay_png", "width": 960, "height": 720}))]
 pub struct OverlayImage {
-    /// `blend` (the heat map over the picture), `heatmap` (the coloured map alone) or
+    /// `blend` (the heat map over the picture), `heatmap` (the coloured map alone),
     /// `deprocessed` (the guided methods: their three-channel map as a picture,
-    /// pytorch-grad-cam's `deprocess_image`, at the model input's size).
+    /// pytorch-grad-cam's `deprocess_image`, at the model input's size) or `concepts`
+    /// (`dff`: each pixel coloured by its strongest concept over the image the model saw,
+    /// with a legend of the concepts' classes to its right: twice as wide).
     pub kind: String,
     /// `image/png`, `image/jpeg` or `image/webp`.
     pub media_type: String,
@@ -106,6 +123,7 @@ impl From<&EncodedOverlay> for OverlayImage {
             kind: match overlay.kind {
                 Drawn::Heatmap => "heatmap",
                 Drawn::Deprocessed => "deprocessed",
+                Drawn::Concepts => "concepts",
                 Drawn::Blend => "blend",
             }
             .into(),
@@ -198,6 +216,11 @@ pub struct Explanation {
     /// `target` and `saliency` again). Absent for one target.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub maps: Option<Vec<TargetMap>>,
+    /// `method=dff`: the concepts Deep Feature Factorization found (`n_components` of
+    /// them), each with its map and the classes it votes for. `saliency` is then each
+    /// pixel's strongest concept, the same whatever the class. Absent for other methods.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub concepts: Option<Vec<ConceptMap>>,
     /// The uploaded image's size, after EXIF orientation.
     pub image: ImageSize,
     pub model: ModelInfo,
@@ -275,6 +298,7 @@ mod tests {
             },
             method: "gradcam".into(),
             maps: None,
+            concepts: None,
             image: ImageSize {
                 width: 5,
                 height: 4,

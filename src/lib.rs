@@ -15,14 +15,15 @@
 //! 8. `gradcam`: batched Grad-CAM on any network
 //! 9. `cam`: every CAM method, pytorch-grad-cam's map scaling
 //! 10. `render`: the overlay image and its options
-//! 11. `explanation`: the answer's shape
-//! 12. `config`: the settings
-//! 13. `options`: what a request may choose, checked against the model and the settings
-//! 14. `engine`: the `Explainer` trait the workers call, loading a model, one explanation end to end
-//! 15. `worker`: model threads behind a bounded queue
-//! 16. `http`: the HTTP API
-//! 17. `server`: start-up and shutdown of the service
-//! 18. `cli`: the commands
+//! 11. `factorization`: Deep Feature Factorization's overlay, concepts and their legend
+//! 12. `explanation`: the answer's shape
+//! 13. `config`: the settings
+//! 14. `options`: what a request may choose, checked against the model and the settings
+//! 15. `engine`: the `Explainer` trait the workers call, loading a model, one explanation end to end
+//! 16. `worker`: model threads behind a bounded queue
+//! 17. `http`: the HTTP API
+//! 18. `server`: start-up and shutdown of the service
+//! 19. `cli`: the commands
 
 pub mod cam;
 pub mod cli;
@@ -30,6 +31,7 @@ pub mod colormap;
 pub mod config;
 pub mod engine;
 pub mod explanation;
+pub mod factorization;
 pub mod fused;
 pub mod gradcam;
 pub mod http;

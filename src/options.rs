@@ -88,8 +88,10 @@ pub struct ExplainOptions {
     /// `comparison_categories`, `finer_alpha`), `shapleycam`, `refinecam` (the product of
     /// `base_method`'s maps at the layers, `layer=layer3,layer4`), `kpcacam` (kernel PCA of
     /// the activations: `kernel`, `gamma`), `fullgrad` (input and bias gradients of the whole
-    /// network, no `layer`; native ResNet models only) and `sobelcam` (the image's edges,
-    /// whatever the class: a baseline). `GET /model` lists the methods the loaded model
+    /// network, no `layer`; native ResNet models only), `sobelcam` (the image's edges,
+    /// whatever the class: a baseline), `guided-backprop` and `guided-gradcam` (three
+    /// channels at the input's size; native ResNet models only) and `sess` (`base_method`'s
+    /// maps of 122 windows at 12 scales, fused: costly). `GET /model` lists the methods the loaded model
     /// runs, with the options each takes. Default: the server's setting, `gradcam` unless
     /// changed.
     // The pattern of the spec is made from `Method::ALL` (`http::model_spec`).
@@ -137,9 +139,11 @@ pub struct ExplainOptions {
     #[schema(nullable = false, minimum = 0.0, maximum = 10.0)]
     #[arg(long)]
     pub finer_alpha: Option<f32>,
-    /// `refinecam`'s `base_method`: the method whose map at each layer it multiplies, any
-    /// with a layer map (not `finercam`, `refinecam`, `fullgrad` or `sobelcam`). Ignored by the other methods. Default
-    /// `gradcam-plusplus`, as pytorch-grad-cam's.
+    /// `refinecam`'s and `sess`'s `base_method`: the method whose map at each layer
+    /// `refinecam` multiplies, or of each window `sess` fuses; any with a layer map (not
+    /// `finercam`, `refinecam`, `sess`, `fullgrad`, `sobelcam` or the guided methods).
+    /// Ignored by the other methods. Default `gradcam-plusplus` for `refinecam`, `gradcam`
+    /// for `sess`, as pytorch-grad-cam's.
     // The pattern of the spec is made from `Method::refinable` (`http::model_spec`).
     #[param(value_type = Option<String>)]
     #[schema(value_type = String, required = false)]
@@ -159,6 +163,19 @@ pub struct ExplainOptions {
     #[schema(nullable = false, exclusive_minimum = 0.0, maximum = 1000.0)]
     #[arg(long)]
     pub gamma: Option<f64>,
+    /// `dff`'s number of concepts, 1..=16 (scikit-learn's NMF `n_components`). Ignored by
+    /// the other methods. Default 5, as pytorch-grad-cam's `run_dff_on_image`.
+    #[param(minimum = 1, maximum = 16)]
+    #[schema(nullable = false, minimum = 1, maximum = 16)]
+    #[arg(long)]
+    pub n_components: Option<usize>,
+    /// `dff`'s classes listed per concept, 1..=5 (pytorch-grad-cam's `top_k` of
+    /// `create_labels_legend`; `top_k` here is the prediction's). Ignored by the other
+    /// methods. Default 2.
+    #[param(minimum = 1, maximum = 5)]
+    #[schema(nullable = false, minimum = 1, maximum = 5)]
+    #[arg(long)]
+    pub concept_top_k: Option<usize>,
 }
 
 impl std::str::FromStr for OverlayKind {
@@ -319,7 +336,7 @@ serde_as_text!(ClassList);
 serde_as_text!(LayerList);
 
 /// The options' names, as the query and the form spell them.
-pub const NAMES: [&str; 18] = [
+pub const NAMES: [&str; 20] = [
     "target",
     "top_k",
     "alpha",
@@ -338,6 +355,8 @@ pub const NAMES: [&str; 18] = [
     "base_method",
     "kernel",
     "gamma",
+    "n_components",
+    "concept_top_k",
 ];
 
 /// A refused option: which, the value given, and what it must be.
@@ -431,6 +450,22 @@ impl ExplainOptions {
                         .ok_or_else(|| err("must be a whole number in 1..=10"))?,
                 )
             }
+            "n_components" => {
+                self.n_components = Some(
+                    v.parse::<usize>()
+                        .ok()
+                        .filter(|k| N_COMPONENTS.contains(k))
+                        .ok_or_else(|| err("must be a whole number in 1..=16"))?,
+                )
+            }
+            "concept_top_k" => {
+                self.concept_top_k = Some(
+                    v.parse::<usize>()
+                        .ok()
+                        .filter(|k| CONCEPT_TOP_K.contains(k))
+                        .ok_or_else(|| err("must be a whole number in 1..=5"))?,
+                )
+            }
             "seed" => {
                 self.seed = Some(
                     v.parse()
@@ -500,6 +535,8 @@ impl ExplainOptions {
         self.base_method = o.base_method.or(self.base_method);
         self.kernel = o.kernel.or(self.kernel);
         self.gamma = o.gamma.or(self.gamma);
+        self.n_components = o.n_components.or(self.n_components);
+        self.concept_top_k = o.concept_top_k.or(self.concept_top_k);
     }
 
     /// The options in force: these, else the defaults, checked against the model.
@@ -563,7 +600,7 @@ impl ExplainOptions {
         let method = self.method.unwrap_or(defaults.method);
         let params = self.method_params(classes)?;
         if method.per_layer(&params) == Method::ScoreCam && !defaults.allow_scorecam {
-            let option = if method == Method::RefineCam {
+            let option = if method != Method::ScoreCam {
                 "base_method"
             } else {
                 "method"
@@ -645,13 +682,9 @@ impl ExplainOptions {
                 "must be a number in 0..=10",
             ));
         }
-        let base_method = self.base_method.unwrap_or(defaults.base_method);
-        if !base_method.refinable() {
-            return Err(OptionError::new(
-                "base_method",
-                base_method,
-                base_method_reason(),
-            ));
+        let base_method = self.base_method.or(defaults.base_method);
+        if let Some(m) = base_method.filter(|m| !m.refinable()) {
+            return Err(OptionError::new("base_method", m, base_method_reason()));
         }
         if let Some(g) = self.gamma.filter(|g| !gamma_in_range(*g)) {
             return Err(OptionError::new("gamma", g, GAMMA_RANGE));
@@ -663,6 +696,8 @@ impl ExplainOptions {
             seed: self.seed.unwrap_or(defaults.seed),
             comparison_categories,
             finer_alpha: self.finer_alpha.unwrap_or(defaults.finer_alpha),
+            n_components: self.n_components.unwrap_or(defaults.n_components),
+            concept_top_k: self.concept_top_k.unwrap_or(defaults.concept_top_k),
         })
     }
 }
@@ -687,6 +722,9 @@ const GAMMA_RANGE: &str = "must be a number above 0 and at most 1000";
 
 /// The values `finer_alpha` may take.
 const FINER_ALPHA: std::ops::RangeInclusive<f32> = 0.0..=10.0;
+/// `n_components` and `concept_top_k`: what a legend beside the picture can show.
+const N_COMPONENTS: std::ops::RangeInclusive<usize> = 1..=16;
+const CONCEPT_TOP_K: std::ops::RangeInclusive<usize> = 1..=5;
 
 /// The layers for a message: all of them when few, else the first and last few.
 fn layer_summary(layers: &[String]) -> String {
@@ -876,6 +914,8 @@ mod tests {
             "base_method" => "gradcam",
             "kernel" => "rbf",
             "gamma" => "0.01",
+            "n_components" => "3",
+            "concept_top_k" => "4",
             other => panic!("no sample value for option `{other}`: add one here"),
         }
     }

@@ -34,6 +34,8 @@ pub enum Drawn {
     /// A guided method's three-channel map as a picture (pytorch-grad-cam's
     /// `deprocess_image`): what `overlay=true` and `overlay=heatmap` give for them.
     Deprocessed,
+    /// Deep Feature Factorization's concepts over the picture, with their legend.
+    Concepts,
 }
 
 /// How the overlay image is encoded.

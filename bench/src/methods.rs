@@ -4,7 +4,7 @@
 //!
 //! Each round runs the prediction and every fast method once, in an order rotated from
 //! round to round, so that a drift in the machine's speed touches every column alike.
-//! AblationCAM and ScoreCAM run `slow_runs` times after the rounds.
+//! AblationCAM, ScoreCAM and SESS run `slow_runs` times after the rounds.
 
 use std::path::Path;
 use std::time::Instant;
@@ -21,7 +21,11 @@ use crate::{ask, ms_since, shipped_engine, summarise};
 /// Methods whose cost grows with the layer's channel count (a pass per channel or batch
 /// of channels) rather than one forward and one backward.
 fn is_slow(method: Method) -> bool {
-    matches!(method, Method::AblationCam | Method::ScoreCam)
+    // SESS explains 122 windows: seconds a call.
+    matches!(
+        method,
+        Method::AblationCam | Method::ScoreCam | Method::Sess
+    )
 }
 
 /// One explanation of the top-1 class at layer4 with `method`, as the server runs it:
@@ -63,7 +67,7 @@ pub fn methods_bench(
     let engine = shipped_engine(weights, threads)?;
     let fast: Vec<Method> = Method::ALL.into_iter().filter(|&m| !is_slow(m)).collect();
     eprintln!(
-        "methods: {} libtorch threads, {runs} rounds of prediction + {} methods, then {slow_runs} runs of AblationCAM and ScoreCAM",
+        "methods: {} libtorch threads, {runs} rounds of prediction + {} methods, then {slow_runs} runs of AblationCAM, ScoreCAM and SESS",
         tch::get_num_threads(),
         fast.len()
     );

@@ -73,6 +73,8 @@ pub fn terms(method: Method, activation: &[f32], gradient: &[f32], channels: usi
         | Method::Fem
         | Method::RandomCam
         | Method::RefineCam
+        | Method::Sess
+        | Method::Dff
         | Method::KpcaCam
         | Method::FullGrad
         | Method::SobelCam
@@ -97,13 +99,15 @@ pub fn weighted(weights: &[f32], activation: &[f32]) -> Vec<f32> {
 /// generator (MT19937; each double from two draws, 53 bits).
 pub fn uniform_weights(generator: &mut rand_mt::Mt, channels: usize) -> Vec<f64> {
     (0..channels)
-        .map(|_| {
-            let high = (generator.next_u32() >> 5) as f64;
-            let low = (generator.next_u32() >> 6) as f64;
-            let unit = (high * 67108864.0 + low) / 9007199254740992.0;
-            -1.0 + 2.0 * unit
-        })
+        .map(|_| -1.0 + 2.0 * numpy_double(generator))
         .collect()
+}
+
+/// NumPy's legacy double in [0, 1): 53 bits from two MT19937 draws.
+pub fn numpy_double(generator: &mut rand_mt::Mt) -> f64 {
+    let high = (generator.next_u32() >> 5) as f64;
+    let low = (generator.next_u32() >> 6) as f64;
+    (high * 67108864.0 + low) / 9007199254740992.0
 }
 
 /// `weights[:, None, None] * A` summed over the channels with float64 weights: NumPy

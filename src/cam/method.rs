@@ -53,10 +53,16 @@ pub enum Method {
     GuidedBackprop,
     /// Guided Grad-CAM: guided backpropagation times the Grad-CAM map at the layer.
     GuidedGradCam,
+    /// SESS: a base method's maps of windows of the image at 12 scales, weighted by each
+    /// window's score, fused and blurred.
+    Sess,
+    /// Deep Feature Factorization: the layer's activations factorized (NMF) into concepts,
+    /// each with its map and the classes it votes for.
+    Dff,
 }
 
 impl Method {
-    pub const ALL: [Method; 20] = [
+    pub const ALL: [Method; 22] = [
         Method::GradCam,
         Method::HiResCam,
         Method::GradCamElementWise,
@@ -77,6 +83,8 @@ impl Method {
         Method::SobelCam,
         Method::GuidedBackprop,
         Method::GuidedGradCam,
+        Method::Sess,
+        Method::Dff,
     ];
 
     /// The name the API uses.
@@ -102,6 +110,8 @@ impl Method {
             Method::SobelCam => "sobelcam",
             Method::GuidedBackprop => "guided-backprop",
             Method::GuidedGradCam => "guided-gradcam",
+            Method::Sess => "sess",
+            Method::Dff => "dff",
         }
     }
 
@@ -128,12 +138,15 @@ impl Method {
             Method::SobelCam => "sobel_cam",
             Method::GuidedBackprop => "GuidedBackpropReLUModel",
             Method::GuidedGradCam => "GuidedBackpropReLUModel x GradCAM",
+            Method::Sess => "SESS",
+            Method::Dff => "DeepFeatureFactorization",
         }
     }
 
     /// Whether the method reads the gradient at the layer (a backward pass per target).
     /// RandomCAM does not: pytorch-grad-cam runs a backward pass for it, and ignores it.
-    /// RefineCAM: as its base method does (GradCAM++ by default: yes).
+    /// RefineCAM and SESS: as their base method does (GradCAM++ and Grad-CAM by default:
+    /// yes).
     pub fn uses_gradients(self) -> bool {
         !matches!(
             self,
@@ -144,6 +157,7 @@ impl Method {
                 | Method::RandomCam
                 | Method::KpcaCam
                 | Method::SobelCam
+                | Method::Dff
         )
     }
 
@@ -156,7 +170,7 @@ impl Method {
             // into saturation, and the eigenvector amplifies what rounding is left:
             // resnet50 at layer3 on noise.png was 6.4e-5 of the map off on the fast path,
             // 1.9e-6 on the exact one (tests/core/methods_parity.rs).
-            Method::Fem | Method::KpcaCam => Needs::ExactOutputs,
+            Method::Fem | Method::KpcaCam | Method::Dff => Needs::ExactOutputs,
             m if m.uses_gradients() => Needs::Gradients,
             _ => Needs::Outputs,
         }
@@ -175,13 +189,19 @@ impl Method {
     pub fn augmentable(self) -> bool {
         !matches!(
             self,
-            Method::FinerCam | Method::RefineCam | Method::SobelCam | Method::GuidedBackprop
+            Method::FinerCam
+                | Method::RefineCam
+                | Method::SobelCam
+                | Method::GuidedBackprop
+                | Method::Sess
+                | Method::Dff
         )
     }
 
-    /// Whether RefineCAM may multiply its maps (`base_method`): every method made of one
-    /// layer's map at a time (pytorch-grad-cam's `BaseCAM` subclasses), not FinerCAM
-    /// (another target), RefineCAM itself, nor FullGrad (no layer).
+    /// Whether RefineCAM may multiply its maps and SESS fuse them (`base_method`): every
+    /// method made of one layer's map at a time (pytorch-grad-cam's `BaseCAM`
+    /// subclasses), not FinerCAM (another target), RefineCAM or SESS themselves, nor
+    /// FullGrad (no layer).
     pub fn refinable(self) -> bool {
         !matches!(
             self,
@@ -191,6 +211,8 @@ impl Method {
                 | Method::SobelCam
                 | Method::GuidedBackprop
                 | Method::GuidedGradCam
+                | Method::Sess
+                | Method::Dff
         )
     }
 
@@ -209,12 +231,14 @@ impl Method {
         matches!(self, Method::GuidedBackprop | Method::GuidedGradCam)
     }
 
-    /// The method that makes each layer's map: RefineCAM's base, else the method itself.
+    /// The method that makes each layer's map: RefineCAM's and SESS's base (GradCAM++ and
+    /// Grad-CAM unless the request names one, as pytorch-grad-cam's defaults), else the
+    /// method itself.
     pub fn per_layer(self, params: &MethodParams) -> Method {
-        if self == Method::RefineCam {
-            params.base_method
-        } else {
-            self
+        match self {
+            Method::RefineCam => params.base_method.unwrap_or(Method::GradCamPlusPlus),
+            Method::Sess => params.base_method.unwrap_or(Method::GradCam),
+            _ => self,
         }
     }
 
@@ -230,8 +254,9 @@ impl Method {
         match self {
             Method::RandomCam => options.push("seed"),
             Method::FinerCam => options.extend(["comparison_categories", "finer_alpha"]),
-            Method::RefineCam => options.push("base_method"),
+            Method::RefineCam | Method::Sess => options.push("base_method"),
             Method::KpcaCam => options.extend(["kernel", "gamma"]),
+            Method::Dff => options.extend(["n_components", "concept_top_k"]),
             _ => {}
         }
         options
@@ -269,6 +294,16 @@ impl Method {
             Method::RefineCam => {
                 "its base method's (GradCAM++ by default: one forward and one backward pass \
                  per target), all layers from the same passes"
+            }
+            Method::Dff => {
+                "one forward pass, then a non-negative matrix factorization of the layer's \
+                 activations (scikit-learn's coordinate descent, at most 200 sweeps: about \
+                 30 ms at a ResNet-50's layer4) and the classifier on each concept"
+            }
+            Method::Sess => {
+                "its base method's (Grad-CAM by default) once per window: 122 windows of 12 \
+                 scales at a 224 x 224 input, about 120 times Grad-CAM's cost; bounded by the \
+                 request timeout"
             }
             _ => "one forward and one backward pass per target",
         }
@@ -342,12 +377,20 @@ pub struct MethodParams {
     pub comparison_categories: Vec<usize>,
     /// FinerCAM's `alpha`: how much of each compared class's logit is subtracted.
     pub finer_alpha: f32,
-    /// RefineCAM: the method whose maps it multiplies (`Method::refinable`).
-    pub base_method: Method,
+    /// RefineCAM's and SESS's base method (`Method::refinable`); None: each one's default
+    /// (`Method::per_layer`).
+    pub base_method: Option<Method>,
     /// KPCA-CAM's kernel and its coefficient (None: 1 / the layer's channels).
     pub kernel: Kernel,
     pub gamma: Option<f64>,
+    /// Deep Feature Factorization: how many concepts, and how many classes each lists.
+    pub n_components: usize,
+    pub concept_top_k: usize,
 }
+
+/// `run_dff_on_image`'s defaults: five concepts, two classes each.
+const DEFAULT_N_COMPONENTS: usize = 5;
+const DEFAULT_CONCEPT_TOP_K: usize = 2;
 
 /// FinerCAM's default comparisons: the three classes scored closest to the target.
 const DEFAULT_COMPARISON_CATEGORIES: [usize; 3] = [1, 2, 3];
@@ -358,9 +401,11 @@ impl Default for MethodParams {
             seed: 0,
             comparison_categories: DEFAULT_COMPARISON_CATEGORIES.to_vec(),
             finer_alpha: 1.0,
-            base_method: Method::GradCamPlusPlus,
+            base_method: None,
             kernel: Kernel::default(),
             gamma: None,
+            n_components: DEFAULT_N_COMPONENTS,
+            concept_top_k: DEFAULT_CONCEPT_TOP_K,
         }
     }
 }

@@ -18,19 +18,23 @@
 //! the mean of that over the six augmented inputs. [`returned_map`] gives the latter for
 //! any map.
 
+mod dff;
 mod fullgrad;
 pub mod kernel_pca;
 pub mod lapack;
 mod maps;
 mod method;
+mod nmf;
 mod perturb;
 pub mod scale;
+mod sess;
 mod sobel;
 
 use std::time::Instant;
 
 use tch::{Kind, Tensor};
 
+pub use dff::{Concept, Concepts};
 pub use method::{Method, MethodInfo, MethodParams};
 
 use crate::gradcam::{self, GradCamError, GradCamMap, PassTimings};
@@ -145,6 +149,8 @@ pub struct CamMaps {
     pub layers: Vec<String>,
     /// One per target, in order.
     pub maps: Vec<CamMap>,
+    /// Deep Feature Factorization's concepts (`method=dff`); None for the other methods.
+    pub concepts: Option<Concepts>,
 }
 
 impl From<GradCamMap> for CamMaps {
@@ -161,6 +167,7 @@ impl From<GradCamMap> for CamMaps {
                 scaled: false,
                 channels: 1,
             }],
+            concepts: None,
         }
     }
 }
@@ -274,6 +281,8 @@ pub fn compute(
     match ask.method {
         Method::FullGrad => return full_grad(network, &batch, original, ask),
         Method::SobelCam => return sobel_edges(network, input, image.pixels, ask),
+        Method::Sess => return sess::enhanced(network, input, ask, abandoned),
+        Method::Dff => return dff::explain(network, image, layers[0], ask),
         Method::GuidedBackprop => return guided(network, input, ask, None),
         Method::GuidedGradCam => {
             let grad_cam = CamAsk {
@@ -473,6 +482,7 @@ pub fn compute(
             method: ask.method,
             layers: ask.layers.clone(),
             maps,
+            concepts: None,
         },
         PassTimings {
             forward_ms,
@@ -635,6 +645,7 @@ fn full_grad(
             method: Method::FullGrad,
             layers: vec![],
             maps,
+            concepts: None,
         },
         PassTimings {
             forward_ms,
@@ -708,6 +719,7 @@ fn guided(
             method: ask.method,
             layers,
             maps,
+            concepts: None,
         },
         timings,
     ))
@@ -754,6 +766,7 @@ fn sobel_edges(
             method: Method::SobelCam,
             layers: vec![],
             maps,
+            concepts: None,
         },
         PassTimings {
             forward_ms,

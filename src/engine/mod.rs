@@ -20,11 +20,13 @@ use image::RgbImage;
 use tch::Tensor;
 
 use crate::cam::{self, CamAsk, CamMaps};
+use crate::colormap;
 pub use crate::engine::description::{Backend, ModelDescription};
 pub use crate::engine::load::LoadError;
 use crate::explanation::{
-    ClassScore, Explanation, ImageSize, OverlayImage, Saliency, TargetMap, Timing,
+    ClassScore, ConceptMap, Explanation, ImageSize, OverlayImage, Saliency, TargetMap, Timing,
 };
+use crate::factorization;
 use crate::gradcam::{self, Ask, GradCamError, GradCamMap, PassTimings};
 use crate::model::Network;
 use crate::options::Options;
@@ -241,6 +243,56 @@ pub fn finish(
         channels: m.channels,
     };
     let first = &raw.maps[0];
+    // Deep Feature Factorization: its concepts, and their picture for every target.
+    let concepts = raw.concepts.as_ref().map(|f| {
+        let colours = colormap::concept_colours(f.concepts.len());
+        let listed: Vec<ConceptMap> = f
+            .concepts
+            .iter()
+            .zip(colours)
+            .map(|(c, [r, g, b])| ConceptMap {
+                saliency: saliency(&cam::CamMap {
+                    target: 0,
+                    map: c.map.clone(),
+                    width: f.width,
+                    height: f.height,
+                    scaled: true,
+                    channels: 1,
+                }),
+                // The concept's own probabilities, not the image's.
+                classes: c
+                    .classes
+                    .iter()
+                    .map(|&(i, p)| ClassScore {
+                        class_index: i,
+                        label: model.label(i).to_string(),
+                        score: p,
+                    })
+                    .collect(),
+                colour: format!("#{r:02x}{g:02x}{b:02x}"),
+            })
+            .collect();
+        (f, listed)
+    });
+    let draw = |m: &cam::CamMap| match &concepts {
+        Some((f, listed)) => {
+            // pytorch-grad-cam's legend lines: `label:score`, its first three names.
+            let lines: Vec<Vec<String>> = listed
+                .iter()
+                .map(|c| {
+                    c.classes
+                        .iter()
+                        .map(|class| {
+                            let names: Vec<&str> = class.label.split(',').take(3).collect();
+                            format!("{}:{:.2}", names.join(","), class.score)
+                        })
+                        .collect()
+                })
+                .collect();
+            factorization::draw(f, &lines, &options.overlay)
+        }
+        None => draw(m),
+    };
     let overlay = draw(first);
     let maps = (raw.maps.len() > 1).then(|| {
         raw.maps
@@ -261,6 +313,7 @@ pub fn finish(
         method: raw.method.to_string(),
         saliency: saliency(first),
         maps,
+        concepts: concepts.map(|(_, listed)| listed),
         image,
         model: info,
         timing_ms: timing,

@@ -91,6 +91,16 @@ pub trait Network: Send {
         ))
     }
 
+    /// Deep Feature Factorization's concept scores: the classifier applied to each row of
+    /// `concepts` (`[k, C]`, vectors in the channels of `layer`'s output), as
+    /// pytorch-grad-cam's `computation_on_concepts=model.fc` does. Only where the layer's
+    /// channels are what the classifier reads (after pooling); elsewhere Unsupported.
+    fn classify_concepts(&self, _layer: usize, _concepts: &Tensor) -> Result<Tensor, NetworkError> {
+        Err(NetworkError::Unsupported(
+            "this model's classifier cannot score concepts at this layer".into(),
+        ))
+    }
+
     /// Whether [`Network::forward_with_biases`] runs (FullGrad can be offered).
     fn reaches_biases(&self) -> bool {
         false

@@ -493,10 +493,20 @@ fn every_request_option_works_on_an_exported_model() {
         ),
         ("kpcacam", "&kernel=rbf&gamma=0.01".into()),
         ("sobelcam", "&target=1,2".into()),
+        ("sess", "&base_method=gradcam-plusplus".into()),
+        ("dff", "&n_components=3".into()),
     ] {
         let answer = ok(&format!("?method={method}{options}"), &square);
         assert_eq!(answer["method"], method, "{options}");
     }
+    // DFF's concepts on an exported file: maps, but no classes (its classifier is inside
+    // the file, not a head the server can run on a concept).
+    let concepts = ok("?method=dff&n_components=2", &square)["concepts"].clone();
+    let concepts = concepts.as_array().expect("concepts");
+    assert_eq!(concepts.len(), 2);
+    assert!(concepts
+        .iter()
+        .all(|c| c["classes"] == serde_json::json!([])));
     // FullGrad needs every bias layer's output, which an exported file does not give: a
     // 422 that says so, GET /model does not offer it, and the server goes on.
     let r =

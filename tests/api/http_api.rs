@@ -795,7 +795,9 @@ fn method_names(model: &Value) -> Vec<String> {
 #[test]
 fn the_model_endpoint_lists_every_method_the_server_runs() {
     use gradcam_serve::cam::Method;
-    let server = Server::start(&[]);
+    // A 64-pixel input: SESS explains 122 windows, which at 224 pixels takes longer than
+    // the request timeout on a busy two-core machine.
+    let server = Server::start(&["--input-size", "64", "--request-timeout-secs", "3600"]);
     let model = server.get_json("/model");
     let names = method_names(&model);
     let expected: Vec<String> = Method::ALL
@@ -1276,6 +1278,144 @@ fn fullgrad_and_sobelcam_take_no_layer() {
     );
     let e = answer("?method=sobelcam", &flat);
     assert!(e.saliency.data.concat().iter().all(|&v| v == 0.0));
+}
+
+/// SESS: its base method's maps of windows at 12 scales fused into one scaled map at the
+/// input's size; `base_method` changes it, a base without a layer map is refused, and
+/// `GET /model` says what it takes. (A 64-pixel input keeps its 122 windows cheap.)
+#[test]
+fn sess_fuses_its_base_methods_windows() {
+    // Its windows take seconds on a busy machine: no request timeout to race.
+    let server = Server::start(&["--input-size", "64", "--request-timeout-secs", "3600"]);
+    let image = png(90, 70);
+    let answer = |query: &str| -> Explanation {
+        server
+            .explain(query, image.clone(), "a.png")
+            .json()
+            .unwrap()
+    };
+    let e = answer("?method=sess");
+    assert_eq!(e.method, "sess");
+    assert_eq!(e.model.target_layer, "layer4");
+    assert!(e.saliency.scaled);
+    assert_eq!((e.saliency.width, e.saliency.height), (64, 64));
+    let map = e.saliency.data.concat();
+    let top = map.iter().cloned().fold(f32::MIN, f32::max);
+    assert!(top > 0.999 && top <= 1.0, "scaled, max {top}");
+    assert!(map.iter().all(|&v| v >= 0.0));
+    assert_eq!(
+        answer("?method=sess&base_method=gradcam").saliency,
+        e.saliency,
+        "Grad-CAM is its default base"
+    );
+    assert_ne!(
+        answer("?method=sess&base_method=layercam").saliency,
+        e.saliency
+    );
+    assert_ne!(answer("?method=sess&layer=layer3").saliency, e.saliency);
+    for base in ["sess", "fullgrad", "refinecam"] {
+        let query = format!("?method=sess&base_method={base}");
+        let body = problem(server.explain(&query, image.clone(), "a.png"), 422);
+        let detail = body["detail"].as_str().unwrap();
+        assert!(detail.starts_with("base_method"), "{detail}");
+    }
+    let model = server.get_json("/model");
+    let sess = model["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "sess")
+        .expect("sess is listed");
+    assert_eq!(sess["reference"], "SESS");
+    assert_eq!(
+        sess["options"],
+        serde_json::json!(["eigen_smooth", "base_method"])
+    );
+}
+
+/// Deep Feature Factorization: `n_components` concepts, each with its map, its colour and
+/// the classes it votes for (none at a layer the classifier does not read); `saliency` is
+/// each pixel's strongest concept; the overlay is the concepts over the image the model
+/// saw with a legend beside it.
+#[test]
+fn dff_answers_concepts_with_their_classes_and_a_legend() {
+    let server = Server::start(&[]);
+    let image = png(300, 200);
+    let answer = |query: &str| -> Explanation {
+        server
+            .explain(query, image.clone(), "a.png")
+            .json()
+            .unwrap()
+    };
+    let e = answer("?method=dff");
+    assert_eq!(e.method, "dff");
+    let concepts = e.concepts.as_ref().expect("concepts");
+    assert_eq!(concepts.len(), 5, "five by default");
+    assert_eq!(concepts[0].colour, "#ff0028", "gist_rainbow's first");
+    for c in concepts {
+        assert_eq!(c.classes.len(), 2, "two classes each by default");
+        assert!(c.classes[0].score >= c.classes[1].score && !c.classes[0].label.is_empty());
+        assert!(c.saliency.scaled && (c.saliency.width, c.saliency.height) == (224, 224));
+    }
+    // saliency: each pixel's strongest concept.
+    let strongest: Vec<f32> = (0..224 * 224)
+        .map(|i| {
+            concepts
+                .iter()
+                .map(|c| c.saliency.data[i / 224][i % 224])
+                .fold(f32::MIN, f32::max)
+        })
+        .collect();
+    assert_eq!(e.saliency.data.concat(), strongest);
+    let overlay = e.overlay_image.as_ref().expect("an overlay");
+    assert_eq!(overlay.kind, "concepts");
+    assert_eq!(
+        (overlay.width, overlay.height),
+        (448, 224),
+        "picture and legend"
+    );
+    let png_bytes = base64::engine::general_purpose::STANDARD
+        .decode(e.overlay_png.as_ref().unwrap())
+        .unwrap();
+    let picture = image::load_from_memory(&png_bytes).unwrap().to_rgb8();
+    let legend_has =
+        |c: [u8; 3]| (224..448).any(|x| (0..224).any(|y| picture.get_pixel(x, y).0 == c));
+    assert!(
+        legend_has([255, 0, 40]) && legend_has([0, 0, 0]),
+        "coloured lines and text"
+    );
+
+    let fewer = answer("?method=dff&n_components=3&concept_top_k=1");
+    let concepts = fewer.concepts.unwrap();
+    assert_eq!(concepts.len(), 3);
+    assert!(concepts.iter().all(|c| c.classes.len() == 1));
+    let at_layer3 = answer("?method=dff&layer=layer3").concepts.unwrap();
+    assert!(
+        at_layer3.iter().all(|c| c.classes.is_empty()),
+        "fc reads layer4 only"
+    );
+    assert!(answer("?method=gradcam").concepts.is_none());
+    for (query, name) in [
+        ("?method=dff&n_components=0", "n_components"),
+        ("?method=dff&n_components=17", "n_components"),
+        ("?method=dff&concept_top_k=6", "concept_top_k"),
+        ("?method=dff&layer=layer3,layer4", "layer"),
+    ] {
+        let body = problem(server.explain(query, image.clone(), "a.png"), 422);
+        let detail = body["detail"].as_str().unwrap();
+        assert!(detail.contains(name), "{query}: {detail}");
+    }
+    let model = server.get_json("/model");
+    let dff = model["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "dff")
+        .expect("dff is listed");
+    assert_eq!(
+        dff["options"],
+        serde_json::json!(["n_components", "concept_top_k"])
+    );
 }
 
 /// Guided backpropagation and Guided Grad-CAM: three signed channels at the input's size

@@ -286,6 +286,15 @@ fn one_pass_methods_match_pytorch_grad_cam_with_the_shipped_settings() {
     check(&ONE_PASS, true, false);
 }
 
+/// SESS with the shipped settings: 122 windows at 12 scales (torchvision's antialiased
+/// resize, here libtorch's same operation), each window's base-method map weighted,
+/// pasted back with OpenCV's resize, averaged and blurred with OpenCV's Gaussian.
+#[test]
+#[ignore = "needs the pytorch-grad-cam reference data: run `make test`"]
+fn sess_matches_pytorch_grad_cam() {
+    check(&["sess"], true, false);
+}
+
 /// AblationCAM and ScoreCAM on resnet18 (their reference reruns the network per channel),
 /// layer4 top-1 and layer3 forced target, batch norm unfolded.
 ///
@@ -299,4 +308,116 @@ fn one_pass_methods_match_pytorch_grad_cam_with_the_shipped_settings() {
 #[ignore = "needs the pytorch-grad-cam reference data: run `make test`"]
 fn ablation_and_score_cam_match_pytorch_grad_cam() {
     check(&["ablationcam", "scorecam"], false, false);
+}
+
+#[derive(Deserialize)]
+struct DffReference {
+    cases: Vec<DffCase>,
+}
+
+#[derive(Deserialize)]
+struct DffCase {
+    architecture: String,
+    weights: String,
+    image: String,
+    layer: String,
+    n_components: usize,
+    top_k: usize,
+    top5: Vec<usize>,
+    concepts: Vec<DffConcept>,
+    /// `show_factorization_on_image`'s blend, RGB bytes.
+    picture: Vec<u8>,
+}
+
+#[derive(Deserialize)]
+struct DffConcept {
+    offset: usize,
+    /// (class, probability), most probable first; none where fc does not read the layer.
+    classes: Vec<(usize, f32)>,
+}
+
+/// Deep Feature Factorization with the shipped settings: each concept's map (scikit-learn's
+/// NMF, reproduced to the bit on the same activations: tests of `cam::nmf`), the classes
+/// each concept's embedding scores highest, and the blended picture.
+#[test]
+#[ignore = "needs the pytorch-grad-cam reference data: run `make test`"]
+fn deep_feature_factorization_matches_pytorch_grad_cam() {
+    let (dir, _) = reference();
+    let reference: DffReference =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("dff.json")).unwrap()).unwrap();
+    let blob: Vec<f32> = std::fs::read(dir.join("dff.f32"))
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    for want in &reference.cases {
+        let case = Case {
+            architecture: want.architecture.clone(),
+            weights: want.weights.clone(),
+            image: want.image.clone(),
+            method: "dff".into(),
+            layers: vec![want.layer.clone()],
+            targets: vec![None],
+            eigen_smooth: false,
+            aug_smooth: false,
+            options: serde_json::json!({
+                "n_components": want.n_components,
+                "concept_top_k": want.top_k,
+            })
+            .as_object()
+            .unwrap()
+            .clone(),
+            top5: want.top5.clone(),
+            maps: vec![],
+        };
+        let what = format!(
+            "{} {} at {} n_components={}",
+            want.architecture, want.image, want.layer, want.n_components
+        );
+        let ours = explain(&dir, &engine(&dir, &case, true), &case);
+        let top5: Vec<usize> = gradcam::top_k(&ours.probabilities, 5)
+            .iter()
+            .map(|&(c, _)| c)
+            .collect();
+        assert_eq!(top5, want.top5, "{what}: top-5");
+        let factorization = ours.concepts.expect("dff gives concepts");
+        assert_eq!(factorization.concepts.len(), want.n_components, "{what}");
+        let n = factorization.width * factorization.height;
+        for (i, (c, w)) in factorization
+            .concepts
+            .iter()
+            .zip(&want.concepts)
+            .enumerate()
+        {
+            let e = worst(&c.map, &blob[w.offset..w.offset + n]);
+            eprintln!("{e:.2e} {what}: concept {i}");
+            assert!(e <= TOLERANCE, "{what}: concept {i}'s map off by {e:e}");
+            let classes: Vec<usize> = c.classes.iter().map(|&(k, _)| k).collect();
+            let wanted: Vec<usize> = w.classes.iter().map(|&(k, _)| k).collect();
+            assert_eq!(classes, wanted, "{what}: concept {i}'s classes");
+            for (&(_, p), &(_, q)) in c.classes.iter().zip(&w.classes) {
+                assert!(
+                    (p - q).abs() <= 1e-5,
+                    "{what}: concept {i}: {p} against {q}"
+                );
+            }
+        }
+        let maps: Vec<&[f32]> = factorization.concepts.iter().map(|c| &c.map[..]).collect();
+        let colours = gradcam_serve::colormap::concept_colours(maps.len());
+        let picture = gradcam_serve::factorization::blend(&factorization.pixels, &maps, &colours);
+        let off = picture
+            .iter()
+            .zip(&want.picture)
+            .filter(|(a, b)| a != b)
+            .count();
+        let far = picture
+            .iter()
+            .zip(&want.picture)
+            .any(|(&a, &b)| (a as i32 - b as i32).abs() > 1);
+        eprintln!("{what}: {off} of {} picture bytes differ", picture.len());
+        assert!(
+            !far && off * 1000 <= picture.len(),
+            "{what}: picture: {off} bytes differ"
+        );
+    }
 }

@@ -608,3 +608,38 @@ fn a_wrapper_prefix_on_every_tensor_name_is_read_through() {
     assert!(text.contains("no tensor `conv1.weight`"), "{text}");
     assert_eq!(text.matches("no tensor").count(), 1, "said twice: {text}");
 }
+
+/// SESS asks `abandoned` before each of its 122 windows, so the request timeout stops it
+/// between windows rather than after them all.
+#[test]
+fn sess_stops_between_windows_once_abandoned() {
+    use gradcam_serve::cam::{self, CamAsk, Method, MethodParams, Targets};
+    use gradcam_serve::gradcam::GradCamError;
+    let model = random_model("resnet18", 10, 3);
+    let image = cam::Image {
+        normalised: model::seeded_normal(&[1, 3, 64, 64], 5, 1.0),
+        pixels: &[],
+    };
+    let ask = CamAsk {
+        method: Method::Sess,
+        targets: Targets::Top1,
+        layers: vec![layer("layer4")],
+        eigen_smooth: false,
+        aug_smooth: false,
+        params: MethodParams::default(),
+    };
+    let asked = std::cell::Cell::new(0);
+    let abandoned = || {
+        asked.set(asked.get() + 1);
+        asked.get() > 3
+    };
+    let result = cam::compute(&model, &image, &ask, &abandoned);
+    assert!(matches!(result, Err(GradCamError::Abandoned)), "{result:?}");
+    assert_eq!(asked.get(), 4, "three windows explained, then stopped");
+    // Not abandoned, the same ask gives a scaled map at the input's size.
+    let (maps, _) = cam::compute(&model, &image, &ask, &|| false).unwrap();
+    let m = &maps.maps[0];
+    assert!(m.scaled && (m.width, m.height) == (64, 64));
+    let top = m.map.iter().cloned().fold(f32::MIN, f32::max);
+    assert!(top > 0.99 && m.map.iter().all(|&v| v >= 0.0), "{top}");
+}

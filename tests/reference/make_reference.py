@@ -17,6 +17,7 @@ and, for other ResNet-family architectures and target layers (reference.json "mo
                                show_cam_on_image for GradCAM at <layer> of <arch>
 
   methods-<arch>.json, .f32    every CAM method (resnet50, resnet18): methods_reference.py
+  dff.json, dff.f32            Deep Feature Factorization's concepts: dff_reference.py
 
   reference.json "models": a list, one entry per architecture:
     {"architecture", "weights", "labels" (file name or null), "num_classes",
@@ -49,6 +50,7 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+from dff_reference import dff_reference
 from methods_reference import methods_reference
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -302,6 +304,10 @@ def main(out_dir):
     for arch, model in (("resnet50", resnet50), ("resnet18", resnet18)):
         methods_reference(out_dir, arch, by_arch[arch]["weights"], model, images, to_input,
                           recorder)
+    # Deep Feature Factorization (its own cases: concepts, not maps): dff.json and .f32.
+    dff_reference(out_dir, {"resnet50": (by_arch["resnet50"]["weights"], resnet50),
+                            "resnet18": (by_arch["resnet18"]["weights"], resnet18)},
+                  images, to_input)
     print(f"reference: {len(cases)} cases and {len(models)} models in {out_dir} "
           f"({time.perf_counter() - start:.1f} s)")
 

@@ -19,7 +19,8 @@ three layers with its default base method (GradCAM++) and others; KPCA-CAM with 
 FullGrad (no layer: layers []) top-1, forced, on noise.png, eigen_smooth and aug_smooth;
 SobelCAM (no layer either) on three images; guided backpropagation top-1 and forced, Guided
 Grad-CAM at layer4 (top-1, forced) and layer3 with eigen_smooth, each with its deprocessed
-picture;
+picture; SESS (122 windows of 12 scales each) on resnet50 at layer4 (top-1, and noise.png
+with eigen_smooth) and resnet18 (layer3 forced with LayerCAM as its base, layer4 top-1);
 layer3+layer4 together; three targets of one image; every
 one-pass method at layer3 on a seeded noise image (noise.png), FEM with a forced target too.
 AblationCAM and ScoreCAM rerun the network once per channel (pytorch-grad-cam reruns the
@@ -38,6 +39,7 @@ from PIL import Image
 from pytorch_grad_cam import (AblationCAM, EigenCAM, EigenGradCAM, FEM, FinerCAM, FullGrad,
                               GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM,
                               KPCA_CAM, RandomCAM, RefineCAM, ScoreCAM, ShapleyCAM, XGradCAM)
+from pytorch_grad_cam.sess import SESS
 from pytorch_grad_cam import GuidedBackpropReLUModel
 from pytorch_grad_cam.sobel_cam import sobel_cam
 from pytorch_grad_cam.utils.image import deprocess_image, scale_cam_image
@@ -67,6 +69,7 @@ METHODS = {
     # Guided Grad-CAM, as pytorch-grad-cam's cam.py example computes it).
     "guided-backprop": None,
     "guided-gradcam": GradCAM,
+    "sess": SESS,
 }
 # Methods whose map eigen_smooth changes (EigenCAM, EigenGradCAM and FEM ignore it).
 SMOOTHABLE = ["gradcam", "hirescam", "gradcam-elementwise", "gradcam-plusplus", "xgradcam",
@@ -74,7 +77,7 @@ SMOOTHABLE = ["gradcam", "hirescam", "gradcam-elementwise", "gradcam-plusplus", 
 # RefineCAM multiplies maps of several layers, FullGrad takes none: their own cases below.
 ONE_PASS = [m for m in METHODS
             if m not in ("ablationcam", "scorecam", "refinecam", "fullgrad", "sobelcam",
-                         "guided-backprop", "guided-gradcam")]
+                         "guided-backprop", "guided-gradcam", "sess")]
 LAYERS = {"layer4": lambda m: m.layer4[-1], "layer3": lambda m: m.layer3[-1]}
 # Only RefineCAM's cases reach this far back (it is made for early layers).
 LAYER2 = {"layer2": lambda m: m.layer2[-1]}
@@ -132,6 +135,10 @@ def methods_reference(out_dir, arch, weights, model, images, to_input, recorder)
                 returned = cam(input_tensor=x, targets=None, eigen_smooth=eigen,
                                target_idx=target, alpha=options.get("finer_alpha", 1),
                                comparison_categories=options.get("comparison_categories"))[0]
+            elif method == "sess":
+                # SESS with its defaults; it has no aug_smooth.
+                t = None if target is None else [ClassifierOutputTarget(target)]
+                returned = cam(input_tensor=x, targets=t, eigen_smooth=eigen)[0]
             elif method == "refinecam":
                 # RefineCAM has no aug_smooth.
                 np.random.seed(options.get("seed", 0))
@@ -153,7 +160,7 @@ def methods_reference(out_dir, arch, weights, model, images, to_input, recorder)
             returned = np.ascontiguousarray(returned, dtype="<f4")
             blob.write(returned.tobytes())
             one_layer = (len(layers) == 1 and not aug
-                         and method not in ("refinecam", "guided-gradcam"))
+                         and method not in ("refinecam", "guided-gradcam", "sess"))
             raw = recorder.maps[0][0] if one_layer else None
             entries.append({
                 # The guided methods' picture: deprocess_image of the map.
@@ -167,6 +174,8 @@ def methods_reference(out_dir, arch, weights, model, images, to_input, recorder)
             offset += returned.size
         if cam is None:
             pass
+        elif method == "sess":
+            cam.base_cam.activations_and_grads.release()
         elif method == "refinecam":
             for base in cam.base_cam_per_layer:
                 base.activations_and_grads.release()
@@ -228,6 +237,14 @@ def methods_reference(out_dir, arch, weights, model, images, to_input, recorder)
     # SobelCAM: the same edges whatever the class.
     for image, target in ((0, None), (1, forced), (-1, None)):
         run(arch, weights, model, image, "sobelcam", [], [target])
+    # SESS (122 windows each): its default base (Grad-CAM) and another, eigen_smooth.
+    if arch == "resnet50":
+        run(arch, weights, model, 0, "sess", ["layer4"], [None])
+        run(arch, weights, model, -1, "sess", ["layer4"], [None], eigen=True)
+    else:
+        run(arch, weights, model, 1, "sess", ["layer3"], [forced],
+            options={"base_method": "layercam"})
+        run(arch, weights, model, 0, "sess", ["layer4"], [None])
     run(arch, weights, model, 0, "gradcam-plusplus", ["layer4"], [None], aug=True)
     run(arch, weights, model, 1, "eigencam", ["layer3"], [forced], aug=True)
     run(arch, weights, model, 0, "layercam", ["layer3", "layer4"], [None])

@@ -169,11 +169,10 @@
         })
       );
       // Every method the server runs on this model (its default first), named as
-      // pytorch-grad-cam names it, with what it costs; not yet the three-channel (guided)
-      // ones, whose picture is not a heat map to blend here.
+      // pytorch-grad-cam names it, with what it costs.
       if (Array.isArray(model.methods) && model.methods.length) {
         $('method').replaceChildren(
-          ...model.methods.filter((m) => (m.channels || 1) === 1).map((m) => {
+          ...model.methods.map((m) => {
             const o = new Option(`${m.reference} (${m.name})`, m.name);
             o.title = m.cost;
             return o;
@@ -216,6 +215,14 @@
     explain(null);
   }
 
+  // Methods whose picture is not a heat map to blend here: the guided ones (three
+  // channels, drawn as pytorch-grad-cam's deprocess_image) and DFF (concepts and their
+  // legend). The server draws those; the page shows its picture.
+  function serverDraws(method) {
+    const info = state.model && (state.model.methods || []).find((m) => m.name === method);
+    return Boolean(info) && ((info.channels || 1) !== 1 || info.name === 'dff');
+  }
+
   function currentTarget() {
     return state.answer ? state.answer.target.class_index : null;
   }
@@ -241,7 +248,10 @@
     const form = new FormData();
     form.append('image', state.file, state.fileName);
     for (const [k, v] of Object.entries(opts)) form.append(k, v);
-    if (state.bitmap) {
+    const drawnThere = serverDraws(opts.method);
+    if (drawnThere) {
+      form.append('overlay', 'true');
+    } else if (state.bitmap) {
       form.append('overlay', 'false');
     } else {
       // The picture as the server decoded it: the overlay at opacity 0, at the image's
@@ -286,6 +296,25 @@
       return;
     }
     try {
+      if (drawnThere) {
+        const field = answer.overlay_image.field;
+        const type = answer.overlay_image.media_type;
+        const picture = await createImageBitmap(new Blob([base64Bytes(answer[field])], { type }));
+        delete answer[field];
+        text = JSON.stringify(answer);
+        state.answer = answer;
+        state.answerText = text;
+        state.roundTripMs = roundTrip;
+        state.blend = null; // the opacity slider has nothing to blend
+        const canvas = $('picture');
+        canvas.width = picture.width;
+        canvas.height = picture.height;
+        canvas.getContext('2d').drawImage(picture, 0, 0);
+        state.drawMs = 0;
+        showAnswer();
+        busy(false, `Explained ${state.fileName}: ${answer.target.label}.`);
+        return;
+      }
       if (!state.bitmap) {
         state.bitmap = await createImageBitmap(new Blob([base64Bytes(answer.overlay_png)], { type: 'image/png' }));
         delete answer.overlay_png;

@@ -449,4 +449,18 @@ impl Network for ResNet {
     fn channel_axis(&self, _layer: usize) -> Option<i64> {
         Some(1)
     }
+
+    /// `fc` on the concepts, where `layer` is the last block's output (what the head pools).
+    fn classify_concepts(&self, layer: usize, concepts: &Tensor) -> Result<Tensor, NetworkError> {
+        if self.layer_blocks[layer] + 1 != self.blocks.len() {
+            return Err(NetworkError::Unsupported(format!(
+                "the classifier reads {}'s channels, not {}'s",
+                self.default_layer(),
+                self.layer_names[layer]
+            )));
+        }
+        Ok(tch::no_grad(|| {
+            concepts.linear(&self.fc_weight, Some(&self.fc_bias))
+        }))
+    }
 }
