@@ -81,6 +81,8 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --release --locked --workspace --all-targets -- -D warnings
 	TOOLS=$$(scripts/setup-deploy-tools.sh) && $$TOOLS/ruff check python && $$TOOLS/ruff format --check python
+	# The scripts only we run: pyflakes' checks (undefined names, unused imports), no style.
+	TOOLS=$$(scripts/setup-deploy-tools.sh) && $$TOOLS/ruff check --select F bench tests/reference scripts
 	TOOLS=$$(scripts/setup-deploy-tools.sh) && $$TOOLS/python scripts/deploy_lint.py
 
 clean-cache:

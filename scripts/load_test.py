@@ -411,7 +411,7 @@ def main():
     print(f"load-test: {args.clients} clients, queue capacity {args.queue_capacity}, {args.workers} worker(s); "
           f"{load_s:.0f} s of load after a {warm_s:.0f} s warm-up")
     print(f"  requests           {total} ({before} warm-up + {total - before} under load)")
-    print(f"  statuses           " + ", ".join(f"{k}: {v}" for k, v in figures["status_counts"].items()))
+    print("  statuses           " + ", ".join(f"{k}: {v}" for k, v in figures["status_counts"].items()))
     print(f"  200 latency ms     p50 {figures['latency_200_ms']['p50']}, p99 {figures['latency_200_ms']['p99']}, "
           f"max {figures['latency_200_ms']['max']}  ({figures['throughput_200_per_s']} explanations/s)")
     print(f"  503 latency ms     p50 {figures['latency_503_ms']['p50']}, p99 {figures['latency_503_ms']['p99']}, "
