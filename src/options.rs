@@ -423,12 +423,7 @@ impl ExplainOptions {
             }
             "overlay" => self.overlay = Some(v.parse().map_err(|e: String| err(&e))?),
             "overlay_max_side" => {
-                self.overlay_max_side = Some(
-                    v.parse()
-                        .ok()
-                        .filter(|s| OVERLAY_MAX_SIDE.contains(s))
-                        .ok_or_else(|| err("must be a whole number in 64..=16383"))?,
-                )
+                self.overlay_max_side = Some(whole_number_in(v, &OVERLAY_MAX_SIDE).map_err(|e| err(&e))?)
             }
             "overlay_format" => {
                 self.overlay_format = Some(v.parse().map_err(|_| err("must be png, jpeg or webp"))?)
@@ -443,28 +438,13 @@ impl ExplainOptions {
                 self.aug_smooth = Some(boolean(v).ok_or_else(|| err("must be true or false"))?)
             }
             "top_k_maps" => {
-                self.top_k_maps = Some(
-                    v.parse::<usize>()
-                        .ok()
-                        .filter(|k| (1..=MAX_TARGETS).contains(k))
-                        .ok_or_else(|| err("must be a whole number in 1..=10"))?,
-                )
+                self.top_k_maps = Some(whole_number_in(v, &(1..=MAX_TARGETS)).map_err(|e| err(&e))?)
             }
             "n_components" => {
-                self.n_components = Some(
-                    v.parse::<usize>()
-                        .ok()
-                        .filter(|k| N_COMPONENTS.contains(k))
-                        .ok_or_else(|| err("must be a whole number in 1..=16"))?,
-                )
+                self.n_components = Some(whole_number_in(v, &N_COMPONENTS).map_err(|e| err(&e))?)
             }
             "concept_top_k" => {
-                self.concept_top_k = Some(
-                    v.parse::<usize>()
-                        .ok()
-                        .filter(|k| CONCEPT_TOP_K.contains(k))
-                        .ok_or_else(|| err("must be a whole number in 1..=5"))?,
-                )
+                self.concept_top_k = Some(whole_number_in(v, &CONCEPT_TOP_K).map_err(|e| err(&e))?)
             }
             "seed" => {
                 self.seed = Some(
@@ -594,7 +574,7 @@ impl ExplainOptions {
             return Err(OptionError::new(
                 "overlay_max_side",
                 s,
-                "must be a whole number in 64..=16383",
+                in_range_reason(&OVERLAY_MAX_SIDE),
             ));
         }
         let method = self.method.unwrap_or(defaults.method);
@@ -700,6 +680,26 @@ impl ExplainOptions {
             concept_top_k: self.concept_top_k.unwrap_or(defaults.concept_top_k),
         })
     }
+}
+
+/// `v` as a whole number in `range`, or why not (the message names the range, so the two
+/// cannot disagree).
+fn whole_number_in<T>(v: &str, range: &std::ops::RangeInclusive<T>) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
+{
+    v.parse()
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| in_range_reason(range))
+}
+
+fn in_range_reason<T: std::fmt::Display>(range: &std::ops::RangeInclusive<T>) -> String {
+    format!(
+        "must be a whole number in {}..={}",
+        range.start(),
+        range.end()
+    )
 }
 
 fn base_method_reason() -> String {

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use tch::{Kind, Tensor};
 
-use super::{nmf, scale, CamAsk, CamMap, CamMaps, Image};
+use super::{nmf, scale, CamAsk, CamMaps, Image};
 use crate::gradcam::{self, GradCamError, PassTimings};
 use crate::model::{Needs, Network, NetworkError};
 
@@ -97,7 +97,6 @@ pub fn explain(
     let start = Instant::now();
     let logits = pass.logits.detach();
     let probabilities = Vec::<f32>::try_from(logits.get(0).softmax(-1, Kind::Float))?;
-    let top1 = gradcam::top_k(&probabilities, 1)[0].0;
     let shape = pass.maps[0].size();
     let (channels, h, w) = (shape[1] as usize, shape[2] as usize, shape[3] as usize);
     let activation = Vec::<f32>::try_from(pass.maps[0].contiguous().view([-1]))?;
@@ -137,19 +136,8 @@ pub fn explain(
                 .fold(f32::NEG_INFINITY, f32::max)
         })
         .collect();
-    let maps = ask
-        .targets
-        .resolve(&probabilities)
-        .into_iter()
-        .map(|target| CamMap {
-            target: target.unwrap_or(top1),
-            map: strongest.clone(),
-            width,
-            height,
-            scaled: true,
-            channels: 1,
-        })
-        .collect();
+    let maps =
+        super::same_map_for_every_target(&ask.targets, &probabilities, strongest, width, height);
     let backward_ms = start.elapsed().as_secs_f64() * 1e3;
     Ok((
         CamMaps {

@@ -740,25 +740,17 @@ fn sobel_edges(
     let forward_ms = start.elapsed().as_secs_f64() * 1e3;
     let start = Instant::now();
     let probabilities = Vec::<f32>::try_from(logits.get(0).softmax(-1, Kind::Float))?;
-    let top1 = gradcam::top_k(&probabilities, 1)[0].0;
     let edges: Vec<f32> = sobel::sobel_cam(pixels, width, height)
         .into_iter()
         .map(f32::from)
         .collect();
-    let map = scale::min_max_scale(&edges);
-    let maps = ask
-        .targets
-        .resolve(&probabilities)
-        .into_iter()
-        .map(|target| CamMap {
-            target: target.unwrap_or(top1),
-            map: map.clone(),
-            width,
-            height,
-            scaled: true,
-            channels: 1,
-        })
-        .collect();
+    let maps = same_map_for_every_target(
+        &ask.targets,
+        &probabilities,
+        scale::min_max_scale(&edges),
+        width,
+        height,
+    );
     let backward_ms = start.elapsed().as_secs_f64() * 1e3;
     Ok((
         CamMaps {
@@ -773,6 +765,31 @@ fn sobel_edges(
             backward_ms,
         },
     ))
+}
+
+/// A class-agnostic map (SobelCAM's edges, DFF's strongest concept), scaled and at the
+/// input's size, as the map of every target; None resolves to the top-1 (the first
+/// largest, as `np.argmax`).
+fn same_map_for_every_target(
+    targets: &Targets,
+    probabilities: &[f32],
+    map: Vec<f32>,
+    width: usize,
+    height: usize,
+) -> Vec<CamMap> {
+    let top1 = gradcam::top_k(probabilities, 1)[0].0;
+    targets
+        .resolve(probabilities)
+        .into_iter()
+        .map(|target| CamMap {
+            target: target.unwrap_or(top1),
+            map: map.clone(),
+            width,
+            height,
+            scaled: true,
+            channels: 1,
+        })
+        .collect()
 }
 
 /// A network's "this model cannot" as the request's refusal (422) where the method asked

@@ -234,11 +234,7 @@ pub fn finish(
     let saliency = |m: &cam::CamMap| Saliency {
         width: m.width,
         height: m.height,
-        data: m
-            .map
-            .chunks((m.width * m.channels).max(1))
-            .map(<[f32]>::to_vec)
-            .collect(),
+        data: rows(&m.map, m.width * m.channels),
         scaled: m.scaled,
         channels: m.channels,
     };
@@ -251,14 +247,13 @@ pub fn finish(
             .iter()
             .zip(colours)
             .map(|(c, [r, g, b])| ConceptMap {
-                saliency: saliency(&cam::CamMap {
-                    target: 0,
-                    map: c.map.clone(),
+                saliency: Saliency {
                     width: f.width,
                     height: f.height,
+                    data: rows(&c.map, f.width),
                     scaled: true,
                     channels: 1,
-                }),
+                },
                 // The concept's own probabilities, not the image's.
                 classes: c
                     .classes
@@ -274,23 +269,25 @@ pub fn finish(
             .collect();
         (f, listed)
     });
-    let draw = |m: &cam::CamMap| match &concepts {
-        Some((f, listed)) => {
-            // pytorch-grad-cam's legend lines: `label:score`, its first three names.
-            let lines: Vec<Vec<String>> = listed
-                .iter()
-                .map(|c| {
-                    c.classes
-                        .iter()
-                        .map(|class| {
-                            let names: Vec<&str> = class.label.split(',').take(3).collect();
-                            format!("{}:{:.2}", names.join(","), class.score)
-                        })
-                        .collect()
-                })
-                .collect();
-            factorization::draw(f, &lines, &options.overlay)
-        }
+    // The concepts' picture is the same for every target: drawn once.
+    let concepts_picture = concepts.as_ref().map(|(f, listed)| {
+        // pytorch-grad-cam's legend lines: `label:score`, its first three names.
+        let lines: Vec<Vec<String>> = listed
+            .iter()
+            .map(|c| {
+                c.classes
+                    .iter()
+                    .map(|class| {
+                        let names: Vec<&str> = class.label.split(',').take(3).collect();
+                        format!("{}:{:.2}", names.join(","), class.score)
+                    })
+                    .collect()
+            })
+            .collect();
+        factorization::draw(f, &lines, &options.overlay)
+    });
+    let draw = |m: &cam::CamMap| match &concepts_picture {
+        Some(picture) => picture.clone(),
         None => draw(m),
     };
     let overlay = draw(first);
@@ -323,6 +320,11 @@ pub fn finish(
         overlay_webp: None,
     };
     (explanation, overlay)
+}
+
+/// A row-major map as the answer's rows of `width` values each.
+fn rows(map: &[f32], width: usize) -> Vec<Vec<f32>> {
+    map.chunks(width.max(1)).map(<[f32]>::to_vec).collect()
 }
 
 /// Runs the network for one prepared input, on this thread: plain Grad-CAM through the

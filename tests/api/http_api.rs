@@ -781,6 +781,16 @@ fn the_model_endpoint_and_any_layer() {
     }
 }
 
+/// GET /model's entry for method `name`.
+fn method_info<'a>(model: &'a Value, name: &str) -> &'a Value {
+    model["methods"]
+        .as_array()
+        .expect("GET /model lists the methods")
+        .iter()
+        .find(|m| m["name"] == name)
+        .unwrap_or_else(|| panic!("{name} is listed"))
+}
+
 fn method_names(model: &Value) -> Vec<String> {
     model["methods"]
         .as_array()
@@ -1320,12 +1330,7 @@ fn sess_fuses_its_base_methods_windows() {
         assert!(detail.starts_with("base_method"), "{detail}");
     }
     let model = server.get_json("/model");
-    let sess = model["methods"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == "sess")
-        .expect("sess is listed");
+    let sess = method_info(&model, "sess");
     assert_eq!(sess["reference"], "SESS");
     assert_eq!(
         sess["options"],
@@ -1406,12 +1411,7 @@ fn dff_answers_concepts_with_their_classes_and_a_legend() {
         assert!(detail.contains(name), "{query}: {detail}");
     }
     let model = server.get_json("/model");
-    let dff = model["methods"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == "dff")
-        .expect("dff is listed");
+    let dff = method_info(&model, "dff");
     assert_eq!(
         dff["options"],
         serde_json::json!(["n_components", "concept_top_k"])
