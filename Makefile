@@ -32,7 +32,7 @@ serve: build
 	exec $(BIN) serve --weights "$(WEIGHTS)" $(ARGS)
 
 # Reference answers from pytorch-grad-cam (its own venv, installed once).
-$(PARITY)/reference.json: tests/reference/make_reference.py tests/reference/methods_reference.py tests/reference/dff_reference.py scripts/setup-pyref.sh
+$(PARITY)/reference.json: tests/reference/make_reference.py tests/reference/methods_reference.py tests/reference/dff_reference.py tests/reference/metrics_reference.py scripts/setup-pyref.sh
 	PY=$$(scripts/setup-pyref.sh) && $$PY tests/reference/make_reference.py $(PARITY)
 
 # The exporter package (python/), installed as users install it into the reference venv

@@ -1,7 +1,11 @@
 //! The answer's shape, the same from the CLI (`explain --json`) and `POST /explain`.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+
+use crate::faithfulness::{Candidate, MapScores};
 
 pub use crate::render::EncodedOverlay;
 use crate::render::{Drawn, OverlayFormat};
@@ -53,6 +57,9 @@ fn is_one(n: &usize) -> bool {
 pub struct TargetMap {
     pub target: ClassScore,
     pub saliency: Saliency,
+    /// This class's map's `scores`, as the answer's (absent when none were asked for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scores: Option<Scores>,
     /// What this class's overlay image is, as the answer's `overlay_image` (absent when
     /// `overlay=false`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -69,15 +76,60 @@ pub struct TargetMap {
 }
 
 impl TargetMap {
-    pub fn new(target: ClassScore, saliency: Saliency, overlay: Option<&EncodedOverlay>) -> Self {
+    pub fn new(
+        target: ClassScore,
+        saliency: Saliency,
+        scores: Option<Scores>,
+        overlay: Option<&EncodedOverlay>,
+    ) -> Self {
         let (overlay_png, overlay_jpeg, overlay_webp) = base64_fields(overlay);
         Self {
             target,
             saliency,
+            scores,
             overlay_image: overlay.map(OverlayImage::from),
             overlay_png,
             overlay_jpeg,
             overlay_webp,
+        }
+    }
+}
+
+/// A map's faithfulness scores by name (`scores`): `road`, `confidence_change`, ... (what
+/// each measures, its range and which way is better: `GET /model`'s `scores`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq)]
+#[schema(example = json!({"road": 0.41, "confidence_change": -0.62}))]
+pub struct Scores(pub BTreeMap<String, f32>);
+
+impl From<&MapScores> for Scores {
+    fn from(scores: &MapScores) -> Self {
+        Scores(
+            scores
+                .iter()
+                .map(|(score, value)| (score.name().to_string(), *value))
+                .collect(),
+        )
+    }
+}
+
+/// One method `method=auto` compared, with its `auto_score`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+#[schema(example = json!({"method": "hirescam", "score": 0.41, "same_map_as": "gradcam"}))]
+pub struct CandidateScore {
+    pub method: String,
+    /// Its map's `auto_score`.
+    pub score: f32,
+    /// The earlier candidate whose map equals this one's (scored once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub same_map_as: Option<String>,
+}
+
+impl From<&Candidate> for CandidateScore {
+    fn from(c: &Candidate) -> Self {
+        CandidateScore {
+            method: c.method.to_string(),
+            score: c.score,
+            same_map_as: c.same_map_as.map(|m| m.to_string()),
         }
     }
 }
@@ -176,6 +228,8 @@ pub struct Timing {
     pub queue: f64,
     pub forward: f64,
     pub backward: f64,
+    /// The faithfulness scores (0 when none were asked for).
+    pub scores: f64,
     pub render: f64,
     pub total: f64,
 }
@@ -183,16 +237,18 @@ pub struct Timing {
 impl Timing {
     /// The stages' names, in order: the fields above, the `Server-Timing` header's names
     /// and the metrics' `stage` label.
-    pub const STAGES: [&'static str; 6] =
-        ["decode", "queue", "forward", "backward", "render", "total"];
+    pub const STAGES: [&'static str; 7] = [
+        "decode", "queue", "forward", "backward", "scores", "render", "total",
+    ];
 
     /// Each stage's name and milliseconds.
-    pub fn stages(&self) -> [(&'static str, f64); 6] {
+    pub fn stages(&self) -> [(&'static str, f64); 7] {
         let ms = [
             self.decode,
             self.queue,
             self.forward,
             self.backward,
+            self.scores,
             self.render,
             self.total,
         ];
@@ -208,10 +264,20 @@ pub struct Explanation {
     pub top_k: Vec<ClassScore>,
     /// The class the map explains: the requested one, else the top-1.
     pub target: ClassScore,
-    /// The CAM method that made the maps (`gradcam`, `hirescam`, ...).
+    /// The CAM method that made the maps (`gradcam`, `hirescam`, ...; with `method=auto`,
+    /// the one it chose).
     #[serde(default)]
     pub method: String,
     pub saliency: Saliency,
+    /// The map's faithfulness scores that `scores` asked for (absent when none were).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub scores: Option<Scores>,
+    /// `method=auto`: every method it compared, best first, with its `auto_score`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub candidates: Option<Vec<CandidateScore>>,
+    /// `method=auto`: the score the candidates were ranked by.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub auto_score: Option<String>,
     /// With several targets: one entry per class, in the order asked (the first is
     /// `target` and `saliency` again). Absent for one target.
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -297,6 +363,9 @@ mod tests {
                 channels: 1,
             },
             method: "gradcam".into(),
+            scores: None,
+            candidates: None,
+            auto_score: None,
             maps: None,
             concepts: None,
             image: ImageSize {
@@ -323,6 +392,7 @@ mod tests {
             queue: 2.0,
             forward: 3.0,
             backward: 4.0,
+            scores: 4.5,
             render: 5.0,
             total: 6.0,
         };

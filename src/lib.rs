@@ -14,16 +14,17 @@
 //! 7. `weights`: safetensors state dicts, demo weights, downloads
 //! 8. `gradcam`: batched Grad-CAM on any network
 //! 9. `cam`: every CAM method, pytorch-grad-cam's map scaling
-//! 10. `render`: the overlay image and its options
-//! 11. `factorization`: Deep Feature Factorization's overlay, concepts and their legend
-//! 12. `explanation`: the answer's shape
-//! 13. `config`: the settings
-//! 14. `options`: what a request may choose, checked against the model and the settings
-//! 15. `engine`: the `Explainer` trait the workers call, loading a model, one explanation end to end
-//! 16. `worker`: model threads behind a bounded queue
-//! 17. `http`: the HTTP API
-//! 18. `server`: start-up and shutdown of the service
-//! 19. `cli`: the commands
+//! 10. `faithfulness`: how far to trust a map (pytorch-grad-cam's metrics), `method=auto`
+//! 11. `render`: the overlay image and its options
+//! 12. `factorization`: Deep Feature Factorization's overlay, concepts and their legend
+//! 13. `explanation`: the answer's shape
+//! 14. `config`: the settings
+//! 15. `options`: what a request may choose, checked against the model and the settings
+//! 16. `engine`: the `Explainer` trait the workers call, loading a model, one explanation end to end
+//! 17. `worker`: model threads behind a bounded queue
+//! 18. `http`: the HTTP API
+//! 19. `server`: start-up and shutdown of the service
+//! 20. `cli`: the commands
 
 pub mod cam;
 pub mod cli;
@@ -32,6 +33,7 @@ pub mod config;
 pub mod engine;
 pub mod explanation;
 pub mod factorization;
+pub mod faithfulness;
 pub mod fused;
 pub mod gradcam;
 pub mod http;

@@ -12,6 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::cam::kernel_pca::Kernel;
 use crate::cam::{CamAsk, Method, MethodParams, Targets, MAX_TARGETS};
 use crate::config::{Config, ExplainDefaults};
+use crate::faithfulness::{Score, ScoreAsk, MAX_PERCENTILES};
 use crate::preprocess::ResizeMode;
 pub use crate::render::{OverlayFormat, OverlayKind, OverlayOptions, OVERLAY_MAX_SIDE};
 
@@ -119,7 +120,9 @@ pub struct ExplainOptions {
     pub top_k_maps: Option<usize>,
     /// `randomcam`'s seed, 0..=4294967295: its channel weights are NumPy's
     /// `np.random.uniform(-1, 1)` draws after `np.random.seed(seed)`, so the same request
-    /// gives the same map. Ignored by the other methods. Default 0.
+    /// gives the same map. Also the seed of ROAD's imputation noise (`scores`; NumPy's
+    /// `RandomState(seed)` normal draws, where pytorch-grad-cam's are unseeded), so that
+    /// the same request gives the same score. Default 0.
     #[param(minimum = 0, maximum = 4294967295u64)]
     #[schema(nullable = false, minimum = 0, maximum = 4294967295u64)]
     #[arg(long)]
@@ -176,6 +179,36 @@ pub struct ExplainOptions {
     #[schema(nullable = false, minimum = 1, maximum = 5)]
     #[arg(long)]
     pub concept_top_k: Option<usize>,
+    /// How far to trust the map: pytorch-grad-cam 1.5.7's faithfulness metrics, one or
+    /// several comma-separated, each in the answer's `scores` (and per entry of `maps`;
+    /// with `Accept: image/*`, in `X-Score-*` headers): `road` (`ROADCombined`),
+    /// `road_morf`, `road_lerf` (its two averages), `confidence_change`
+    /// (`CamMultImageConfidenceChange`), `drop_in_confidence`, `increase_in_confidence`,
+    /// `complexity`, `coherency`, `arcc` (`ARCC` with the request's method as its base).
+    /// `GET /model`'s `scores` says what each measures, its range and which way is better.
+    /// Each but `complexity` reruns the network on changed copies of the image (ROAD: two
+    /// per percentile), in batches of 8. Not for the three-channel guided methods or
+    /// `dff`. Default: none.
+    // The pattern of the spec is made from `Score::ALL` (`http::model_spec`).
+    #[param(value_type = Option<String>)]
+    #[schema(value_type = String, required = false)]
+    #[arg(long)]
+    pub scores: Option<ScoreList>,
+    /// ROAD's percentiles (`road`, `road_morf`, `road_lerf`, `arcc`), whole numbers in
+    /// 1..=99, up to 9 comma-separated: at each, the pixels the map ranks above it (MoRF)
+    /// or below (LeRF) are removed and filled in from their neighbours. Default
+    /// `20,40,60,80`, as pytorch-grad-cam's `ARCC`.
+    #[param(value_type = Option<String>, pattern = "^([1-9]|[1-9][0-9])(,([1-9]|[1-9][0-9])){0,8}$")]
+    #[schema(value_type = String, required = false, pattern = "^([1-9]|[1-9][0-9])(,([1-9]|[1-9][0-9])){0,8}$")]
+    #[arg(long)]
+    pub road_percentiles: Option<PercentileList>,
+    /// `method=auto`'s ranking: the score (one of `scores`' names) by which it picks the
+    /// best method. Ignored by the other methods. Default `confidence_change`.
+    // The pattern of the spec is made from `Score::ALL` (`http::model_spec`).
+    #[param(value_type = Option<String>)]
+    #[schema(value_type = String, required = false)]
+    #[arg(long)]
+    pub auto_score: Option<Score>,
 }
 
 impl std::str::FromStr for OverlayKind {
@@ -334,9 +367,80 @@ macro_rules! serde_as_text {
 }
 serde_as_text!(ClassList);
 serde_as_text!(LayerList);
+serde_as_text!(ScoreList);
+serde_as_text!(PercentileList);
+
+/// One or more faithfulness scores, written comma-separated; each once, in the order given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScoreList(pub Vec<Score>);
+
+impl FromStr for ScoreList {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut scores = Vec::new();
+        for name in s.split(',') {
+            let score: Score = name.trim().parse()?;
+            if !scores.contains(&score) {
+                scores.push(score);
+            }
+        }
+        Ok(ScoreList(scores))
+    }
+}
+
+impl fmt::Display for ScoreList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.0.iter().map(|s| s.name()).collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+/// ROAD's percentiles, whole numbers in 1..=99, written comma-separated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PercentileList(pub Vec<u8>);
+
+/// What a ROAD percentile may be: 0 would keep no pixel (nothing to fill from), 100 remove
+/// none.
+const PERCENTILE: std::ops::RangeInclusive<u8> = 1..=99;
+
+impl FromStr for PercentileList {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let reason = || {
+            format!(
+                "must be up to {MAX_PERCENTILES} whole numbers in {}..={}, comma-separated",
+                PERCENTILE.start(),
+                PERCENTILE.end()
+            )
+        };
+        let listed: Vec<u8> = s
+            .split(',')
+            .map(|p| {
+                p.trim()
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|p| PERCENTILE.contains(p))
+            })
+            .collect::<Option<_>>()
+            .ok_or_else(reason)?;
+        if listed.is_empty() || listed.len() > MAX_PERCENTILES {
+            return Err(reason());
+        }
+        Ok(PercentileList(listed))
+    }
+}
+
+impl fmt::Display for PercentileList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text: Vec<String> = self.0.iter().map(u8::to_string).collect();
+        f.write_str(&text.join(","))
+    }
+}
 
 /// The options' names, as the query and the form spell them.
-pub const NAMES: [&str; 20] = [
+pub const NAMES: [&str; 23] = [
     "target",
     "top_k",
     "alpha",
@@ -357,6 +461,9 @@ pub const NAMES: [&str; 20] = [
     "gamma",
     "n_components",
     "concept_top_k",
+    "scores",
+    "road_percentiles",
+    "auto_score",
 ];
 
 /// A refused option: which, the value given, and what it must be.
@@ -387,12 +494,21 @@ pub struct Options {
     pub overlay: OverlayOptions,
     /// The method, the classes, every layer, and the smoothing options.
     pub cam: CamAsk,
+    /// The faithfulness scores of each map, and `method=auto`'s ranking.
+    pub scores: ScoreAsk,
 }
 
 impl Options {
     /// How many maps the answer will have.
     pub fn map_count(&self) -> usize {
         self.cam.targets.count()
+    }
+
+    /// About how many network passes the request costs, for its place in the queue: one
+    /// for the explanation (however many its method makes: SESS and ScoreCAM are bounded by
+    /// the request timeout instead), plus its scores'.
+    pub fn passes(&self) -> usize {
+        1 + self.scores.passes(self.map_count(), 1)
     }
 }
 
@@ -474,6 +590,11 @@ impl ExplainOptions {
                 )
             }
             "kernel" => self.kernel = Some(v.parse().map_err(|e: String| err(&e))?),
+            "scores" => self.scores = Some(v.parse().map_err(|e: String| err(&e))?),
+            "road_percentiles" => {
+                self.road_percentiles = Some(v.parse().map_err(|e: String| err(&e))?)
+            }
+            "auto_score" => self.auto_score = Some(v.parse().map_err(|e: String| err(&e))?),
             "gamma" => {
                 self.gamma = Some(
                     v.parse::<f64>()
@@ -517,6 +638,9 @@ impl ExplainOptions {
         self.gamma = o.gamma.or(self.gamma);
         self.n_components = o.n_components.or(self.n_components);
         self.concept_top_k = o.concept_top_k.or(self.concept_top_k);
+        self.scores = o.scores.or(self.scores.take());
+        self.road_percentiles = o.road_percentiles.or(self.road_percentiles.take());
+        self.auto_score = o.auto_score.or(self.auto_score);
     }
 
     /// The options in force: these, else the defaults, checked against the model.
@@ -610,7 +734,9 @@ impl ExplainOptions {
             (None, []) => Targets::Top1,
             (None, listed) => Targets::Classes(listed.to_vec()),
         };
+        let scores = self.score_ask(method, &targets, &layers)?;
         Ok(Options {
+            scores,
             top_k,
             resize: self.resize.unwrap_or(defaults.resize),
             overlay: OverlayOptions {
@@ -628,6 +754,80 @@ impl ExplainOptions {
                 aug_smooth: self.aug_smooth.unwrap_or(false) && method.augmentable(),
                 params,
             },
+        })
+    }
+
+    /// What to score, checked against the method: scores rate one-channel maps, coherency
+    /// reruns the method, and `method=auto` compares one map per method.
+    fn score_ask(
+        &self,
+        method: Method,
+        targets: &Targets,
+        layers: &[String],
+    ) -> Result<ScoreAsk, OptionError> {
+        let defaults = ScoreAsk::default();
+        let scores = self.scores.clone().map(|s| s.0).unwrap_or_default();
+        if !scores.is_empty() && (method.colour() || method == Method::Dff) {
+            return Err(OptionError::new(
+                "scores",
+                ScoreList(scores),
+                format!(
+                    "scores rate a one-channel heat map; {method}'s answer is {}: choose \
+                     another method",
+                    if method == Method::Dff {
+                        "a set of concepts"
+                    } else {
+                        "a three-channel gradient"
+                    }
+                ),
+            ));
+        }
+        let reruns = scores
+            .iter()
+            .find(|s| matches!(s, Score::Coherency | Score::Arcc));
+        if let (Some(s), Method::SobelCam) = (reruns, method) {
+            return Err(OptionError::new(
+                "scores",
+                s,
+                "coherency (and arcc) rerun the method on the image multiplied by its map; \
+                 sobelcam's map is the picture's edges, not the model's: choose other scores",
+            ));
+        }
+        if method == Method::Auto {
+            let why = if targets.count() != 1 {
+                Some(("target", "several classes"))
+            } else if layers.len() != 1 {
+                Some(("layer", "several layers"))
+            } else if self.aug_smooth == Some(true) {
+                Some(("aug_smooth", "aug_smooth"))
+            } else {
+                None
+            };
+            if let Some((option, what)) = why {
+                return Err(OptionError::new(
+                    option,
+                    match option {
+                        "target" => targets.count().to_string() + " classes",
+                        "layer" => layers.join(","),
+                        _ => "true".into(),
+                    },
+                    format!(
+                        "method=auto compares the methods on one class at one layer without \
+                         aug_smooth; this request asks for {what}: choose a method, or one \
+                         class and one layer"
+                    ),
+                ));
+            }
+        }
+        Ok(ScoreAsk {
+            scores,
+            percentiles: self
+                .road_percentiles
+                .as_ref()
+                .map(|p| p.0.iter().map(|&p| p as f64).collect())
+                .unwrap_or(defaults.percentiles),
+            seed: Some(self.seed.unwrap_or(0)),
+            auto_score: self.auto_score.unwrap_or(defaults.auto_score),
         })
     }
 
@@ -916,6 +1116,9 @@ mod tests {
             "gamma" => "0.01",
             "n_components" => "3",
             "concept_top_k" => "4",
+            "scores" => "road,complexity",
+            "road_percentiles" => "10,90",
+            "auto_score" => "road",
             other => panic!("no sample value for option `{other}`: add one here"),
         }
     }

@@ -17,18 +17,17 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::cam::{CamAsk, CamMaps};
+use crate::cam::CamAsk;
 use crate::config::ServerConfig;
-use crate::engine::{Explainer, ModelDescription};
+use crate::engine::{self, Explainer, ModelDescription};
+use crate::faithfulness::{ScoreAsk, Scored};
 use crate::gradcam::{Ask, GradCamError};
 use crate::preprocess::ModelInput;
 
-/// One explanation's network result and where its time went.
+/// One explanation's network result (with its scores) and where its time went.
 pub struct JobOutput {
-    pub raw: CamMaps,
+    pub scored: Scored,
     pub queue_ms: f64,
-    pub forward_ms: f64,
-    pub backward_ms: f64,
     pub batch_size: usize,
 }
 
@@ -52,9 +51,9 @@ pub enum WorkerError {
 enum Work {
     /// Plain Grad-CAM: batched with the other such jobs at hand.
     Batched(Ask),
-    /// Any other method, several targets or layers: run alone, giving up between chunks
-    /// when its caller has gone (see `cam::compute`).
-    Alone(CamAsk),
+    /// Any other method, several targets or layers, scores: run alone, giving up between
+    /// chunks when its caller has gone (see `cam::compute`).
+    Alone(CamAsk, ScoreAsk),
 }
 
 struct Job {
@@ -187,25 +186,30 @@ impl Workers {
         self.capacity
     }
 
-    /// A place in the queue, or None when it is full.
-    pub fn try_admit(&self) -> Option<Admission> {
-        let permit = self.permits.clone().try_acquire_owned().ok()?;
+    /// A place in the queue for a request that costs `passes` network passes (a scored
+    /// one costs more: `ScoreAsk::passes`), or None when the queue has not that many
+    /// places free. A request never takes more than the whole queue.
+    pub fn try_admit(&self, passes: usize) -> Option<Admission> {
+        let places = passes.clamp(1, self.capacity) as u32;
+        let permit = self.permits.clone().try_acquire_many_owned(places).ok()?;
         Some(Admission::new(permit, self.stats.clone()))
     }
 
-    /// Queues one input and waits for its result: plain Grad-CAM is batched with the other
-    /// such jobs at hand, anything else runs alone ([`CamAsk::batched`] decides). Dropping
-    /// the returned future (the client went away) drops the job before a worker computes
-    /// it, and stops a job that runs alone between its chunks (AblationCAM, ScoreCAM).
+    /// Queues one input and waits for its result: plain Grad-CAM without scores is
+    /// batched with the other such jobs at hand, anything else runs alone
+    /// ([`CamAsk::batched`] decides). Dropping the returned future (the client went away)
+    /// drops the job before a worker computes it, and stops a job that runs alone between
+    /// its chunks (AblationCAM, ScoreCAM, the scores' batches).
     pub async fn submit(
         &self,
         admission: &Admission,
         input: ModelInput,
         ask: CamAsk,
+        scores: ScoreAsk,
     ) -> Result<JobOutput, WorkerError> {
         let work = match ask.batched() {
-            Some(one) => Work::Batched(one),
-            None => Work::Alone(ask),
+            Some(one) if scores.scores.is_empty() => Work::Batched(one),
+            _ => Work::Alone(ask, scores),
         };
         let (reply, answer) = oneshot::channel();
         let job = Job {
@@ -285,7 +289,7 @@ fn work(
 /// One job of a method that does not batch. Its caller may have gone while the batch
 /// before it ran: then it is dropped, as queued jobs are.
 fn run_alone(explainer: &dyn Explainer, job: Job, stats: &WorkerStats) {
-    let Work::Alone(ask) = &job.work else {
+    let Work::Alone(ask, scores) = &job.work else {
         unreachable!("only alone jobs")
     };
     if job.reply.is_closed() {
@@ -296,7 +300,7 @@ fn run_alone(explainer: &dyn Explainer, job: Job, stats: &WorkerStats) {
     let started = Instant::now();
     let abandoned = || job.reply.is_closed();
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        explainer.cam(&job.input, ask, &abandoned)
+        engine::run_network(explainer, &job.input, ask, scores, &abandoned)
     }));
     stats.running.fetch_sub(1, Ordering::SeqCst);
     stats.batches.fetch_add(1, Ordering::SeqCst);
@@ -310,11 +314,9 @@ fn run_alone(explainer: &dyn Explainer, job: Job, stats: &WorkerStats) {
         *n += 1;
     }
     let answer = match outcome {
-        Ok(Ok((raw, timings))) => Ok(JobOutput {
-            raw,
+        Ok(Ok(scored)) => Ok(JobOutput {
+            scored,
             queue_ms: (started - job.enqueued).as_secs_f64() * 1e3,
-            forward_ms: timings.forward_ms,
-            backward_ms: timings.backward_ms,
             batch_size: 1,
         }),
         Ok(Err(GradCamError::Abandoned)) => {
@@ -357,7 +359,7 @@ fn run_batch(explainer: &dyn Explainer, batch: Vec<Job>, stats: &WorkerStats) {
         .iter()
         .map(|j| match &j.work {
             Work::Batched(ask) => ask.clone(),
-            Work::Alone(_) => unreachable!("only batched jobs"),
+            Work::Alone(..) => unreachable!("only batched jobs"),
         })
         .collect();
     let outcome =
@@ -388,10 +390,8 @@ fn run_batch(explainer: &dyn Explainer, batch: Vec<Job>, stats: &WorkerStats) {
         Ok(Ok((raws, timings))) => {
             for (job, raw) in batch.into_iter().zip(raws) {
                 let _ = job.reply.send(Ok(JobOutput {
-                    raw: raw.into(),
+                    scored: Scored::unscored(raw.into(), timings),
                     queue_ms: (started - job.enqueued).as_secs_f64() * 1e3,
-                    forward_ms: timings.forward_ms,
-                    backward_ms: timings.backward_ms,
                     batch_size: size,
                 }));
             }

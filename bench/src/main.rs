@@ -38,7 +38,8 @@ mod phone;
 use gradcam_serve::config::{Config, ModelConfig};
 use gradcam_serve::engine::{self, Engine, Explainer};
 use gradcam_serve::explanation::Timing;
-use gradcam_serve::gradcam::Ask;
+use gradcam_serve::faithfulness::Scored;
+use gradcam_serve::gradcam::{Ask, PassTimings};
 use gradcam_serve::model::resnet::{self as model, Architecture, Layer};
 use gradcam_serve::options::{Defaults, ExplainOptions};
 use gradcam_serve::precision::Precision;
@@ -558,7 +559,7 @@ fn engine_bench(
                 &prepared.picture,
                 prepared.image,
                 prepared.input.region,
-                &raw.remove(0).into(),
+                &Scored::unscored(raw.remove(0).into(), PassTimings::default()),
                 &options,
                 model,
                 Timing::default(),
@@ -772,11 +773,12 @@ fn explain_request(target: &Target, image: &[u8]) -> Vec<u8> {
     request
 }
 
-const STAGES: [&str; 6] = gradcam_serve::explanation::Timing::STAGES;
+const STAGES: [&str; STAGE_COUNT] = Timing::STAGES;
+const STAGE_COUNT: usize = Timing::STAGES.len();
 
 /// The server's stage timings, from its Server-Timing header or else the JSON body.
-fn stage_timings(response: &Response) -> Option<[f64; 6]> {
-    let mut out = [f64::NAN; 6];
+fn stage_timings(response: &Response) -> Option<[f64; STAGE_COUNT]> {
+    let mut out = [f64::NAN; STAGE_COUNT];
     if let Some(header) = &response.server_timing {
         for entry in header.split(',') {
             let mut parts = entry.trim().split(';');
@@ -799,7 +801,7 @@ fn stage_timings(response: &Response) -> Option<[f64; 6]> {
     let t = serde_json::from_slice::<Body>(&response.body)
         .ok()?
         .timing_ms;
-    Some([t.decode, t.queue, t.forward, t.backward, t.render, t.total])
+    Some(t.stages().map(|(_, ms)| ms))
 }
 
 struct Sample {
@@ -807,7 +809,7 @@ struct Sample {
     end: Instant,
     ok: bool,
     status: u16,
-    stages: Option<[f64; 6]>,
+    stages: Option<[f64; STAGE_COUNT]>,
 }
 
 fn client_loop(

@@ -17,7 +17,8 @@ use serde_json::{json, Value};
 use gradcam_serve::config::Config;
 use gradcam_serve::engine::{self, Engine, Explainer, Prepared};
 use gradcam_serve::explanation::Timing;
-use gradcam_serve::gradcam::Ask;
+use gradcam_serve::faithfulness::Scored;
+use gradcam_serve::gradcam::{Ask, PassTimings};
 use gradcam_serve::options::{Defaults, ExplainOptions, Options, OverlayFormat};
 use gradcam_serve::preprocess::{self, DecodeLimits, Region};
 use gradcam_serve::render;
@@ -159,7 +160,7 @@ fn run_once(
         &picture,
         image,
         input.region,
-        &raw.remove(0).into(),
+        &Scored::unscored(raw.remove(0).into(), PassTimings::default()),
         options,
         model,
         Timing::default(),

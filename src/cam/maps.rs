@@ -79,7 +79,8 @@ pub fn terms(method: Method, activation: &[f32], gradient: &[f32], channels: usi
         | Method::FullGrad
         | Method::SobelCam
         | Method::GuidedBackprop
-        | Method::GuidedGradCam => {
+        | Method::GuidedGradCam
+        | Method::Auto => {
             unreachable!("{method} has no gradient terms")
         }
     }

@@ -59,10 +59,13 @@ pub enum Method {
     /// Deep Feature Factorization: the layer's activations factorized (NMF) into concepts,
     /// each with its map and the classes it votes for.
     Dff,
+    /// Not a map of its own: the one-pass method whose map scores best (`auto_score`),
+    /// chosen per request by `faithfulness::auto`.
+    Auto,
 }
 
 impl Method {
-    pub const ALL: [Method; 22] = [
+    pub const ALL: [Method; 23] = [
         Method::GradCam,
         Method::HiResCam,
         Method::GradCamElementWise,
@@ -85,6 +88,7 @@ impl Method {
         Method::GuidedGradCam,
         Method::Sess,
         Method::Dff,
+        Method::Auto,
     ];
 
     /// The name the API uses.
@@ -112,6 +116,7 @@ impl Method {
             Method::GuidedGradCam => "guided-gradcam",
             Method::Sess => "sess",
             Method::Dff => "dff",
+            Method::Auto => "auto",
         }
     }
 
@@ -140,6 +145,7 @@ impl Method {
             Method::GuidedGradCam => "GuidedBackpropReLUModel x GradCAM",
             Method::Sess => "SESS",
             Method::Dff => "DeepFeatureFactorization",
+            Method::Auto => "best one-pass CAM by pytorch_grad_cam.metrics",
         }
     }
 
@@ -195,6 +201,7 @@ impl Method {
                 | Method::GuidedBackprop
                 | Method::Sess
                 | Method::Dff
+                | Method::Auto
         )
     }
 
@@ -213,6 +220,7 @@ impl Method {
                 | Method::GuidedGradCam
                 | Method::Sess
                 | Method::Dff
+                | Method::Auto
         )
     }
 
@@ -257,6 +265,7 @@ impl Method {
             Method::RefineCam | Method::Sess => options.push("base_method"),
             Method::KpcaCam => options.extend(["kernel", "gamma"]),
             Method::Dff => options.extend(["n_components", "concept_top_k"]),
+            Method::Auto => options.push("auto_score"),
             _ => {}
         }
         options
@@ -304,6 +313,10 @@ impl Method {
                 "its base method's (Grad-CAM by default) once per window: 122 windows of 12 \
                  scales at a 224 x 224 input, about 120 times Grad-CAM's cost; bounded by the \
                  request timeout"
+            }
+            Method::Auto => {
+                "one forward and one backward pass, then `auto_score` of each distinct \
+                 candidate map (confidence_change: one image each, scored in one batch)"
             }
             _ => "one forward and one backward pass per target",
         }

@@ -36,9 +36,10 @@ use tch::{Kind, Tensor};
 
 pub use dff::{Concept, Concepts};
 pub use method::{Method, MethodInfo, MethodParams};
+pub use nmf::LegacyNormal;
 
 use crate::gradcam::{self, GradCamError, GradCamMap, PassTimings};
-use crate::model::{layer_indices, Network, NetworkError};
+use crate::model::{layer_indices, Needs, Network, NetworkError};
 
 /// Most classes one request may explain.
 pub const MAX_TARGETS: usize = 10;
@@ -279,6 +280,13 @@ pub fn compute(
         (input.shallow_clone(), 0)
     };
     match ask.method {
+        Method::Auto => {
+            return Err(GradCamError::Unsupported(
+                "method=auto chooses among the methods by their scores; it is answered by \
+                 faithfulness::auto, not here"
+                    .into(),
+            ))
+        }
         Method::FullGrad => return full_grad(network, &batch, original, ask),
         Method::SobelCam => return sobel_edges(network, input, image.pixels, ask),
         Method::Sess => return sess::enhanced(network, input, ask, abandoned),
@@ -373,16 +381,6 @@ pub fn compute(
                 let score = flat_logits[b * classes + class];
                 let one = |t: &Tensor| t.get(b as i64).unsqueeze(0);
                 let map = match method {
-                    Method::EigenCam => {
-                        maps::projection(a, channels).map_err(GradCamError::Unsupported)?
-                    }
-                    Method::Fem => maps::fem(a, channels),
-                    Method::KpcaCam => kernel_pca::kernel_projection(
-                        a,
-                        channels,
-                        ask.params.kernel,
-                        ask.params.gamma,
-                    )?,
                     Method::RandomCam => {
                         let w = maps::uniform_weights(&mut random, channels);
                         if ask.eigen_smooth {
@@ -417,17 +415,7 @@ pub fn compute(
                         maps::cam_image(&maps::Terms::Weights(w), a, channels, ask.eigen_smooth)
                             .map_err(GradCamError::Unsupported)?
                     }
-                    Method::GradCam if !ask.eigen_smooth => {
-                        gradcam::cam_from(a, g.expect("a gradient"), channels)
-                    }
-                    method => {
-                        let g = g.expect("a gradient");
-                        let terms = maps::terms(method, a, g, channels);
-                        // EigenGradCAM is the projection of gradient * activation, always.
-                        let project = ask.eigen_smooth || method == Method::EigenGradCam;
-                        maps::cam_image(&terms, a, channels, project)
-                            .map_err(GradCamError::Unsupported)?
-                    }
+                    method => map_from_pass(method, a, g, channels, ask)?,
                 };
                 per_layer.push(maps::relu(map));
             }
@@ -484,6 +472,102 @@ pub fn compute(
             maps,
             concepts: None,
         },
+        PassTimings {
+            forward_ms,
+            backward_ms,
+        },
+    ))
+}
+
+/// The layer map (before its ReLU) of a method that needs only the layer's activations `a`
+/// and, for the gradient methods, its gradient `g`, both `channels` x positions.
+fn map_from_pass(
+    method: Method,
+    a: &[f32],
+    g: Option<&[f32]>,
+    channels: usize,
+    ask: &CamAsk,
+) -> Result<Vec<f32>, GradCamError> {
+    Ok(match method {
+        Method::EigenCam => maps::projection(a, channels).map_err(GradCamError::Unsupported)?,
+        Method::Fem => maps::fem(a, channels),
+        Method::KpcaCam => {
+            kernel_pca::kernel_projection(a, channels, ask.params.kernel, ask.params.gamma)?
+        }
+        Method::GradCam if !ask.eigen_smooth => {
+            gradcam::cam_from(a, g.expect("a gradient"), channels)
+        }
+        method => {
+            let g = g.expect("a gradient");
+            let terms = maps::terms(method, a, g, channels);
+            // EigenGradCAM is the projection of gradient * activation, always.
+            let project = ask.eigen_smooth || method == Method::EigenGradCam;
+            maps::cam_image(&terms, a, channels, project).map_err(GradCamError::Unsupported)?
+        }
+    })
+}
+
+/// `method=auto`'s candidates: the map of each of `methods` (each made from the layer's
+/// activations and gradient alone) for the one target and layer `ask` names, all from one
+/// forward and one backward pass; each as [`compute`] answers for that method.
+pub fn one_pass_maps(
+    network: &dyn Network,
+    image: &Image<'_>,
+    ask: &CamAsk,
+    methods: &[Method],
+) -> Result<(Vec<CamMaps>, PassTimings), GradCamError> {
+    let input = &image.normalised;
+    let classes = network.num_classes();
+    if let Targets::Classes(c) | Targets::TopK { listed: c, .. } = &ask.targets {
+        if let Some(&target) = c.iter().find(|&&t| t >= classes) {
+            return Err(GradCamError::TargetOutOfRange { target, classes });
+        }
+    }
+    if ask.targets.count() != 1 || ask.layers.len() != 1 || ask.aug_smooth {
+        return Err(GradCamError::Unsupported(
+            "method=auto compares the methods on one class at one layer, without aug_smooth".into(),
+        ));
+    }
+    let layers = layer_indices(network, &ask.layers).map_err(GradCamError::NoSuchLayer)?;
+    let start = Instant::now();
+    let pass = network.forward(input, &layers, Needs::Gradients)?;
+    let forward_ms = start.elapsed().as_secs_f64() * 1e3;
+    let start = Instant::now();
+    let logits = &pass.logits;
+    let probabilities = Vec::<f32>::try_from(logits.detach().get(0).softmax(-1, Kind::Float))?;
+    let target = match ask.targets.resolve(&probabilities)[0] {
+        Some(class) => class,
+        None => gradcam::top_k(&probabilities, 1)[0].0,
+    };
+    let score = logits.get(0).get(target as i64);
+    let gradient = network.gradients(&pass, &score, false)?;
+    let a = Vec::<f32>::try_from(pass.maps[0].contiguous().view([-1]))?;
+    let g = Vec::<f32>::try_from(gradient[0].contiguous().view([-1]))?;
+    let shape = pass.maps[0].size();
+    let (channels, height, width) = (shape[1] as usize, shape[2] as usize, shape[3] as usize);
+    let maps = methods
+        .iter()
+        .map(|&method| {
+            let map = maps::relu(map_from_pass(method, &a, Some(&g), channels, ask)?);
+            Ok(CamMaps {
+                probabilities: probabilities.clone(),
+                method,
+                layers: ask.layers.clone(),
+                maps: vec![CamMap {
+                    target,
+                    map,
+                    width,
+                    height,
+                    scaled: false,
+                    channels: 1,
+                }],
+                concepts: None,
+            })
+        })
+        .collect::<Result<Vec<_>, GradCamError>>()?;
+    let backward_ms = start.elapsed().as_secs_f64() * 1e3;
+    Ok((
+        maps,
         PassTimings {
             forward_ms,
             backward_ms,

@@ -218,7 +218,7 @@ fn initialize(x: &[f32], n_samples: usize, n_features: usize, k: usize) -> (Vec<
     let mut normal = LegacyNormal::new(SEED);
     let mut draw = |len: usize| -> Vec<f32> {
         (0..len)
-            .map(|_| (avg * normal.next() as f32).abs())
+            .map(|_| (avg * normal.draw() as f32).abs())
             .collect()
     };
     // H is drawn first; the Box-Muller cache carries over into W.
@@ -381,20 +381,20 @@ fn update_coordinates(w: &mut [f32], hht: &[f32], xht: &[f32], k: usize) -> f32 
 /// numpy's legacy `RandomState.standard_normal`: polar Box-Muller on
 /// MT19937 (seeded as `RandomState(int)` seeds it, `init_genrand`), caching the
 /// second value of each pair.
-struct LegacyNormal {
+pub struct LegacyNormal {
     mt: rand_mt::Mt,
     cached: Option<f64>,
 }
 
 impl LegacyNormal {
-    fn new(seed: u32) -> Self {
+    pub fn new(seed: u32) -> Self {
         Self {
             mt: rand_mt::Mt::new(seed),
             cached: None,
         }
     }
 
-    fn next(&mut self) -> f64 {
+    pub fn draw(&mut self) -> f64 {
         if let Some(v) = self.cached.take() {
             return v;
         }
@@ -439,7 +439,7 @@ mod tests {
             0xbfef_45dc_42a5_8c82,
         ];
         let mut normal = LegacyNormal::new(0);
-        let got: Vec<u64> = (0..6).map(|_| normal.next().to_bits()).collect();
+        let got: Vec<u64> = (0..6).map(|_| normal.draw().to_bits()).collect();
         assert_eq!(got, EXPECTED);
     }
 

@@ -6,6 +6,7 @@ use utoipa::ToSchema;
 
 use crate::cam::{Method, MethodInfo};
 use crate::explanation::ModelInfo;
+use crate::faithfulness::ScoreInfo;
 use crate::options::Limits;
 use crate::preprocess::InputSpec;
 use crate::weights;
@@ -59,6 +60,9 @@ pub struct ModelDescription {
     /// The CAM methods this server runs on this model (the `method` option), the default
     /// first.
     pub methods: Vec<MethodInfo>,
+    /// The faithfulness scores a request may ask for (the `scores` option).
+    #[serde(default)]
+    pub scores: Vec<ScoreInfo>,
 }
 
 impl ModelDescription {

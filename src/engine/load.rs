@@ -9,6 +9,7 @@ use super::description::{Backend, ModelDescription};
 use super::Engine;
 use crate::cam::{Method, MethodInfo};
 use crate::config::ModelConfig;
+use crate::faithfulness::Score;
 use crate::labels::{Labels, LabelsError};
 use crate::model::file::{self, FileKind};
 use crate::model::resnet::{Architecture, ModelError, ResNet};
@@ -177,6 +178,7 @@ fn describe(
         std: input.std,
         weights,
         methods: methods(network),
+        scores: Score::ALL.map(Score::info).to_vec(),
     }
 }
 

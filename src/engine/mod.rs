@@ -19,14 +19,16 @@ use std::time::Instant;
 use image::RgbImage;
 use tch::Tensor;
 
-use crate::cam::{self, CamAsk, CamMaps};
+use crate::cam::{self, CamAsk, CamMaps, Method};
 use crate::colormap;
 pub use crate::engine::description::{Backend, ModelDescription};
 pub use crate::engine::load::LoadError;
 use crate::explanation::{
-    ClassScore, ConceptMap, Explanation, ImageSize, OverlayImage, Saliency, TargetMap, Timing,
+    CandidateScore, ClassScore, ConceptMap, Explanation, ImageSize, OverlayImage, Saliency, Scores,
+    TargetMap, Timing,
 };
 use crate::factorization;
+use crate::faithfulness::{self, ScoreAsk, Scored};
 use crate::gradcam::{self, Ask, GradCamError, GradCamMap, PassTimings};
 use crate::model::Network;
 use crate::options::Options;
@@ -56,6 +58,21 @@ pub trait Explainer: Send {
     ) -> Result<(CamMaps, PassTimings), GradCamError> {
         Err(GradCamError::Unsupported(format!(
             "this explainer has only plain Grad-CAM, not {}",
+            ask.method
+        )))
+    }
+
+    /// [`Explainer::cam`] (or `method=auto`'s choice) with the maps' faithfulness scores
+    /// ([`faithfulness::explain`]).
+    fn scored(
+        &self,
+        _input: &ModelInput,
+        ask: &CamAsk,
+        _scores: &ScoreAsk,
+        _abandoned: &dyn Fn() -> bool,
+    ) -> Result<Scored, GradCamError> {
+        Err(GradCamError::Unsupported(format!(
+            "this explainer cannot score maps or choose a method ({})",
             ask.method
         )))
     }
@@ -163,6 +180,20 @@ impl Explainer for Engine {
         cam::compute(&*self.network, &image, ask, abandoned)
     }
 
+    fn scored(
+        &self,
+        input: &ModelInput,
+        ask: &CamAsk,
+        scores: &ScoreAsk,
+        abandoned: &dyn Fn() -> bool,
+    ) -> Result<Scored, GradCamError> {
+        let image = cam::Image {
+            normalised: batch_tensor(&[input]),
+            pixels: &input.pixels,
+        };
+        faithfulness::explain(&*self.network, &image, ask, scores, abandoned)
+    }
+
     fn warm_up(&self) {
         let size = self.description.input_size;
         let blank = ModelInput {
@@ -207,12 +238,14 @@ pub fn finish(
     picture: &RgbImage,
     image: ImageSize,
     region: Region,
-    raw: &CamMaps,
+    scored: &Scored,
     options: &Options,
     model: &ModelDescription,
     mut timing: Timing,
 ) -> (Explanation, Option<render::EncodedOverlay>) {
     let start = Instant::now();
+    let raw = &scored.raw;
+    let scores_of = |i: usize| scored.scores.get(i).map(Scores::from);
     let score = |i: usize| ClassScore {
         class_index: i,
         label: model.label(i).to_string(),
@@ -297,7 +330,7 @@ pub fn finish(
             .enumerate()
             .map(|(i, m)| {
                 let encoded = if i == 0 { overlay.clone() } else { draw(m) };
-                TargetMap::new(score(m.target), saliency(m), encoded.as_ref())
+                TargetMap::new(score(m.target), saliency(m), scores_of(i), encoded.as_ref())
             })
             .collect()
     });
@@ -309,6 +342,15 @@ pub fn finish(
         target: score(first.target),
         method: raw.method.to_string(),
         saliency: saliency(first),
+        scores: scores_of(0),
+        candidates: scored
+            .candidates
+            .as_ref()
+            .map(|c| c.iter().map(CandidateScore::from).collect()),
+        auto_score: scored
+            .candidates
+            .as_ref()
+            .map(|_| options.scores.auto_score.to_string()),
         maps,
         concepts: concepts.map(|(_, listed)| listed),
         image,
@@ -327,22 +369,28 @@ fn rows(map: &[f32], width: usize) -> Vec<Vec<f32>> {
     map.chunks(width.max(1)).map(<[f32]>::to_vec).collect()
 }
 
-/// Runs the network for one prepared input, on this thread: plain Grad-CAM through the
-/// batched path ([`Explainer::gradcam_batch`]), anything else through
-/// [`Explainer::cam`], as the workers decide ([`CamAsk::batched`]).
+/// Runs the network for one prepared input, on this thread: scores and `method=auto`
+/// through [`Explainer::scored`], plain Grad-CAM through the batched path
+/// ([`Explainer::gradcam_batch`]), anything else through [`Explainer::cam`], as the
+/// workers decide ([`CamAsk::batched`]).
 pub fn run_network(
     explainer: &dyn Explainer,
     input: &ModelInput,
     ask: &CamAsk,
+    scores: &ScoreAsk,
     abandoned: &dyn Fn() -> bool,
-) -> Result<(CamMaps, PassTimings), GradCamError> {
-    match ask.batched() {
+) -> Result<Scored, GradCamError> {
+    if !scores.scores.is_empty() || ask.method == Method::Auto {
+        return explainer.scored(input, ask, scores, abandoned);
+    }
+    let (raw, passes): (CamMaps, PassTimings) = match ask.batched() {
         Some(one) => {
             let (mut raw, passes) = explainer.gradcam_batch(&[input], &[one])?;
-            Ok((raw.remove(0).into(), passes))
+            (raw.remove(0).into(), passes)
         }
-        None => explainer.cam(input, ask, abandoned),
-    }
+        None => explainer.cam(input, ask, abandoned)?,
+    };
+    Ok(Scored::unscored(raw, passes))
 }
 
 /// The whole pipeline in a row on this thread, for the CLI and the benchmark: the
@@ -362,18 +410,25 @@ pub fn explain_now(
         options.resize,
         options.overlay.max_side,
     )?;
-    let (raw, passes) = run_network(explainer, &prepared.input, &options.cam, &|| false)?;
+    let scored = run_network(
+        explainer,
+        &prepared.input,
+        &options.cam,
+        &options.scores,
+        &|| false,
+    )?;
     let timing = Timing {
         decode: prepared.decode_ms,
-        forward: passes.forward_ms,
-        backward: passes.backward_ms,
+        forward: scored.passes.forward_ms,
+        backward: scored.passes.backward_ms,
+        scores: scored.scores_ms,
         ..Timing::default()
     };
     let (mut explanation, png) = finish(
         &prepared.picture,
         prepared.image,
         prepared.input.region,
-        &raw,
+        &scored,
         options,
         model,
         timing,

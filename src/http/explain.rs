@@ -80,7 +80,8 @@ impl OptionSource {
         (status = 200, description = "The prediction and its Grad-CAM explanation. With \
             `Accept: image/png`, `image/jpeg` or `image/webp` (and not `application/json`), \
             the overlay image itself in that format, with the prediction in X-Prediction-* \
-            headers; `overlay_format`, if given, must then name the same format.", content(
+            headers, the method in X-Method and each of `scores` in an X-Score-* header \
+            (`X-Score-Confidence-Change`); `overlay_format`, if given, must then name the same format.", content(
             (Explanation = "application/json"),
             (OverlayBytes = "image/png"),
             (OverlayBytes = "image/jpeg"),
@@ -197,9 +198,12 @@ pub async fn explain(
     if !state.workers.is_ready() {
         return Err(ApiError::NotReady);
     }
-    let admission = state.workers.try_admit().ok_or(ApiError::Overloaded {
-        capacity: state.workers.capacity(),
-    })?;
+    let admission = state
+        .workers
+        .try_admit(options.passes())
+        .ok_or(ApiError::Overloaded {
+            capacity: state.workers.capacity(),
+        })?;
 
     let limits = DecodeLimits {
         max_pixels: state.config.server.max_pixels,
@@ -226,9 +230,12 @@ pub async fn explain(
     let image_size = prepared.image;
     let region = prepared.input.region;
     // On timeout the future is dropped, which tells the worker to stop (504 here at once).
-    let job = state
-        .workers
-        .submit(&admission, prepared.input, options.cam.clone());
+    let job = state.workers.submit(
+        &admission,
+        prepared.input,
+        options.cam.clone(),
+        options.scores.clone(),
+    );
     let output = timeout_at(deadline, job)
         .await
         .map_err(|_| ApiError::Timeout(timeout_secs))?
@@ -242,8 +249,9 @@ pub async fn explain(
     let timing = Timing {
         decode: prepared.decode_ms,
         queue: output.queue_ms,
-        forward: output.forward_ms,
-        backward: output.backward_ms,
+        forward: output.scored.passes.forward_ms,
+        backward: output.scored.passes.backward_ms,
+        scores: output.scored.scores_ms,
         ..Timing::default()
     };
     // Drawing, encoding, base64 and JSON all take milliseconds for a large picture: off the
@@ -253,7 +261,7 @@ pub async fn explain(
             &picture,
             image_size,
             region,
-            &output.raw,
+            &output.scored,
             &render_options,
             &model,
             timing,
@@ -389,6 +397,20 @@ fn prediction_headers(h: &mut HeaderMap, e: &Explanation) {
     for (name, value) in pairs {
         if let Ok(v) = HeaderValue::from_str(&value) {
             h.insert(name, v);
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&e.method) {
+        h.insert("x-method", v);
+    }
+    // `X-Score-Road: 0.41`, `X-Score-Confidence-Change: -0.62`.
+    for (name, value) in e.scores.iter().flat_map(|s| &s.0) {
+        let header = format!("x-score-{}", name.replace('_', "-"));
+        let text = value.to_string();
+        if let (Ok(n), Ok(v)) = (
+            axum::http::HeaderName::from_bytes(header.as_bytes()),
+            HeaderValue::from_str(&text),
+        ) {
+            h.insert(n, v);
         }
     }
 }

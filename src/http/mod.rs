@@ -31,6 +31,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::config::Config;
 use crate::engine::ModelDescription;
 use crate::explanation::{ClassScore, Explanation, ImageSize, ModelInfo, Saliency, Timing};
+use crate::faithfulness::Score;
 use crate::options::{Defaults, ExplainOptions};
 use crate::worker::Workers;
 use auth::ApiKeys;
@@ -60,7 +61,9 @@ pub struct AppState {
     components(schemas(
         Explanation, ClassScore, Saliency, ImageSize, ModelInfo, Timing, Problem, Health,
         ModelDescription, ExplainOptions, explain::ExplainUpload, explain::OverlayBytes,
-        crate::explanation::OverlayImage, crate::cam::MethodInfo
+        crate::explanation::OverlayImage, crate::cam::MethodInfo,
+        crate::explanation::Scores, crate::explanation::CandidateScore,
+        crate::faithfulness::ScoreInfo
     )),
     modifiers(&BearerAuth),
     tags((name = "explain", description = "Explanations"), (name = "operations", description = "Health, readiness, metrics"))
@@ -178,6 +181,20 @@ fn model_spec(classes: usize, layers: &[String], allow_scorecam: bool) -> serde_
             "base_method" => {
                 let pattern = method_pattern(allow_scorecam, Method::refinable);
                 obj.insert("pattern".into(), pattern.into());
+                None
+            }
+            "scores" => {
+                let one = format!("({})", Score::ALL.map(Score::name).join("|"));
+                let most = Score::ALL.len() - 1;
+                obj.insert(
+                    "pattern".into(),
+                    format!("^{one}(,{one}){{0,{most}}}$").into(),
+                );
+                None
+            }
+            "auto_score" => {
+                let names = Score::ALL.map(Score::name).join("|");
+                obj.insert("pattern".into(), format!("^({names})$").into());
                 None
             }
             "kernel" => {

@@ -12,3 +12,4 @@ mod http_api;
 mod oversized;
 mod queue;
 mod robustness;
+mod scores;

@@ -72,6 +72,37 @@ fn a_full_queue_answers_503_with_retry_after_at_once() {
     the_next_request_is_served(&app, &gate);
 }
 
+/// A scored request takes as many places as the passes its scores cost (ROAD at four
+/// percentiles and confidence_change, two maps: twice ten images in batches of eight, plus
+/// the explanation: five): where fewer are free it is refused at once, while a plain
+/// request still gets in.
+#[test]
+fn a_scored_request_counts_as_its_passes_in_the_queue() {
+    let (app, gate) = App::start(config(|c| c.server.queue_capacity = 6));
+    let first = send(&app, "");
+    gate.next_batch();
+    let second = send(&app, "");
+    app.wait_for("the second request queued", |s| {
+        s.workers.stats.waiting.load(Ordering::SeqCst) == 1
+    });
+    // Four places free.
+    let (status, retry, body) = send(&app, "?scores=road,confidence_change&target=1,2")
+        .join()
+        .unwrap();
+    assert_eq!(status, 503, "five passes do not fit in four places: {body}");
+    assert_eq!(retry.as_deref(), Some("1"));
+    let third = send(&app, "");
+    app.wait_for("the third request queued", |s| {
+        s.workers.stats.waiting.load(Ordering::SeqCst) == 2
+    });
+    gate.release();
+    assert_eq!(first.join().unwrap().0, 200);
+    assert_eq!(gate.next_batch().len(), 2, "the plain two, batched");
+    gate.release();
+    assert_eq!(second.join().unwrap().0, 200);
+    assert_eq!(third.join().unwrap().0, 200);
+}
+
 #[test]
 fn queued_requests_are_batched_with_their_own_layers_and_targets() {
     let (app, gate) = App::start(config(|c| {

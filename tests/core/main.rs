@@ -11,3 +11,4 @@ mod methods_parity;
 mod model;
 mod parity;
 mod precision;
+mod scores;

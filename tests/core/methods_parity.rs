@@ -137,8 +137,15 @@ fn explain(dir: &Path, engine: &Engine, case: &Case) -> CamMaps {
         options.resize,
     )
     .unwrap();
-    let (raw, _) = engine::run_network(engine, &prepared.input, &options.cam, &|| false).unwrap();
-    raw
+    engine::run_network(
+        engine,
+        &prepared.input,
+        &options.cam,
+        &options.scores,
+        &|| false,
+    )
+    .unwrap()
+    .raw
 }
 
 /// How far each case may be off, relative to its map's maximum: 1e-4, the maps agreeing

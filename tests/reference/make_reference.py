@@ -18,6 +18,7 @@ and, for other ResNet-family architectures and target layers (reference.json "mo
 
   methods-<arch>.json, .f32    every CAM method (resnet50, resnet18): methods_reference.py
   dff.json, dff.f32            Deep Feature Factorization's concepts: dff_reference.py
+  metrics.json, metrics.f32    faithfulness scores (ROAD, confidence, ARCC): metrics_reference.py
 
   reference.json "models": a list, one entry per architecture:
     {"architecture", "weights", "labels" (file name or null), "num_classes",
@@ -51,6 +52,7 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from dff_reference import dff_reference
+from metrics_reference import metrics_reference
 from methods_reference import methods_reference
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -308,6 +310,8 @@ def main(out_dir):
     dff_reference(out_dir, {"resnet50": (by_arch["resnet50"]["weights"], resnet50),
                             "resnet18": (by_arch["resnet18"]["weights"], resnet18)},
                   images, to_input)
+    # Faithfulness scores of resnet50's maps (ROAD, confidence change, ARCC): metrics.json, .f32.
+    metrics_reference(out_dir, by_arch["resnet50"]["weights"], resnet50, images, to_input)
     print(f"reference: {len(cases)} cases and {len(models)} models in {out_dir} "
           f"({time.perf_counter() - start:.1f} s)")
 

@@ -106,7 +106,7 @@
     });
     $('run').addEventListener('click', () => explain(currentTarget()));
     $('retry').addEventListener('click', () => explain(currentTarget()));
-    for (const id of ['layer', 'resize', 'method']) {
+    for (const id of ['layer', 'resize', 'method', 'score-map']) {
       $(id).addEventListener('change', () => state.file && explain(currentTarget()));
     }
     $('top-k').addEventListener('change', () => state.file && explain(currentTarget()));
@@ -234,6 +234,7 @@
       resize: $('resize').value,
     };
     if ($('method').options.length > 1) o.method = $('method').value;
+    if ($('score-map').checked) o.scores = 'road,confidence_change';
     if (target !== null && target !== undefined) o.target = String(target);
     return o;
   }
@@ -433,13 +434,27 @@
     });
     list.replaceChildren(...buttons);
 
+    // The scores of the map, and what method=auto chose among.
+    const lines = [];
+    if (a.candidates) {
+      const ranked = a.candidates.map((c) => `${c.method} ${c.score.toFixed(3)}`).join(' · ');
+      lines.push(`auto chose ${a.method} by ${a.auto_score}: ${ranked}`);
+    }
+    if (a.scores) {
+      const listed = Object.entries(a.scores).map(([k, v]) => `${k} ${v.toFixed(3)}`);
+      lines.push(`Scores: ${listed.join(' · ')}`);
+    }
+    $('faithfulness').textContent = lines.join('. ');
+    $('faithfulness').hidden = lines.length === 0;
+
     const t = a.timing_ms;
     const ms = (v) => `${v.toFixed(1)} ms`;
     // `render` is the server drawing an overlay: none asked for when the page draws its own.
     const render = state.browserDecoded ? '' : `, render ${ms(t.render)}`;
     $('timing').textContent =
       `Server: ${ms(t.total)} (decode ${ms(t.decode)}, queue ${ms(t.queue)}, forward ` +
-      `${ms(t.forward)}, backward ${ms(t.backward)}${render}) · round trip from this ` +
+      `${ms(t.forward)}, backward ${ms(t.backward)}, scores ${ms(t.scores)}${render}) · ` +
+      `round trip from this ` +
       `page: ${ms(state.roundTripMs)} · heat map drawn here: ${ms(state.drawMs)}`;
     $('caption').textContent =
       `${state.fileName}, ${a.image.width}×${a.image.height}: Grad-CAM of “${a.target.label}” ` +

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use gradcam_serve::cam::{CamAsk, CamMaps, Method};
 use gradcam_serve::config::Config;
 use gradcam_serve::engine::{Backend, Explainer, ModelDescription};
+use gradcam_serve::faithfulness::Score;
 use gradcam_serve::gradcam::{Ask, GradCamError, GradCamMap, PassTimings};
 use gradcam_serve::http::AppState;
 use gradcam_serve::labels::Labels;
@@ -190,6 +191,7 @@ pub fn description() -> ModelDescription {
         std: STD,
         weights: "held-for-tests".into(),
         methods: Method::ALL.into_iter().map(|m| m.info(None)).collect(),
+        scores: Score::ALL.map(Score::info).to_vec(),
     }
 }
 

@@ -1,0 +1,113 @@
+//! `method=auto`: pytorch-grad-cam's advice for choosing a method is "benchmark it"; this
+//! does it per request. Every candidate's map comes from the same forward and backward
+//! pass (`cam::one_pass_maps`), each distinct map is scored with `auto_score`, and the
+//! best one is the answer.
+//!
+//! FEM and KPCA-CAM are one-pass methods too, but they threshold or saturate on the
+//! layer's exact activations (`Method::forward_needs`), which a gradient pass need not
+//! give: they would cost a second forward pass, so they are not candidates.
+
+use super::{score_returned, Better, MapScores, ScoreAsk};
+use crate::cam::{self, CamAsk, CamMaps, Image, Method};
+use crate::gradcam::{GradCamError, PassTimings};
+use crate::model::Network;
+
+/// The candidates, in the order ties are broken (Grad-CAM first).
+pub const AUTO_METHODS: [Method; 8] = [
+    Method::GradCam,
+    Method::GradCamPlusPlus,
+    Method::HiResCam,
+    Method::XGradCam,
+    Method::GradCamElementWise,
+    Method::LayerCam,
+    Method::EigenCam,
+    Method::EigenGradCam,
+];
+
+/// Two maps closer than this everywhere (maps in 0..=1, as pytorch-grad-cam returns them)
+/// are the same map scored once: at a ResNet's last block the gradient is the same at
+/// every position, so HiResCAM and XGradCAM equal Grad-CAM up to float rounding.
+const SAME_MAP: f32 = 1e-5;
+
+/// One candidate method and its `auto_score`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub method: Method,
+    pub score: f32,
+    /// The earlier candidate whose map this one's equals (then it was not scored again).
+    pub same_map_as: Option<Method>,
+}
+
+/// The best candidate's maps (their `method` says which it is), the pass's timings and
+/// every candidate with its score, best first.
+pub fn auto(
+    network: &dyn Network,
+    image: &Image<'_>,
+    ask: &CamAsk,
+    scores: &ScoreAsk,
+    abandoned: &dyn Fn() -> bool,
+) -> Result<(CamMaps, PassTimings, Vec<Candidate>), GradCamError> {
+    // The eigen methods need the system's LAPACK (`cam::lapack`).
+    let lapack = cam::lapack::available().is_ok();
+    let methods: Vec<Method> = AUTO_METHODS
+        .into_iter()
+        .filter(|m| lapack || !matches!(m, Method::EigenCam | Method::EigenGradCam))
+        .collect();
+    let (mut maps, passes) = cam::one_pass_maps(network, image, ask, &methods)?;
+    let size = image.normalised.size();
+    let (height, width) = (size[2] as usize, size[3] as usize);
+    let returned: Vec<Vec<f32>> = maps
+        .iter()
+        .map(|m| cam::returned_map(&m.maps[0], width, height))
+        .collect();
+    // Each map's first equal among the earlier ones.
+    let same: Vec<Option<usize>> = (0..returned.len())
+        .map(|i| (0..i).find(|&j| same_map(&returned[i], &returned[j])))
+        .collect();
+    let distinct: Vec<usize> = (0..returned.len()).filter(|&i| same[i].is_none()).collect();
+    let target = maps[0].maps[0].target;
+    let ranked = ScoreAsk {
+        scores: vec![scores.auto_score],
+        ..scores.clone()
+    };
+    let scored: Vec<MapScores> = score_returned(
+        network,
+        image,
+        &distinct
+            .iter()
+            .map(|&i| returned[i].clone())
+            .collect::<Vec<_>>(),
+        &vec![target; distinct.len()],
+        &distinct.iter().map(|&i| methods[i]).collect::<Vec<_>>(),
+        ask,
+        &ranked,
+        abandoned,
+    )?;
+    let value_of = |i: usize| {
+        let first = same[i].unwrap_or(i);
+        let k = distinct.iter().position(|&d| d == first).expect("scored");
+        scored[k][0].1
+    };
+    let mut candidates: Vec<Candidate> = (0..maps.len())
+        .map(|i| Candidate {
+            method: methods[i],
+            score: value_of(i),
+            same_map_as: same[i].map(|j| methods[j]),
+        })
+        .collect();
+    // Best first; ties keep the candidates' order (a stable sort).
+    let better = scores.auto_score.better();
+    candidates.sort_by(|a, b| match better {
+        Better::Higher => b.score.total_cmp(&a.score),
+        Better::Lower => a.score.total_cmp(&b.score),
+    });
+    let best = methods
+        .iter()
+        .position(|&m| m == candidates[0].method)
+        .expect("a candidate");
+    Ok((maps.swap_remove(best), passes, candidates))
+}
+
+fn same_map(a: &[f32], b: &[f32]) -> bool {
+    a.iter().zip(b).all(|(x, y)| (x - y).abs() <= SAME_MAP)
+}
