@@ -81,15 +81,26 @@ pub fn percentile_of(values: &[f32], p: f64) -> f32 {
     }
 }
 
+/// The noise [`impute`] adds for `kept`: `NOISE` times a standard normal draw for each
+/// removed pixel of each channel (channel after channel, pixel after pixel, as
+/// `torch.randn_like(res.t())` lays them out). Drawn apart from the solve so that the
+/// solves can run in parallel and the draws stay in one order.
+pub fn noise_for(kept: &[bool], channels: usize, normal: &mut LegacyNormal) -> Vec<f32> {
+    let removed = kept.iter().filter(|&&k| !k).count();
+    (0..channels * removed)
+        .map(|_| NOISE * normal.draw() as f32)
+        .collect()
+}
+
 /// The image (`channels` x `height` x `width`, row-major, as the model takes it) with every
-/// pixel not `kept` filled in from its neighbours, plus `NOISE` times a draw from `noise`
-/// (None: no noise), drawn channel after channel, pixel after pixel.
+/// pixel not `kept` filled in from its neighbours, plus `noise` ([`noise_for`]; None: no
+/// noise).
 pub fn impute(
     image: &[f32],
     channels: usize,
     (height, width): (usize, usize),
     kept: &[bool],
-    mut noise: Option<&mut LegacyNormal>,
+    noise: Option<&[f32]>,
 ) -> Result<Vec<f32>, ImputeError> {
     let pixels = height * width;
     assert_eq!(image.len(), channels * pixels);
@@ -104,12 +115,8 @@ pub fn impute(
         // EigenCAM's zeros): the system is singular with a zero right-hand side, and
         // SciPy's SuperLU answers zeros, so the image becomes the normalised mean (plus
         // the noise), as pytorch-grad-cam's does.
-        for ch in 0..channels {
-            for i in 0..pixels {
-                filled[ch * pixels + i] = noise
-                    .as_deref_mut()
-                    .map_or(0.0, |n| NOISE * n.draw() as f32);
-            }
+        for (i, value) in filled.iter_mut().enumerate() {
+            *value = noise.map_or(0.0, |n| n[i]);
         }
         return Ok(filled);
     }
@@ -152,11 +159,8 @@ pub fn impute(
     let solution = factor.solve(&right);
     for ch in 0..channels {
         for (v, &i) in removed.iter().enumerate() {
-            let mut value = solution[(v, ch)] as f32;
-            if let Some(normal) = noise.as_deref_mut() {
-                value += NOISE * normal.draw() as f32;
-            }
-            filled[ch * pixels + i] = value;
+            let added = noise.map_or(0.0, |noise| noise[ch * n + v]);
+            filled[ch * pixels + i] = solution[(v, ch)] as f32 + added;
         }
     }
     Ok(filled)
@@ -220,8 +224,10 @@ mod tests {
         let mut keep = vec![true; 25];
         keep[12] = false;
         keep[13] = false;
-        let a = impute(&image, 1, (5, 5), &keep, Some(&mut LegacyNormal::new(3))).unwrap();
-        let b = impute(&image, 1, (5, 5), &keep, Some(&mut LegacyNormal::new(3))).unwrap();
+        let noise = |seed| noise_for(&keep, 1, &mut LegacyNormal::new(seed));
+        assert_eq!(noise(3).len(), 2);
+        let a = impute(&image, 1, (5, 5), &keep, Some(&noise(3))).unwrap();
+        let b = impute(&image, 1, (5, 5), &keep, Some(&noise(3))).unwrap();
         let quiet = impute(&image, 1, (5, 5), &keep, None).unwrap();
         assert_eq!(a, b);
         assert_ne!(a, quiet);

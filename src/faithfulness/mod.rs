@@ -407,6 +407,8 @@ pub fn score_returned(
     let mut images: Vec<Vec<f32>> = vec![x.clone()];
     let mut perturbed = Vec::with_capacity(maps.len());
     let mut normal = ask.seed.map(LegacyNormal::new);
+    // ROAD's masks, and their noise drawn in one order; their images come after the others.
+    let mut removals: Vec<(Vec<bool>, Option<Vec<f32>>)> = Vec::new();
     for map in maps {
         let mut index = Perturbed::default();
         if wants(Score::needs_scaled_image) {
@@ -418,15 +420,13 @@ pub fn score_returned(
             for order in [Order::LeastRelevantFirst, Order::MostRelevantFirst] {
                 let mut each = Vec::with_capacity(ask.percentiles.len());
                 for &p in &ask.percentiles {
-                    if abandoned() {
-                        return Err(GradCamError::Abandoned);
-                    }
                     let keep = imputation::kept(map, order, p);
-                    let filled =
-                        imputation::impute(&x, channels, (height, width), &keep, normal.as_mut())
-                            .map_err(|e| GradCamError::Unsupported(e.to_string()))?;
-                    each.push(images.len());
-                    images.push(filled);
+                    let noise = normal
+                        .as_mut()
+                        .map(|n| imputation::noise_for(&keep, channels, n));
+                    // Its place among the removals, made an image's place below.
+                    each.push(removals.len());
+                    removals.push((keep, noise));
                 }
                 match order {
                     Order::LeastRelevantFirst => index.lerf = each,
@@ -435,6 +435,16 @@ pub fn score_returned(
             }
         }
         perturbed.push(index);
+    }
+    if abandoned() {
+        return Err(GradCamError::Abandoned);
+    }
+    let first = images.len();
+    images.extend(impute_all(&x, channels, (height, width), &removals)?);
+    for index in &mut perturbed {
+        for i in index.lerf.iter_mut().chain(index.morf.iter_mut()) {
+            *i += first;
+        }
     }
     let logits = logits_in_batches(network, &images, channels, height, width, abandoned)?;
     let classes = logits.len() / images.len();
@@ -491,6 +501,47 @@ struct Perturbed {
     /// Per percentile.
     lerf: Vec<usize>,
     morf: Vec<usize>,
+}
+
+/// Every ROAD imputation, on as many threads as the machine has (at most one per
+/// removal): each is a sparse factorization of its own (tens of milliseconds at 224 x 224),
+/// and nothing else runs on this worker meanwhile.
+fn impute_all(
+    x: &[f32],
+    channels: usize,
+    size: (usize, usize),
+    removals: &[(Vec<bool>, Option<Vec<f32>>)],
+) -> Result<Vec<Vec<f32>>, GradCamError> {
+    if removals.is_empty() {
+        return Ok(vec![]);
+    }
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(removals.len());
+    let per_thread = removals.len().div_ceil(threads);
+    let filled: Vec<Result<Vec<f32>, imputation::ImputeError>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = removals
+            .chunks(per_thread)
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|(keep, noise)| {
+                            imputation::impute(x, channels, size, keep, noise.as_deref())
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("an imputation thread does not panic"))
+            .collect()
+    });
+    filled
+        .into_iter()
+        .map(|f| f.map_err(|e| GradCamError::Unsupported(e.to_string())))
+        .collect()
 }
 
 /// `input_tensor * cam`: each channel times the map.
