@@ -527,6 +527,46 @@ def main():
                  "the Grad-CAM answer again")
             return ", ".join(shown)
 
+        def auto_and_scores():
+            # method=auto: the page shows what it chose and how each candidate scored; "Score
+            # the map" asks for ROAD and the confidence change, shown as the API gives them.
+            method = Select(driver.find_element(By.ID, "method"))
+            method.select_by_value("auto")
+            wait(driver, lambda d: settled(d) and state(d, "answer.candidates") is not None,
+                 "the auto answer")
+            chosen = state(driver, "answer.method")
+            line = driver.find_element(By.ID, "faithfulness").text
+            assert line.startswith(f"auto chose {chosen} by confidence_change"), line
+            target = state(driver, "answer.target.class_index")
+            status, _, api = post_explain(server, photo_png, {
+                "overlay": "false", "method": "auto", "target": str(target),
+                "layer": model["default_layer"],
+                "resize": driver.find_element(By.ID, "resize").get_attribute("value")})
+            assert status == 200 and api["method"] == chosen, api
+            assert state(driver, "answer.saliency") == api["saliency"]
+            method.select_by_value("gradcam")
+            wait(driver, lambda d: settled(d) and state(d, "answer.method") == "gradcam",
+                 "the Grad-CAM answer again")
+            assert not driver.find_element(By.ID, "faithfulness").is_displayed()
+            box = driver.find_element(By.ID, "score-map")
+            box.click()
+            wait(driver, lambda d: settled(d) and state(d, "answer.scores") is not None,
+                 "the scored answer")
+            scores = state(driver, "answer.scores")
+            assert sorted(scores) == ["confidence_change", "road"], scores
+            status, _, api = post_explain(server, photo_png, {
+                "overlay": "false", "scores": "road,confidence_change",
+                "target": str(state(driver, "answer.target.class_index")),
+                "layer": model["default_layer"],
+                "resize": driver.find_element(By.ID, "resize").get_attribute("value")})
+            assert status == 200 and api["scores"] == scores, (api.get("scores"), scores)
+            line = driver.find_element(By.ID, "faithfulness").text
+            assert line.startswith("Scores: confidence_change"), line
+            box.click()
+            wait(driver, lambda d: settled(d) and state(d, "answer.scores") is None,
+                 "the unscored answer again")
+            return f"auto chose {chosen}; road {scores['road']:.3f}"
+
         def slider_needs_no_request():
             requests = server.explain_requests()
             page_requests = state(driver, "requests")
@@ -625,6 +665,8 @@ def main():
                    another_method)
         checks.run("guided backpropagation and DFF: the canvas is the server's picture",
                    pictures_the_server_draws)
+        checks.run("method=auto and the scores: shown as the API answers them",
+                   auto_and_scores)
         checks.run("the opacity slider redraws with no request", slider_needs_no_request)
         checks.run("centre-crop mode equals the server's overlay", crop_mode)
         checks.run("overlay PNG and JSON download", downloads_work)

@@ -187,8 +187,8 @@ pub struct ExplainOptions {
     /// `complexity`, `coherency`, `arcc` (`ARCC` with the request's method as its base).
     /// `GET /model`'s `scores` says what each measures, its range and which way is better.
     /// Each but `complexity` reruns the network on changed copies of the image (ROAD: two
-    /// per percentile), in batches of 8. Not for the three-channel guided methods or
-    /// `dff`. Default: none.
+    /// per percentile), in batches of 8. Ignored by the three-channel guided methods and
+    /// `dff`, whose answers are no one-channel map. Default: none.
     // The pattern of the spec is made from `Score::ALL` (`http::model_spec`).
     #[param(value_type = Option<String>)]
     #[schema(value_type = String, required = false)]
@@ -734,7 +734,7 @@ impl ExplainOptions {
             (None, []) => Targets::Top1,
             (None, listed) => Targets::Classes(listed.to_vec()),
         };
-        let scores = self.score_ask(method, &targets, &layers)?;
+        let scores = self.score_ask(method);
         Ok(Options {
             scores,
             top_k,
@@ -757,70 +757,16 @@ impl ExplainOptions {
         })
     }
 
-    /// What to score, checked against the method: scores rate one-channel maps, coherency
-    /// reruns the method, and `method=auto` compares one map per method.
-    fn score_ask(
-        &self,
-        method: Method,
-        targets: &Targets,
-        layers: &[String],
-    ) -> Result<ScoreAsk, OptionError> {
+    /// What to score: none for methods whose answer is no one-channel map (the guided
+    /// methods, `dff`), as other options a method cannot use are ignored.
+    fn score_ask(&self, method: Method) -> ScoreAsk {
         let defaults = ScoreAsk::default();
-        let scores = self.scores.clone().map(|s| s.0).unwrap_or_default();
-        if !scores.is_empty() && (method.colour() || method == Method::Dff) {
-            return Err(OptionError::new(
-                "scores",
-                ScoreList(scores),
-                format!(
-                    "scores rate a one-channel heat map; {method}'s answer is {}: choose \
-                     another method",
-                    if method == Method::Dff {
-                        "a set of concepts"
-                    } else {
-                        "a three-channel gradient"
-                    }
-                ),
-            ));
-        }
-        let reruns = scores
-            .iter()
-            .find(|s| matches!(s, Score::Coherency | Score::Arcc));
-        if let (Some(s), Method::SobelCam) = (reruns, method) {
-            return Err(OptionError::new(
-                "scores",
-                s,
-                "coherency (and arcc) rerun the method on the image multiplied by its map; \
-                 sobelcam's map is the picture's edges, not the model's: choose other scores",
-            ));
-        }
-        if method == Method::Auto {
-            let why = if targets.count() != 1 {
-                Some(("target", "several classes"))
-            } else if layers.len() != 1 {
-                Some(("layer", "several layers"))
-            } else if self.aug_smooth == Some(true) {
-                Some(("aug_smooth", "aug_smooth"))
-            } else {
-                None
-            };
-            if let Some((option, what)) = why {
-                return Err(OptionError::new(
-                    option,
-                    match option {
-                        "target" => targets.count().to_string() + " classes",
-                        "layer" => layers.join(","),
-                        _ => "true".into(),
-                    },
-                    format!(
-                        "method=auto compares the methods on one class at one layer without \
-                         aug_smooth; this request asks for {what}: choose a method, or one \
-                         class and one layer"
-                    ),
-                ));
-            }
-        }
-        Ok(ScoreAsk {
-            scores,
+        let one_channel = !(method.colour() || method == Method::Dff);
+        ScoreAsk {
+            scores: match &self.scores {
+                Some(listed) if one_channel => listed.0.clone(),
+                _ => vec![],
+            },
             percentiles: self
                 .road_percentiles
                 .as_ref()
@@ -828,7 +774,7 @@ impl ExplainOptions {
                 .unwrap_or(defaults.percentiles),
             seed: Some(self.seed.unwrap_or(0)),
             auto_score: self.auto_score.unwrap_or(defaults.auto_score),
-        })
+        }
     }
 
     /// The options only some methods take, checked against the model's class count.

@@ -507,9 +507,10 @@ fn map_from_pass(
     })
 }
 
-/// `method=auto`'s candidates: the map of each of `methods` (each made from the layer's
-/// activations and gradient alone) for the one target and layer `ask` names, all from one
-/// forward and one backward pass; each as [`compute`] answers for that method.
+/// `method=auto`'s candidates: each of `methods`' maps (each made from the layers'
+/// activations and gradients alone) for the targets and layers `ask` names, all from one
+/// forward pass and one backward pass per target; each as [`compute`] answers for that
+/// method (`aug_smooth` aside, which `auto` ignores).
 pub fn one_pass_maps(
     network: &dyn Network,
     image: &Image<'_>,
@@ -523,48 +524,98 @@ pub fn one_pass_maps(
             return Err(GradCamError::TargetOutOfRange { target, classes });
         }
     }
-    if ask.targets.count() != 1 || ask.layers.len() != 1 || ask.aug_smooth {
-        return Err(GradCamError::Unsupported(
-            "method=auto compares the methods on one class at one layer, without aug_smooth".into(),
-        ));
-    }
+    assert!(!ask.layers.is_empty(), "at least one layer");
     let layers = layer_indices(network, &ask.layers).map_err(GradCamError::NoSuchLayer)?;
+    let size = input.size();
+    let (height, width) = (size[2] as usize, size[3] as usize);
     let start = Instant::now();
     let pass = network.forward(input, &layers, Needs::Gradients)?;
     let forward_ms = start.elapsed().as_secs_f64() * 1e3;
     let start = Instant::now();
     let logits = &pass.logits;
     let probabilities = Vec::<f32>::try_from(logits.detach().get(0).softmax(-1, Kind::Float))?;
-    let target = match ask.targets.resolve(&probabilities)[0] {
-        Some(class) => class,
-        None => gradcam::top_k(&probabilities, 1)[0].0,
-    };
-    let score = logits.get(0).get(target as i64);
-    let gradient = network.gradients(&pass, &score, false)?;
-    let a = Vec::<f32>::try_from(pass.maps[0].contiguous().view([-1]))?;
-    let g = Vec::<f32>::try_from(gradient[0].contiguous().view([-1]))?;
-    let shape = pass.maps[0].size();
-    let (channels, height, width) = (shape[1] as usize, shape[2] as usize, shape[3] as usize);
-    let maps = methods
+    let top1 = gradcam::top_k(&probabilities, 1)[0].0;
+    let targets: Vec<usize> = ask
+        .targets
+        .resolve(&probabilities)
+        .into_iter()
+        .map(|t| t.unwrap_or(top1))
+        .collect();
+    let activations: Vec<Vec<f32>> = pass
+        .maps
         .iter()
-        .map(|&method| {
-            let map = maps::relu(map_from_pass(method, &a, Some(&g), channels, ask)?);
-            Ok(CamMaps {
-                probabilities: probabilities.clone(),
-                method,
-                layers: ask.layers.clone(),
-                maps: vec![CamMap {
+        .map(|a| Vec::<f32>::try_from(a.contiguous().view([-1])))
+        .collect::<Result<_, _>>()?;
+    let shapes: Vec<(usize, usize, usize)> = pass
+        .maps
+        .iter()
+        .map(|a| {
+            let s = a.size();
+            (s[1] as usize, s[2] as usize, s[3] as usize)
+        })
+        .collect();
+    // Per method, per target: its map.
+    let mut per_method: Vec<Vec<CamMap>> = vec![Vec::with_capacity(targets.len()); methods.len()];
+    for (j, &target) in targets.iter().enumerate() {
+        let score = logits.get(0).get(target as i64);
+        let gradients: Vec<Vec<f32>> = network
+            .gradients(&pass, &score, j + 1 < targets.len())?
+            .iter()
+            .map(|g| Vec::<f32>::try_from(g.contiguous().view([-1])))
+            .collect::<Result<_, _>>()?;
+        for (m, &method) in methods.iter().enumerate() {
+            let per_layer: Vec<Vec<f32>> = activations
+                .iter()
+                .zip(&gradients)
+                .zip(&shapes)
+                .map(|((a, g), &(channels, _, _))| {
+                    Ok(maps::relu(map_from_pass(
+                        method,
+                        a,
+                        Some(g),
+                        channels,
+                        ask,
+                    )?))
+                })
+                .collect::<Result<_, GradCamError>>()?;
+            per_method[m].push(if layers.len() == 1 {
+                let (_, h, w) = shapes[0];
+                CamMap {
                     target,
-                    map,
-                    width,
-                    height,
+                    map: per_layer.into_iter().next().expect("one layer"),
+                    width: w,
+                    height: h,
                     scaled: false,
                     channels: 1,
-                }],
-                concepts: None,
-            })
+                }
+            } else {
+                let layer_maps: Vec<_> = per_layer
+                    .iter()
+                    .zip(&shapes)
+                    .map(|(m, &(_, h, w))| (m, w, h))
+                    .collect();
+                CamMap {
+                    target,
+                    map: aggregate(&layer_maps, width, height),
+                    width,
+                    height,
+                    scaled: true,
+                    channels: 1,
+                }
+            });
+        }
+    }
+    let maps = methods
+        .iter()
+        .zip(per_method)
+        .map(|(&method, maps)| CamMaps {
+            probabilities: probabilities.clone(),
+            method,
+            layers: ask.layers.clone(),
+            maps,
+            concepts: None,
         })
-        .collect::<Result<Vec<_>, GradCamError>>()?;
+        .collect();
     let backward_ms = start.elapsed().as_secs_f64() * 1e3;
     Ok((
         maps,

@@ -39,7 +39,9 @@ pub struct Candidate {
 }
 
 /// The best candidate's maps (their `method` says which it is), the pass's timings and
-/// every candidate with its score, best first.
+/// every candidate with its score, best first. With several targets a method's score is
+/// the mean of its maps'; with several layers its maps are pytorch-grad-cam's multi-layer
+/// ones.
 pub fn auto(
     network: &dyn Network,
     image: &Image<'_>,
@@ -56,37 +58,59 @@ pub fn auto(
     let (mut maps, passes) = cam::one_pass_maps(network, image, ask, &methods)?;
     let size = image.normalised.size();
     let (height, width) = (size[2] as usize, size[3] as usize);
-    let returned: Vec<Vec<f32>> = maps
+    // Per method, each target's map as pytorch-grad-cam returns it.
+    let returned: Vec<Vec<Vec<f32>>> = maps
         .iter()
-        .map(|m| cam::returned_map(&m.maps[0], width, height))
+        .map(|m| {
+            m.maps
+                .iter()
+                .map(|t| cam::returned_map(t, width, height))
+                .collect()
+        })
         .collect();
-    // Each map's first equal among the earlier ones.
+    // Each method's first equal (every target's map) among the earlier ones.
     let same: Vec<Option<usize>> = (0..returned.len())
-        .map(|i| (0..i).find(|&j| same_map(&returned[i], &returned[j])))
+        .map(|i| {
+            (0..i).find(|&j| {
+                returned[i]
+                    .iter()
+                    .zip(&returned[j])
+                    .all(|(a, b)| same_map(a, b))
+            })
+        })
         .collect();
     let distinct: Vec<usize> = (0..returned.len()).filter(|&i| same[i].is_none()).collect();
-    let target = maps[0].maps[0].target;
+    let targets: Vec<usize> = maps[0].maps.iter().map(|m| m.target).collect();
     let ranked = ScoreAsk {
         scores: vec![scores.auto_score],
         ..scores.clone()
     };
+    // Every distinct method's maps, all targets, scored in one go (one batch of images).
     let scored: Vec<MapScores> = score_returned(
         network,
         image,
         &distinct
             .iter()
-            .map(|&i| returned[i].clone())
+            .flat_map(|&i| returned[i].iter().cloned())
             .collect::<Vec<_>>(),
-        &vec![target; distinct.len()],
-        &distinct.iter().map(|&i| methods[i]).collect::<Vec<_>>(),
+        &distinct
+            .iter()
+            .flat_map(|_| targets.iter().copied())
+            .collect::<Vec<_>>(),
+        &distinct
+            .iter()
+            .flat_map(|&i| std::iter::repeat_n(methods[i], targets.len()))
+            .collect::<Vec<_>>(),
         ask,
         &ranked,
         abandoned,
     )?;
+    // A method's score: the mean over the targets (the one target's, usually).
     let value_of = |i: usize| {
         let first = same[i].unwrap_or(i);
         let k = distinct.iter().position(|&d| d == first).expect("scored");
-        scored[k][0].1
+        let each = &scored[k * targets.len()..(k + 1) * targets.len()];
+        each.iter().map(|s| s[0].1).sum::<f32>() / targets.len() as f32
     };
     let mut candidates: Vec<Candidate> = (0..maps.len())
         .map(|i| Candidate {

@@ -588,7 +588,8 @@ fn complexity(map: &[f32]) -> f32 {
 }
 
 /// pytorch-grad-cam's `Coherency`: the same method on the image multiplied by the map, and
-/// `(pearson + 1) / 2` of its map with the map.
+/// `(pearson + 1) / 2` of its map with the map. (pytorch-grad-cam's needs a `BaseCAM`;
+/// SobelCAM, a function of the picture, gets the picture multiplied by the map.)
 fn coherency(
     network: &dyn Network,
     image: &Image<'_>,
@@ -597,19 +598,20 @@ fn coherency(
     cam: &CamAsk,
     abandoned: &dyn Fn() -> bool,
 ) -> Result<f32, GradCamError> {
-    if cam.method == Method::SobelCam {
-        return Err(GradCamError::Unsupported(
-            "coherency reruns the method on the image multiplied by its map; sobelcam's map \
-             is the picture's edges, which that product does not have"
-                .into(),
-        ));
-    }
     let size = image.normalised.size();
     let (height, width) = (size[2] as usize, size[3] as usize);
-    let pixels = Tensor::from_slice(map).view([1, 1, height as i64, width as i64]);
+    let scale = Tensor::from_slice(map).view([1, 1, height as i64, width as i64]);
+    // SobelCAM reads the picture, not the tensor: the picture times the map, truncated to
+    // bytes as `np.uint8` does.
+    let picture: Vec<u8> = image
+        .pixels
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| (p as f32 * map[i / 3]) as u8)
+        .collect();
     let mixed = Image {
-        normalised: &image.normalised * pixels,
-        pixels: image.pixels,
+        normalised: &image.normalised * scale,
+        pixels: &picture,
     };
     let ask = CamAsk {
         targets: Targets::Classes(vec![target]),

@@ -115,6 +115,16 @@ fn base_spec() -> serde_json::Value {
     spec
 }
 
+/// The `scores` option's description in the spec, before each score's meaning (made from
+/// `Score::meaning`, so that the spec says what the server computes).
+const SCORES_OPTION: &str = "How far to trust the map: pytorch-grad-cam 1.5.7's \
+    faithfulness metrics (pytorch_grad_cam.metrics), one or several comma-separated, each in \
+    the answer's `scores` (and per entry of `maps`; with `Accept: image/*`, in `X-Score-*` \
+    headers). Each but `complexity` reruns the network on changed copies of the image (ROAD: \
+    two per percentile of `road_percentiles`), in batches of 8, without autograd; the target's \
+    logit is compared before and after. Ignored by the three-channel guided methods and \
+    `dff`, whose answers are no one-channel map. Default: none. The scores:";
+
 /// Where an option also is, for its description: the query and the form both take it.
 const IN_QUERY: &str = "A form field of the same name overrides this parameter.";
 const IN_FORM: &str = "Overrides the query parameter of the same name.";
@@ -190,7 +200,13 @@ fn model_spec(classes: usize, layers: &[String], allow_scorecam: bool) -> serde_
                     "pattern".into(),
                     format!("^{one}(,{one}){{0,{most}}}$").into(),
                 );
-                None
+                // What each measures, its range and which way is better, from the code
+                // that computes it.
+                let each: Vec<String> = Score::ALL
+                    .iter()
+                    .map(|s| format!("`{}` ({}): {}.", s.name(), s.reference_class(), s.meaning()))
+                    .collect();
+                Some(format!("{} {}", SCORES_OPTION, each.join(" ")))
             }
             "auto_score" => {
                 let names = Score::ALL.map(Score::name).join("|");

@@ -88,13 +88,6 @@ fn bad_scores_are_refused_with_what_was_wrong() {
     for (query, option, says) in [
         ("?scores=road,faith", "scores", "confidence_change"),
         ("?scores=", "scores", "not a score"),
-        (
-            "?method=guided-backprop&scores=road",
-            "scores",
-            "one-channel",
-        ),
-        ("?method=dff&scores=complexity", "scores", "concepts"),
-        ("?method=sobelcam&scores=coherency", "scores", "edges"),
         ("?road_percentiles=0", "road_percentiles", "1..=99"),
         ("?road_percentiles=50,100", "road_percentiles", "1..=99"),
         (
@@ -103,10 +96,6 @@ fn bad_scores_are_refused_with_what_was_wrong() {
             "up to 9",
         ),
         ("?auto_score=best", "auto_score", "road_morf"),
-        ("?method=auto&target=1,2", "target", "one class"),
-        ("?method=auto&top_k_maps=2", "target", "one class"),
-        ("?method=auto&layer=layer3,layer4", "layer", "one layer"),
-        ("?method=auto&aug_smooth=true", "aug_smooth", "aug_smooth"),
     ] {
         let body = problem(server.explain(query, png(96, 80), "a.png"), 422);
         let detail = body["detail"].as_str().unwrap();
@@ -117,6 +106,42 @@ fn bad_scores_are_refused_with_what_was_wrong() {
     }
     // The server goes on.
     answer(&server, "?scores=complexity");
+}
+
+/// What the spec calls valid, the server takes: scores where the answer is no one-channel
+/// map are ignored, as other options a method cannot use; coherency reruns SobelCAM on the
+/// picture times its map; auto takes several classes and layers (and ignores aug_smooth).
+#[test]
+fn every_combination_the_spec_allows_is_answered() {
+    let server = Server::start(&SMALL);
+    for query in [
+        "?method=guided-backprop&scores=road",
+        "?method=dff&scores=complexity",
+    ] {
+        let e = answer(&server, query);
+        assert!(e.scores.is_none(), "{query}");
+    }
+    let sobel = answer(&server, "?method=sobelcam&scores=coherency,arcc");
+    let coherency = sobel.scores.unwrap().0["coherency"];
+    assert!((0.0..=1.0).contains(&coherency), "{coherency}");
+
+    let two = answer(&server, "?method=auto&target=1,2");
+    let maps = two.maps.as_ref().expect("a map per class");
+    assert_eq!(maps.len(), 2);
+    let chosen = answer(&server, &format!("?method={}&target=1,2", two.method));
+    let chosen_maps = chosen.maps.unwrap();
+    for (a, b) in maps.iter().zip(&chosen_maps) {
+        assert_eq!(a.saliency, b.saliency, "the chosen method's maps");
+    }
+    let layers = answer(&server, "?method=auto&layer=layer3,layer4");
+    assert!(layers.saliency.scaled, "the multi-layer map");
+    let chosen = answer(
+        &server,
+        &format!("?method={}&layer=layer3,layer4", layers.method),
+    );
+    assert_eq!(chosen.saliency, layers.saliency);
+    let smooth = answer(&server, "?method=auto&aug_smooth=true");
+    assert!(smooth.candidates.is_some());
 }
 
 #[test]

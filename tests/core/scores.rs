@@ -237,6 +237,8 @@ fn seeded_road_repeats_and_lies_within_pytorch_grad_cams_spread() {
 /// a given map.
 struct RegionClassifier {
     layers: Vec<String>,
+    /// Images through `logits`, counted.
+    scored: std::sync::atomic::AtomicUsize,
 }
 
 const SIDE: i64 = 32;
@@ -258,6 +260,10 @@ impl Network for RegionClassifier {
         2
     }
     fn logits(&self, input: &Tensor) -> Result<Tensor, NetworkError> {
+        self.scored.fetch_add(
+            input.size()[0] as usize,
+            std::sync::atomic::Ordering::SeqCst,
+        );
         let side = REGION.end - REGION.start;
         let region = input
             .narrow(2, REGION.start, side)
@@ -301,22 +307,10 @@ impl Network for RegionClassifier {
 fn the_scores_tell_the_map_that_covers_the_region_from_random_and_inverted_ones() {
     let network = RegionClassifier {
         layers: vec!["input".into()],
+        scored: Default::default(),
     };
+    let (chw, pixels) = region_image();
     let n = SIDE as usize;
-    // Bright, textured inside the region; dark outside (normalised values).
-    let mut chw = vec![0f32; 3 * n * n];
-    for c in 0..3 {
-        for r in 0..n {
-            for k in 0..n {
-                chw[c * n * n + r * n + k] = if in_region(r as i64, k as i64) {
-                    1.0 + 0.2 * ((r * 7 + k * 3 + c) % 5) as f32 / 5.0
-                } else {
-                    -0.5 + 0.1 * ((r + k + c) % 3) as f32
-                };
-            }
-        }
-    }
-    let pixels = vec![0u8; 3 * n * n];
     let image = Image {
         normalised: Tensor::from_slice(&chw).view([1, 3, SIDE, SIDE]),
         pixels: &pixels,
@@ -381,4 +375,61 @@ fn ask_for(method: Method) -> CamAsk {
         aug_smooth: false,
         params: Default::default(),
     }
+}
+
+/// Bright, textured inside the region, dark outside (normalised values); and blank pixels.
+fn region_image() -> (Vec<f32>, Vec<u8>) {
+    let n = SIDE as usize;
+    let mut chw = vec![0f32; 3 * n * n];
+    for c in 0..3 {
+        for r in 0..n {
+            for k in 0..n {
+                chw[c * n * n + r * n + k] = if in_region(r as i64, k as i64) {
+                    1.0 + 0.2 * ((r * 7 + k * 3 + c) % 5) as f32 / 5.0
+                } else {
+                    -0.5 + 0.1 * ((r + k + c) % 3) as f32
+                };
+            }
+        }
+    }
+    (chw, vec![0u8; 3 * n * n])
+}
+
+/// Nobody waits any more (the request timed out, the client left): scoring stops before
+/// its next batch of images, and none goes through the network.
+#[test]
+fn scoring_stops_once_abandoned() {
+    let network = RegionClassifier {
+        layers: vec!["input".into()],
+        scored: Default::default(),
+    };
+    let (chw, pixels) = region_image();
+    let image = Image {
+        normalised: Tensor::from_slice(&chw).view([1, 3, SIDE, SIDE]),
+        pixels: &pixels,
+    };
+    let map = vec![0.5f32; (SIDE * SIDE) as usize];
+    let asked = std::sync::atomic::AtomicUsize::new(0);
+    // Still waited for when the imputations start, gone at the first batch.
+    let abandoned = || asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 1;
+    let ask = ScoreAsk {
+        scores: vec![Score::Road],
+        ..ScoreAsk::default()
+    };
+    let outcome = faithfulness::score_returned(
+        &network,
+        &image,
+        &[map],
+        &[0],
+        &[Method::GradCam],
+        &ask_for(Method::GradCam),
+        &ask,
+        &abandoned,
+    );
+    assert!(matches!(
+        outcome,
+        Err(gradcam_serve::gradcam::GradCamError::Abandoned)
+    ));
+    assert_eq!(network.scored.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
