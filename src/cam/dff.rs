@@ -142,6 +142,7 @@ pub fn explain(
     Ok((
         CamMaps {
             probabilities,
+            logits: None,
             method: ask.method,
             layers: ask.layers.clone(),
             maps,

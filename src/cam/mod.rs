@@ -146,6 +146,9 @@ pub struct CamMap {
 pub struct CamMaps {
     /// Softmax over the classes (of the image itself, not of an augmented copy).
     pub probabilities: Vec<f32>,
+    /// The image's own raw logits, where the pass that made the maps has them: the scores
+    /// compare against them instead of running the image again.
+    pub logits: Option<Vec<f32>>,
     pub method: Method,
     pub layers: Vec<String>,
     /// One per target, in order.
@@ -158,6 +161,7 @@ impl From<GradCamMap> for CamMaps {
     fn from(raw: GradCamMap) -> Self {
         CamMaps {
             probabilities: raw.probabilities,
+            logits: None,
             method: Method::GradCam,
             layers: vec![raw.layer],
             maps: vec![CamMap {
@@ -467,6 +471,7 @@ pub fn compute(
     Ok((
         CamMaps {
             probabilities,
+            logits: Some(flat_logits[original * classes..(original + 1) * classes].to_vec()),
             method: ask.method,
             layers: ask.layers.clone(),
             maps,
@@ -533,6 +538,7 @@ pub fn one_pass_maps(
     let forward_ms = start.elapsed().as_secs_f64() * 1e3;
     let start = Instant::now();
     let logits = &pass.logits;
+    let own_logits = Vec::<f32>::try_from(logits.detach().get(0))?;
     let probabilities = Vec::<f32>::try_from(logits.detach().get(0).softmax(-1, Kind::Float))?;
     let top1 = gradcam::top_k(&probabilities, 1)[0].0;
     let targets: Vec<usize> = ask
@@ -610,6 +616,7 @@ pub fn one_pass_maps(
         .zip(per_method)
         .map(|(&method, maps)| CamMaps {
             probabilities: probabilities.clone(),
+            logits: Some(own_logits.clone()),
             method,
             layers: ask.layers.clone(),
             maps,
@@ -777,6 +784,7 @@ fn full_grad(
     Ok((
         CamMaps {
             probabilities,
+            logits: None,
             method: Method::FullGrad,
             layers: vec![],
             maps,
@@ -851,6 +859,7 @@ fn guided(
     Ok((
         CamMaps {
             probabilities,
+            logits: None,
             method: ask.method,
             layers,
             maps,
@@ -890,6 +899,7 @@ fn sobel_edges(
     Ok((
         CamMaps {
             probabilities,
+            logits: None,
             method: Method::SobelCam,
             layers: vec![],
             maps,

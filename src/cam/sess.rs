@@ -287,6 +287,7 @@ pub fn enhanced(
     Ok((
         CamMaps {
             probabilities,
+            logits: None,
             method: ask.method,
             layers: ask.layers.clone(),
             maps,

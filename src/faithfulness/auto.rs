@@ -89,6 +89,7 @@ pub fn auto(
     let scored: Vec<MapScores> = score_returned(
         network,
         image,
+        maps[0].logits.as_deref(),
         &distinct
             .iter()
             .flat_map(|&i| returned[i].iter().cloned())

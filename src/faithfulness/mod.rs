@@ -6,8 +6,9 @@
 //! Every score but `complexity` reruns the network on the image changed by the map: scaled
 //! by it (the confidence metrics, `coherency`), or with the pixels it ranks highest (MoRF)
 //! or lowest (LeRF) removed and filled in ([`imputation`], ROAD). The changed images of all
-//! maps go through the network in batches of [`BATCH`], without autograd. A score compares
-//! the target's logit (pytorch-grad-cam's `ClassifierOutputTarget`) before and after.
+//! maps go through the network in batches of [`BATCH`] (the rest one by one), without
+//! autograd. A score compares the target's logit (pytorch-grad-cam's
+//! `ClassifierOutputTarget`) before and after.
 
 mod auto;
 pub mod imputation;
@@ -273,13 +274,9 @@ fn per_map_passes(scores: &[Score], percentiles: usize, method_passes: usize) ->
     if any(Score::needs_road) {
         images += 2 * percentiles;
     }
-    // A batch of eight images counts as one pass (on two cores it costs more, but so does
-    // every request's); the original image's logit is one more image.
-    let mut passes = if images == 0 {
-        0
-    } else {
-        (images + 1).div_ceil(BATCH)
-    };
+    // The original image's logits come from the explanation's pass (for the methods whose
+    // pass has them: the others run it once more, a pass not counted here).
+    let mut passes = batches(images).count();
     if any(Score::needs_coherency) {
         passes += method_passes;
     }
@@ -379,18 +376,28 @@ pub fn score_maps(
     let targets: Vec<usize> = raw.maps.iter().map(|m| m.target).collect();
     let methods = vec![cam.method; returned.len()];
     let scores = score_returned(
-        network, image, &returned, &targets, &methods, cam, ask, abandoned,
+        network,
+        image,
+        raw.logits.as_deref(),
+        &returned,
+        &targets,
+        &methods,
+        cam,
+        ask,
+        abandoned,
     )?;
     Ok((scores, start.elapsed().as_secs_f64() * 1e3))
 }
 
 /// The scores of maps as pytorch-grad-cam returns them (at the input's size, in 0..=1),
 /// each for its target and made by its method (with `cam`'s other settings: coherency
-/// makes it again).
+/// makes it again). `logits`: the image's own, when the explanation's pass has them (else
+/// the image runs again with the changed ones).
 #[allow(clippy::too_many_arguments)]
 pub fn score_returned(
     network: &dyn Network,
     image: &Image<'_>,
+    logits: Option<&[f32]>,
     maps: &[Vec<f32>],
     targets: &[usize],
     methods: &[Method],
@@ -403,8 +410,16 @@ pub fn score_returned(
     let wants = |f: fn(Score) -> bool| ask.scores.iter().any(|&s| f(s));
     let x = Vec::<f32>::try_from(image.normalised.contiguous().view([-1]))?;
     let channels = x.len() / (height * width);
-    // The changed images, and whose they are: the original first (its logits once).
-    let mut images: Vec<Vec<f32>> = vec![x.clone()];
+    // The changed images, and whose they are: the original first, when a score compares
+    // logits and the explanation's pass did not give them (complexity and coherency alone
+    // need no forward here).
+    let compares_logits = wants(Score::needs_scaled_image) || wants(Score::needs_road);
+    let rerun_original = compares_logits && logits.is_none();
+    let mut images: Vec<Vec<f32>> = if rerun_original {
+        vec![x.clone()]
+    } else {
+        vec![]
+    };
     let mut perturbed = Vec::with_capacity(maps.len());
     let mut normal = ask.seed.map(LegacyNormal::new);
     // ROAD's masks, and their noise drawn in one order; their images come after the others.
@@ -446,14 +461,18 @@ pub fn score_returned(
             *i += first;
         }
     }
-    let logits = logits_in_batches(network, &images, channels, height, width, abandoned)?;
-    let classes = logits.len() / images.len();
-    let logit = |image: usize, target: usize| logits[image * classes + target];
+    let changed = logits_in_batches(network, &images, channels, height, width, abandoned)?;
+    let classes = network.num_classes();
+    let logit = |image: usize, target: usize| changed[image * classes + target];
 
     let mut all = Vec::with_capacity(maps.len());
     for (((map, &target), &method), index) in maps.iter().zip(targets).zip(methods).zip(&perturbed)
     {
-        let before = logit(0, target);
+        let before = match logits {
+            Some(own) => own[target],
+            None if compares_logits => logit(0, target),
+            None => f32::NAN,
+        };
         // Each metric's `after - before`, in float32 as pytorch-grad-cam subtracts.
         let change = |i: usize| logit(i, target) - before;
         let confidence = index.scaled.map_or(f32::NAN, change);
@@ -552,7 +571,15 @@ fn scaled_by(x: &[f32], map: &[f32], channels: usize) -> Vec<f32> {
         .collect()
 }
 
-/// The logits of every image (each `channels` x `height` x `width`), `BATCH` at a time,
+/// The sizes of the passes that run `images` images: full batches of `BATCH`, then the
+/// rest one at a time. A lone image takes the network's fastest path; batches of 2 to 7
+/// cost more per image than either (`gradcam-bench engine-loop`, "BATCH RUNS" lines: on
+/// two AVX-512 cores a batch of two took 3.7 times one image, a batch of eight 7.6 times).
+fn batches(images: usize) -> impl Iterator<Item = usize> {
+    std::iter::repeat_n(BATCH, images / BATCH).chain(std::iter::repeat_n(1, images % BATCH))
+}
+
+/// The logits of every image (each `channels` x `height` x `width`), in [`batches`],
 /// flattened (image after image).
 fn logits_in_batches(
     network: &dyn Network,
@@ -563,7 +590,10 @@ fn logits_in_batches(
     abandoned: &dyn Fn() -> bool,
 ) -> Result<Vec<f32>, GradCamError> {
     let mut all = Vec::new();
-    for chunk in images.chunks(BATCH) {
+    let mut start = 0;
+    for len in batches(images.len()) {
+        let chunk = &images[start..start + len];
+        start += len;
         if abandoned() {
             return Err(GradCamError::Abandoned);
         }
@@ -694,13 +724,20 @@ mod tests {
             scores: vec![Score::Road, Score::ConfidenceChange],
             ..ScoreAsk::default()
         };
-        // 1 + 8 + the original: two batches of eight.
+        // 1 + 8: a batch of eight and one alone.
         assert_eq!(ask.passes(1, 1), 2);
         assert_eq!(ask.passes(3, 1), 6);
+        let ask = ScoreAsk {
+            scores: vec![Score::ConfidenceChange],
+            ..ScoreAsk::default()
+        };
+        // The scaled image alone.
+        assert_eq!(ask.passes(1, 1), 1);
         let ask = ScoreAsk {
             scores: vec![Score::Arcc],
             ..ScoreAsk::default()
         };
-        assert_eq!(ask.passes(1, 2), 4);
+        // Eight ROAD images, one batch, and the method's two passes again (coherency).
+        assert_eq!(ask.passes(1, 2), 3);
     }
 }

@@ -73,9 +73,9 @@ fn a_full_queue_answers_503_with_retry_after_at_once() {
 }
 
 /// A scored request takes as many places as the passes its scores cost (ROAD at four
-/// percentiles and confidence_change, two maps: twice ten images in batches of eight, plus
-/// the explanation: five): where fewer are free it is refused at once, while a plain
-/// request still gets in.
+/// percentiles and confidence_change, two maps: twice nine images, a batch of eight and one
+/// alone, plus the explanation: five): where fewer are free it is refused at once, while a
+/// plain request still gets in.
 #[test]
 fn a_scored_request_counts_as_its_passes_in_the_queue() {
     let (app, gate) = App::start(config(|c| c.server.queue_capacity = 6));

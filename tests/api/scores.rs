@@ -37,6 +37,11 @@ fn scores_come_with_each_map_repeat_and_reach_the_headers() {
     let seeded = seeded.scores.unwrap().0;
     assert_ne!(seeded["road"], scores.0["road"]);
     assert_eq!(seeded["confidence_change"], scores.0["confidence_change"]);
+    // The scores that compare no logits, alone: the same values, no prediction rerun.
+    let cheap = answer(&server, "?scores=complexity,coherency");
+    let cheap = cheap.scores.unwrap().0;
+    assert_eq!(cheap["complexity"], scores.0["complexity"]);
+    assert!((0.0..=1.0).contains(&cheap["coherency"]), "{cheap:?}");
     // Without scores: no field, no time.
     let plain = answer(&server, "");
     assert!(plain.scores.is_none());

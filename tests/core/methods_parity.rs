@@ -431,8 +431,12 @@ fn deep_feature_factorization_matches_pytorch_grad_cam() {
             .iter()
             .any(|&(a, b)| (a as i32 - b as i32).abs() > 1);
         eprintln!("{what}: {off} of {} picture bytes differ", picture.len());
+        // At most 2 % of the bytes, by one. On AMD EPYC machines under 0.1 % differed; on a
+        // 2-core AVX-512 Intel Xeon (2026-12-03) 1.6 % did, and as many with our blend run on
+        // pytorch-grad-cam's own maps: that CPU's NumPy/OpenCV kernels round a few blends
+        // the other way (cause not pinned down; the maps above still agree to 5e-6).
         assert!(
-            !far && off * 1000 <= picture.len(),
+            !far && off * 50 <= picture.len(),
             "{what}: picture: {off} bytes differ"
         );
     }

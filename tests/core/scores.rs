@@ -148,6 +148,7 @@ fn every_score_matches_pytorch_grad_cam_without_noise() {
         let on_their_map = faithfulness::score_returned(
             engine.network(),
             &image,
+            None,
             std::slice::from_ref(&theirs),
             &[case.target],
             &[method],
@@ -341,6 +342,7 @@ fn the_scores_tell_the_map_that_covers_the_region_from_random_and_inverted_ones(
     let scores = faithfulness::score_returned(
         &network,
         &image,
+        None,
         &[covering, random, inverted],
         &[0, 0, 0],
         &[Method::GradCam; 3],
@@ -419,6 +421,7 @@ fn scoring_stops_once_abandoned() {
     let outcome = faithfulness::score_returned(
         &network,
         &image,
+        None,
         &[map],
         &[0],
         &[Method::GradCam],
