@@ -19,6 +19,10 @@ Usage: python baseline.py --weights W.safetensors --image IMG.jpg --threads N [-
        (every pytorch-grad-cam method at layer4[-1], its top-1 class, with its default
        settings: R rounds of the one-pass methods in rotated order, S runs each of
        AblationCAM and ScoreCAM, for the methods table of `make bench`)
+       python baseline.py ... --scores [--slow-runs S]
+       (faithfulness scores, issue 23: on the layer4 Grad-CAM map of the top-1 class,
+       ROADCombined(percentiles=[20, 40, 60, 80]) S times and CamMultImageConfidenceChange
+       and the GradCAM call itself R times, interleaved, for the scores table)
        python baseline.py ... --forward-loop [--runtime torch|onnxruntime|onnxruntime-cam]
        (forward-only on request, for bench/run.py's paired rounds: each stdin line
        "1 RUNS" is answered by one JSON line of latencies)
@@ -246,6 +250,66 @@ def methods_table(weights, x, runs, slow_runs):
     return {name: summarise(t) for name, t in times.items()}
 
 
+# ROAD's percentiles: ARCC's and the service's (src/faithfulness/mod.rs,
+# DEFAULT_PERCENTILES); ROADCombined's own default is 10, 20, ..., 90.
+ROAD_PERCENTILES = [20, 40, 60, 80]
+
+
+def due(round_index, runs, rounds):
+    """Whether something timed `runs` times in `rounds` rounds runs in this one: spread
+    evenly from the first round, as gradcam-bench scores does."""
+    return -(-round_index * runs // rounds) < -(-(round_index + 1) * runs // rounds)
+
+
+def scores_table(weights, x, runs, slow_runs):
+    """p50 of pytorch-grad-cam 1.5.7's ROADCombined and CamMultImageConfidenceChange on
+    the layer4 Grad-CAM map of the top-1 class, called as its documentation shows
+    (`metric(input_tensor, grayscale_cams, targets, model)`), and of the GradCAM call that
+    makes the map. The metrics get a model of their own without GradCAM's hooks (under
+    no_grad the hooks would only copy the activation). ROADCombined's imputer keeps its
+    default noise (0.01), as our default seed keeps ours."""
+    from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
+    from pytorch_grad_cam.metrics.road import ROADCombined
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    model = load_model(weights)
+    plain = load_model(weights)
+    with torch.no_grad():
+        top1 = int(plain(x)[0].argmax())
+    targets = [ClassifierOutputTarget(top1)]
+    cam = GradCAM(model=model, target_layers=[model.layer4[-1]])
+    cams = cam(input_tensor=x, targets=targets)
+    road = ROADCombined(percentiles=ROAD_PERCENTILES)
+    confidence = CamMultImageConfidenceChange()
+    columns = {
+        "gradcam": (lambda: cam(input_tensor=x, targets=targets), runs),
+        "road": (lambda: road(x, cams, targets, plain), slow_runs),
+        "confidence_change": (lambda: confidence(x, cams, targets, plain), runs),
+    }
+    values = {"road": float(np.asarray(road(x, cams, targets, plain)).ravel()[0]),
+              "confidence_change": float(np.asarray(
+                  confidence(x, cams, targets, plain)).ravel()[0])}
+    for name, (fn, n) in columns.items():
+        timed(fn, 0, 2 if n >= runs else 1)
+    names = list(columns)
+    rounds = max(n for _, n in columns.values())
+    times = {n: [] for n in names}
+    for i in range(rounds):
+        for step in range(len(names)):
+            name = names[(i + step) % len(names)]
+            fn, n = columns[name]
+            if due(i, n, rounds):
+                times[name] += timed(fn, 1, 0)
+    print(f"baseline: scores, ROADCombined p50 {np.median(times['road']):.0f} ms",
+          file=sys.stderr, flush=True)
+    return {"top1": top1, "percentiles": ROAD_PERCENTILES,
+            "classes": {"road": "ROADCombined",
+                        "confidence_change": "CamMultImageConfidenceChange",
+                        "gradcam": "GradCAM"},
+            "values": values,
+            "ms": {name: summarise(t) for name, t in times.items()}}
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--weights", required=True)
@@ -258,8 +322,11 @@ def main():
                    default="torch", help="what --forward-loop runs")
     p.add_argument("--onnx", help="the exported model (default: next to the weights)")
     p.add_argument("--methods", action="store_true", help="time every CAM method")
+    p.add_argument("--scores", action="store_true",
+                   help="time ROADCombined and CamMultImageConfidenceChange")
     p.add_argument("--slow-runs", type=int, default=3,
-                   help="runs of AblationCAM and ScoreCAM with --methods")
+                   help="runs of AblationCAM and ScoreCAM with --methods, of ROADCombined "
+                        "with --scores")
     a = p.parse_args()
 
     torch.set_num_threads(a.threads)
@@ -269,6 +336,14 @@ def main():
             "grad_cam": __import__("importlib.metadata").metadata.version("grad-cam"),
             "threads": torch.get_num_threads(), "runs": a.runs, "slow_runs": a.slow_runs,
             "methods": methods_table(a.weights, x, a.runs, a.slow_runs),
+        }, indent=2))
+        return
+    if a.scores:
+        x = load_input(a.image)
+        print(json.dumps({
+            "grad_cam": __import__("importlib.metadata").metadata.version("grad-cam"),
+            "threads": torch.get_num_threads(), "runs": a.runs, "slow_runs": a.slow_runs,
+            **scores_table(a.weights, x, a.runs, a.slow_runs),
         }, indent=2))
         return
     # Two copies: GradCAM hooks the model it wraps, and the forward-only figure is of a model

@@ -240,6 +240,80 @@ def method_goals(results):
     return out
 
 
+# ---------------------------------------------------------------------------------------
+# Faithfulness scores (issue 23)
+
+# Our scores in the table's order, and the pytorch-grad-cam class timed for each (None:
+# not timed there).
+SCORES = ("road", "road_morf", "road_lerf", "confidence_change", "drop_in_confidence",
+          "increase_in_confidence", "complexity", "coherency", "arcc")
+THEIR_SCORES = {"road": "road", "confidence_change": "confidence_change"}
+
+
+def score_rows(s):
+    """Per score: (score, ours: the score alone p50 ms (`Scored::scores_ms`), that in
+    our predictions (p50s), ours: Grad-CAM + the score p50 ms, runs, pytorch-grad-cam's p50
+    ms or None, theirs / our score alone or None)."""
+    ours, theirs = s["ours"], s["pytorch_grad_cam"]
+    predict = ours["prediction_ms"]["p50"]
+    rows = []
+    for name in SCORES:
+        c = ours["columns"][name]
+        alone = c["score_ms"]["p50"]
+        t = theirs["ms"].get(THEIR_SCORES.get(name, ""), {}).get("p50")
+        rows.append((name, alone, alone / predict, c["whole_ms"]["p50"], c["whole_ms"]["n"],
+                     t, t / alone if t else None))
+    return rows
+
+
+def per_round_ratios(a, b):
+    """The ratios of two columns' whole times in each round both ran in."""
+    of_b = dict(zip(b["rounds"], b["whole_each_ms"]))
+    return [ms / of_b[r] for r, ms in zip(a["rounds"], a["whole_each_ms"]) if r in of_b]
+
+
+def score_goals(results):
+    s = results.get("scores")
+    if s is None:
+        return []
+    cols = s["ours"]["columns"]
+    road, their_road = cols["road"]["score_ms"], s["pytorch_grad_cam"]["ms"]["road"]
+    auto, gradcam = cols["auto"], cols["gradcam"]
+    a50, g50 = auto["whole_ms"]["p50"], gradcam["whole_ms"]["p50"]
+    return [
+        # Score against score: ROADCombined is given the map, and our road's own cost
+        # (scores_ms) leaves out the Grad-CAM pass that made it. Different processes, one
+        # after the other: the spread of the two medians.
+        Goal("pytorch-grad-cam's ROADCombined / our road score alone (p50, percentiles "
+             "20,40,60,80)", f"{their_road['p50'] / 1e3:.2f} / {road['p50'] / 1e3:.2f} s",
+             their_road["p50"] / road["p50"], ">=", 5, ratio_spread(their_road, road)),
+        Goal("method=auto (auto_score=confidence_change) / one Grad-CAM explanation "
+             "(whole, p50)", f"{a50:.1f} / {g50:.1f} ms", a50 / g50, "<=", 6,
+             rounds_spread(per_round_ratios(auto, gradcam))),
+    ]
+
+
+def score_reported(results):
+    """The scores step's figures without a goal: (what, measured, ratio)."""
+    s = results.get("scores")
+    if s is None:
+        return []
+    ours, theirs = s["ours"], s["pytorch_grad_cam"]
+    cols = ours["columns"]
+    g50 = cols["gradcam"]["whole_ms"]["p50"]
+    ar50 = cols["auto_road"]["whole_ms"]["p50"]
+    road = cols["road"]["whole_ms"]["p50"]
+    t = theirs["ms"]
+    their_whole = t["gradcam"]["p50"] + t["road"]["p50"]
+    return [
+        ("method=auto (auto_score=road) / one Grad-CAM explanation (whole, p50)",
+         f"{ar50 / 1e3:.2f} s / {g50:.1f} ms", ar50 / g50),
+        ("pytorch-grad-cam's GradCAM call + ROADCombined / our Grad-CAM with road "
+         "(whole, sum of their p50s / our p50)",
+         f"{their_whole / 1e3:.2f} / {road / 1e3:.2f} s", their_whole / road),
+    ]
+
+
 def exported_goals(results):
     e = results.get("exported")
     if e is None:
@@ -274,4 +348,4 @@ def goals(results):
     """Every goal the results can judge, in the report's order (the trunk's is in its own
     section)."""
     return (engine_goals(results) + phone_goals(results) + peer_and_idle_goals(results)
-            + method_goals(results) + exported_goals(results))
+            + method_goals(results) + score_goals(results) + exported_goals(results))

@@ -70,6 +70,70 @@ def methods_section(results, w):
       "on both sides: ours batches them through the fast path.\n")
 
 
+def scores_section(results, w):
+    s = results.get("scores")
+    if s is None:
+        return
+    ours, theirs = s["ours"], s["pytorch_grad_cam"]
+    cols = ours["columns"]
+    predict = ours["prediction_ms"]["p50"]
+    pct = ",".join(f"{p:g}" for p in ours["percentiles"])
+    w("## Faithfulness scores at layer4\n")
+    w(f"Grad-CAM of the top-1 class at layer4, batch 1, 224x224, {ours['threads']} threads "
+      "each side, same weights and image. Ours: `gradcam-bench scores`, each column an "
+      "explanation through `engine::run_network` with a request's options (`scores=NAME`; "
+      "`method=auto`, with `auto_score=road` in the last row), "
+      f"{ours['rounds']} rounds in rotated order: our prediction, a plain Grad-CAM "
+      "explanation, the scores that rerun the network once or not at all and method=auto in "
+      f"every round; road, road_morf, road_lerf and arcc in {ours['slow_runs']} of them, "
+      f"auto_score=road in {ours['auto_road_runs']}. ROAD's percentiles {pct}, its "
+      "imputation noise seeded (`seed` 0). \"The score alone\" is `Scored::scores_ms` (for "
+      "method=auto: ranking the candidates), \"whole\" the explanation with it. "
+      f"pytorch-grad-cam {theirs['grad_cam']}: `bench/baseline.py --scores`, its metric "
+      "classes called on `GradCAM(model, [model.layer4[-1]])(input_tensor=x, "
+      "targets=[ClassifierOutputTarget(top1)])`'s map as its documentation shows "
+      f"(`ROADCombined(percentiles=[{pct}])`, default noise), the same run counts in "
+      "another process right after ours.\n")
+    w("| Score | ours: the score alone p50 ms | in our predictions | ours: Grad-CAM + "
+      "score p50 ms | runs | pytorch-grad-cam p50 ms | pytorch-grad-cam / ours (score "
+      "alone) |")
+    w("|---|---|---|---|---|---|---|")
+    classes = theirs["classes"]
+    for name, alone, preds, whole, n, t, speed in goals.score_rows(s):
+        their = (f"{t:.1f} (`{classes[goals.THEIR_SCORES[name]]}`)" if t is not None
+                 else "")
+        w(f"| {name} | {alone:.1f} | {preds:.1f} | {whole:.1f} | {n} | {their} | "
+          + (f"{speed:.1f} |" if speed is not None else "|"))
+    for key, label in (("auto", "method=auto (auto_score=confidence_change)"),
+                       ("auto_road", "method=auto (auto_score=road)")):
+        c = cols[key]
+        chose = f", chose {c['chosen']}" if c.get("chosen") else ""
+        w(f"| {label}{chose} | {c['score_ms']['p50']:.1f} | "
+          f"{c['score_ms']['p50'] / predict:.1f} | {c['whole_ms']['p50']:.1f} | "
+          f"{c['whole_ms']['n']} | | |")
+    g = cols["gradcam"]
+    w(f"| (Grad-CAM alone) | | | {g['whole_ms']['p50']:.1f} | {g['whole_ms']['n']} | "
+      f"{theirs['ms']['gradcam']['p50']:.1f} (`GradCAM` call) | |")
+    w(f"| (our prediction) | | 1.0 | {predict:.1f} | {ours['prediction_ms']['n']} | | |")
+    w("")
+    for goal in goals.score_goals(results):
+        w(f"- {verdict(goal)} {goal.name}: {goal.figure} = {goal.value:.2f} "
+          f"(target {goal.wanted})")
+    for what, figure, value in goals.score_reported(results):
+        w(f"- {what}: {figure} = {value:.2f} (reported, no target)")
+    w("")
+    w("ROAD removes the pixels above (MoRF) or below (LeRF) each percentile of the map, "
+      "fills them in from their neighbours (a sparse linear solve per image) and reruns the "
+      "network: 8 images at 4 percentiles. pytorch-grad-cam solves them one after another "
+      "with SciPy and runs the network 16 times, batch 1 (each changed image, and the "
+      "original again before each); ours solves them on every core and runs the 8 images "
+      "in one batch (any rest one by one), the original's logits taken from the "
+      "explanation's own pass. method=auto scores each distinct map of "
+      "the one-pass candidates (Grad-CAM, Grad-CAM++, HiResCAM, XGradCAM, Grad-CAM "
+      "element-wise, LayerCAM, and EigenCAM and EigenGradCAM where the system's LAPACK is "
+      "there), all from one forward and backward pass.\n")
+
+
 def exported_section(results, w):
     e = results.get("exported")
     if e is None:
@@ -426,6 +490,7 @@ def report(results):
     report_peers_and_idle(results, w)
     trunk_section(results, w)
     methods_section(results, w)
+    scores_section(results, w)
     exported_section(results, w)
     w("## What we tried\n")
     w("Each row was measured in this run; a change within the run's own uncertainty (twice "

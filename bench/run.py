@@ -21,7 +21,12 @@ matplotlib), after the release build. Steps:
               200 ms pauses, CPU per request and the idle server's CPU use
   9. methods  every CAM method at layer4: ours (gradcam-bench methods, against our own
               prediction in the same rounds) and pytorch-grad-cam's (baseline.py --methods)
- 10. exported models exported by gradcam_export (efficientnet_b0, convnext_tiny, vit_b_16;
+ 10. scores   faithfulness scores (issue 23) on the layer4 Grad-CAM map: ours (gradcam-bench
+              scores: Grad-CAM with each score alone and method=auto, against a plain
+              Grad-CAM explanation and our prediction in the same rounds) and
+              pytorch-grad-cam's ROADCombined and CamMultImageConfidenceChange
+              (baseline.py --scores)
+ 11. exported models exported by gradcam_export (efficientnet_b0, convnext_tiny, vit_b_16;
               bench/exported.py): Grad-CAM over HTTP at concurrency 1 against
               pytorch-grad-cam in process on the same model and threads, measured in
               alternation; the explanation in process against the file's own prediction
@@ -34,7 +39,7 @@ bench/results.json, measuring nothing); hand measurements are in bench/measured-
 Scratch files go to target/bench/; results to bench/results.json, plots to bench/*.png,
 the report to BENCHMARKS.md. BENCH_QUICK=1 shortens every step (for trying the script out);
 `--report-only` re-renders BENCHMARKS.md and the plots from bench/results.json; `--only
-idle|ort|baseline|methods|exported` runs one part alone and prints its figures (BENCH_THREADS:
+idle|ort|baseline|methods|scores|exported` runs one part alone and prints its figures (BENCH_THREADS:
 threads).
 """
 import json
@@ -86,6 +91,7 @@ def main():
             "ort": lambda: {k: steps.paired_latency(weights, img224, threads, runtime=k)
                             for k in ("onnxruntime", "onnxruntime-cam")},
             "methods": lambda: steps.cam_methods(weights, img224, threads),
+            "scores": lambda: steps.faithfulness_scores(weights, img224, threads),
             "exported": lambda: steps.exported_models(weights, img224, threads),
             "baseline": lambda: run_json([sys.executable,
                                           os.path.join(ROOT, "bench", "baseline.py"),

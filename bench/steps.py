@@ -32,7 +32,15 @@ PAIRED_HTTP_WARMUP = 1.0 if QUICK else 1.5
 # thousands of passes each (pytorch-grad-cam: about 3 minutes a run here), so one run.
 METHOD_RUNS = 4 if QUICK else 20
 METHOD_SLOW_RUNS = 1
-# Exported models (step 10): the architectures of the any-model issue's speed goals, and
+# Faithfulness scores (step 10, issue 23): rounds of the cheap columns (prediction, Grad-CAM,
+# the scores that rerun the network once or not at all, method=auto); ROAD's columns (road,
+# road_morf, road_lerf, arcc: 8 imputations each) and method=auto ranked by road (ROAD for
+# every distinct candidate map), each seconds a run (BENCHMARKS.md's scores table), run in
+# fewer rounds.
+SCORE_RUNS = 4 if QUICK else 10
+SCORE_SLOW_RUNS = 2 if QUICK else 5
+SCORE_AUTO_ROAD_RUNS = 1 if QUICK else 3
+# Exported models (step 11): the architectures of the any-model issue's speed goals, and
 # rounds of alternating HTTP and pytorch-grad-cam measurements.
 EXPORTED_ARCHS = ["efficientnet_b0", "convnext_tiny", "vit_b_16"]
 EXPORTED_ROUNDS = 2 if QUICK else 3
@@ -136,8 +144,23 @@ def cam_methods(weights, image, threads):
     return {"ours": ours, "pytorch_grad_cam": theirs}
 
 
+def faithfulness_scores(weights, image, threads):
+    """Grad-CAM at layer4 with each faithfulness score alone, and method=auto, top-1 class,
+    batch 1: ours in one process (gradcam-bench scores: interleaved rounds with a plain
+    Grad-CAM explanation and our prediction), then pytorch-grad-cam's ROADCombined and
+    CamMultImageConfidenceChange on its Grad-CAM map in another (baseline.py --scores),
+    same weights, image and threads, the same run counts."""
+    common = ["--weights", weights, "--image", image, "--threads", str(threads),
+              "--runs", str(SCORE_RUNS), "--slow-runs", str(SCORE_SLOW_RUNS)]
+    ours = run_json([BENCH, "scores", *common,
+                     "--auto-road-runs", str(SCORE_AUTO_ROAD_RUNS)])
+    theirs = run_json([sys.executable, os.path.join(ROOT, "bench", "baseline.py"), "--scores",
+                       *common])
+    return {"ours": ours, "pytorch_grad_cam": theirs}
+
+
 def exported_models(weights, image, threads):
-    """Step 10. Per architecture: the file exported with seeded weights (bench/exported.py,
+    """Step 11. Per architecture: the file exported with seeded weights (bench/exported.py,
     which also times pytorch-grad-cam's GradCAM on the same model), then EXPORTED_ROUNDS
     rounds of our server at concurrency 1 and pytorch-grad-cam, alternating, and the
     explanation in process against the file's prediction. Then the step-1 ResNet-50
@@ -483,6 +506,10 @@ def run_all():
     log(f"methods: every CAM method at layer4, ours and pytorch-grad-cam's ({METHOD_RUNS} "
         f"rounds, {METHOD_SLOW_RUNS} run of AblationCAM and ScoreCAM: ~10 min)")
     results["methods"] = cam_methods(weights, img224, threads)
+    log(f"scores: Grad-CAM with each faithfulness score and method=auto, ours and "
+        f"pytorch-grad-cam's ROADCombined ({SCORE_RUNS} rounds, {SCORE_SLOW_RUNS} runs of "
+        f"ROAD, {SCORE_AUTO_ROAD_RUNS} of auto_score=road: ~2 min)")
+    results["scores"] = faithfulness_scores(weights, img224, threads)
     log(f"exported models: {', '.join(EXPORTED_ARCHS)} over HTTP vs pytorch-grad-cam, "
         "in process vs their prediction; resnet50 exported vs native")
     results["exported"] = exported_models(weights, img224, threads)

@@ -13,6 +13,8 @@
 //!   target ratio see the same machine: on a shared 2-core machine the speed drifts by
 //!   +-15 % within minutes.
 //! - `methods`: every CAM method at layer4 against the prediction (bench/src/methods.rs).
+//! - `scores`: Grad-CAM with each faithfulness score, and `method=auto`, against a plain
+//!   Grad-CAM explanation and the prediction (bench/src/scores.rs).
 //! - `http`: a closed-loop load generator over loopback against a running server: one
 //!   keep-alive connection per simulated client, plain HTTP/1.1 over std's TcpStream, so the
 //!   client costs next to nothing beside the server on the same cores.
@@ -34,6 +36,7 @@ use serde_json::{json, Value};
 mod exported;
 mod methods;
 mod phone;
+mod scores;
 
 use gradcam_serve::config::{Config, ModelConfig};
 use gradcam_serve::engine::{self, Engine, Explainer};
@@ -43,7 +46,7 @@ use gradcam_serve::gradcam::{Ask, PassTimings};
 use gradcam_serve::model::resnet::{self as model, Architecture, Layer};
 use gradcam_serve::options::{Defaults, ExplainOptions};
 use gradcam_serve::precision::Precision;
-use gradcam_serve::preprocess::{DecodeLimits, InputSpec, ResizeMode};
+use gradcam_serve::preprocess::{DecodeLimits, InputSpec, ModelInput, ResizeMode};
 
 /// The engine with the shipped settings on `weights`.
 fn shipped_engine(weights: &Path, threads: usize) -> anyhow::Result<Engine> {
@@ -53,6 +56,13 @@ fn shipped_engine(weights: &Path, threads: usize) -> anyhow::Result<Engine> {
         ..ModelConfig::default()
     };
     Ok(Engine::load(&config, None)?)
+}
+
+/// The 224x224 image file as the model's input, stretched as the server would.
+fn input_224(image: &Path) -> anyhow::Result<ModelInput> {
+    let bytes = std::fs::read(image).with_context(|| format!("reading {}", image.display()))?;
+    let spec = InputSpec::imagenet(224);
+    Ok(engine::prepare(&bytes, DecodeLimits::default(), &spec, ResizeMode::Stretch)?.input)
 }
 
 /// An explanation of the top-1 class at `layer`.
@@ -149,6 +159,27 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         threads: usize,
     },
+    /// Faithfulness scores at layer4: Grad-CAM with each score alone and `method=auto`,
+    /// against a plain Grad-CAM explanation and the prediction, in process (issue 23).
+    Scores {
+        #[arg(long)]
+        weights: PathBuf,
+        /// The input-size image (224x224).
+        #[arg(long)]
+        image: PathBuf,
+        /// Rounds of the prediction, Grad-CAM, the cheap scores and `method=auto`.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Runs of Grad-CAM with road, road_morf, road_lerf and arcc (ROAD's imputations).
+        #[arg(long, default_value_t = 5)]
+        slow_runs: usize,
+        /// Runs of `method=auto` with `auto_score=road`.
+        #[arg(long, default_value_t = 3)]
+        auto_road_runs: usize,
+        /// libtorch intra-op threads; 0 leaves libtorch's default.
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
     /// A model file's Grad-CAM explanation at its default layer against its own prediction,
     /// in process (exported TorchScript models, or the native path on the same weights).
     Exported {
@@ -235,6 +266,14 @@ fn main() -> anyhow::Result<()> {
             slow_runs,
             threads,
         } => methods::methods_bench(&weights, &image, runs, slow_runs, threads)?,
+        Command::Scores {
+            weights,
+            image,
+            runs,
+            slow_runs,
+            auto_road_runs,
+            threads,
+        } => scores::scores_bench(&weights, &image, runs, slow_runs, auto_road_runs, threads)?,
         Command::Exported {
             weights,
             image,

@@ -9,14 +9,13 @@
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::Context;
 use serde_json::{json, Value};
 
 use gradcam_serve::cam::{CamAsk, Method, Targets};
-use gradcam_serve::engine::{self, Engine, Explainer};
-use gradcam_serve::preprocess::{DecodeLimits, InputSpec, ModelInput, ResizeMode};
+use gradcam_serve::engine::{Engine, Explainer};
+use gradcam_serve::preprocess::ModelInput;
 
-use crate::{ask, ms_since, shipped_engine, summarise};
+use crate::{ask, input_224, ms_since, shipped_engine, summarise};
 
 /// Methods whose cost grows with the layer's channel count (a pass per channel or batch
 /// of channels) rather than one forward and one backward.
@@ -56,14 +55,7 @@ pub fn methods_bench(
     slow_runs: usize,
     threads: usize,
 ) -> anyhow::Result<Value> {
-    let bytes = std::fs::read(image).with_context(|| format!("reading {}", image.display()))?;
-    let prepared = engine::prepare(
-        &bytes,
-        DecodeLimits::default(),
-        &InputSpec::imagenet(224),
-        ResizeMode::Stretch,
-    )?;
-    let input = &prepared.input;
+    let input = &input_224(image)?;
     let engine = shipped_engine(weights, threads)?;
     let fast: Vec<Method> = Method::ALL.into_iter().filter(|&m| !is_slow(m)).collect();
     eprintln!(
