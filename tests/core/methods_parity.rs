@@ -431,10 +431,13 @@ fn deep_feature_factorization_matches_pytorch_grad_cam() {
             .iter()
             .any(|&(a, b)| (a as i32 - b as i32).abs() > 1);
         eprintln!("{what}: {off} of {} picture bytes differ", picture.len());
-        // At most 2 % of the bytes, by one. On AMD EPYC machines under 0.1 % differed; on a
-        // 2-core AVX-512 Intel Xeon (2026-12-03) 1.6 % did, and as many with our blend run on
-        // pytorch-grad-cam's own maps: that CPU's NumPy/OpenCV kernels round a few blends
-        // the other way (cause not pinned down; the maps above still agree to 5e-6).
+        // At most 2 % of the bytes, by one. With references made on AMD EPYC machines under
+        // 0.1 % differed; with one made on a 2-core AVX-512 Intel Xeon (2026-12-03) 1.6 % did,
+        // as many with our blend run on pytorch-grad-cam's own maps: there OpenCV's
+        // COLOR_HSV2RGB rounds its channels ([4, 0, 1] at h 175, s 255, v 4), where on the
+        // AMD machines it truncated as `factorization::hsv_to_rgb` does ([4, 0, 0]; its unit
+        // test): the same with OpenCV 4.10 to 5.1, IPP off and SIMD dispatch off. Which CPUs
+        // round is not pinned down; the maps agree to 5e-6.
         assert!(
             !far && off * 50 <= picture.len(),
             "{what}: picture: {off} bytes differ"
