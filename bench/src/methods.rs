@@ -57,7 +57,11 @@ pub fn methods_bench(
 ) -> anyhow::Result<Value> {
     let input = &input_224(image)?;
     let engine = shipped_engine(weights, threads)?;
-    let fast: Vec<Method> = Method::ALL.into_iter().filter(|&m| !is_slow(m)).collect();
+    // method=auto ranks the others by a score: the scores step times it (scores.rs).
+    let fast: Vec<Method> = Method::ALL
+        .into_iter()
+        .filter(|&m| !is_slow(m) && m != Method::Auto)
+        .collect();
     eprintln!(
         "methods: {} libtorch threads, {runs} rounds of prediction + {} methods, then {slow_runs} runs of AblationCAM, ScoreCAM and SESS",
         tch::get_num_threads(),
