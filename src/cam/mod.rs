@@ -39,7 +39,7 @@ pub use method::{Method, MethodInfo, MethodParams};
 pub use nmf::LegacyNormal;
 
 use crate::gradcam::{self, GradCamError, GradCamMap, PassTimings};
-use crate::model::{layer_indices, Needs, Network, NetworkError};
+use crate::model::{layer_indices, Needs, Network, NetworkError, Pass};
 
 /// Most classes one request may explain.
 pub const MAX_TARGETS: usize = 10;
@@ -77,6 +77,15 @@ impl Targets {
                     .collect()
             }
         }
+    }
+
+    /// Each map's class, the image's top-1 (the first most probable) where none was named.
+    pub(crate) fn classes(&self, probabilities: &[f32]) -> Vec<usize> {
+        let top1 = gradcam::top_k(probabilities, 1)[0].0;
+        self.resolve(probabilities)
+            .into_iter()
+            .map(|t| t.unwrap_or(top1))
+            .collect()
     }
 
     /// How many maps the answer will have.
@@ -324,19 +333,7 @@ pub fn compute(
     )?;
     let top1 = Vec::<i64>::try_from(logits.detach().argmax(1, false))?;
     let targets = ask.targets.resolve(&probabilities);
-    let values: Vec<Vec<f32>> = pass
-        .maps
-        .iter()
-        .map(|a| Vec::<f32>::try_from(a.contiguous().view([-1])))
-        .collect::<Result<_, _>>()?;
-    let shapes: Vec<(usize, usize, usize)> = pass
-        .maps
-        .iter()
-        .map(|a| {
-            let s = a.size();
-            (s[1] as usize, s[2] as usize, s[3] as usize)
-        })
-        .collect();
+    let (values, shapes) = layer_maps(&pass)?;
 
     let mut maps = Vec::with_capacity(targets.len());
     for (j, target) in targets.iter().enumerate() {
@@ -540,26 +537,8 @@ pub fn one_pass_maps(
     let logits = &pass.logits;
     let own_logits = Vec::<f32>::try_from(logits.detach().get(0))?;
     let probabilities = Vec::<f32>::try_from(logits.detach().get(0).softmax(-1, Kind::Float))?;
-    let top1 = gradcam::top_k(&probabilities, 1)[0].0;
-    let targets: Vec<usize> = ask
-        .targets
-        .resolve(&probabilities)
-        .into_iter()
-        .map(|t| t.unwrap_or(top1))
-        .collect();
-    let activations: Vec<Vec<f32>> = pass
-        .maps
-        .iter()
-        .map(|a| Vec::<f32>::try_from(a.contiguous().view([-1])))
-        .collect::<Result<_, _>>()?;
-    let shapes: Vec<(usize, usize, usize)> = pass
-        .maps
-        .iter()
-        .map(|a| {
-            let s = a.size();
-            (s[1] as usize, s[2] as usize, s[3] as usize)
-        })
-        .collect();
+    let targets = ask.targets.classes(&probabilities);
+    let (activations, shapes) = layer_maps(&pass)?;
     // Per method, per target: its map.
     let mut per_method: Vec<Vec<CamMap>> = vec![Vec::with_capacity(targets.len()); methods.len()];
     for (j, &target) in targets.iter().enumerate() {
@@ -951,4 +930,24 @@ fn flip_rows(map: &[f32], width: usize) -> Vec<f32> {
     map.chunks_exact(width)
         .flat_map(|row| row.iter().rev().copied())
         .collect()
+}
+
+/// Each layer's map of the pass, flattened, and its (channels, height, width).
+type LayerMaps = (Vec<Vec<f32>>, Vec<(usize, usize, usize)>);
+
+fn layer_maps(pass: &Pass) -> Result<LayerMaps, GradCamError> {
+    let values = pass
+        .maps
+        .iter()
+        .map(|a| Vec::<f32>::try_from(a.contiguous().view([-1])))
+        .collect::<Result<_, _>>()?;
+    let shapes = pass
+        .maps
+        .iter()
+        .map(|a| {
+            let s = a.size();
+            (s[1] as usize, s[2] as usize, s[3] as usize)
+        })
+        .collect();
+    Ok((values, shapes))
 }

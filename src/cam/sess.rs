@@ -13,7 +13,7 @@ use std::time::Instant;
 use tch::{Kind, Tensor};
 
 use super::{compute, returned_map, scale, CamAsk, CamMap, CamMaps, Image, Targets};
-use crate::gradcam::{self, GradCamError, PassTimings};
+use crate::gradcam::{GradCamError, PassTimings};
 use crate::model::Network;
 
 /// pytorch-grad-cam's defaults: 12 scales, each `2/7` of the window larger than the last.
@@ -209,13 +209,7 @@ pub fn enhanced(
     let mut forward_ms = start.elapsed().as_secs_f64() * 1e3;
     let probabilities = Vec::<f32>::try_from(logits.get(0).softmax(-1, Kind::Float))?;
     // np.argmax: the first largest.
-    let top1 = gradcam::top_k(&probabilities, 1)[0].0;
-    let targets: Vec<usize> = ask
-        .targets
-        .resolve(&probabilities)
-        .into_iter()
-        .map(|t| t.unwrap_or(top1))
-        .collect();
+    let targets = ask.targets.classes(&probabilities);
 
     // The window is the shorter side: the smallest scale is the image itself.
     let window = width.min(height);
