@@ -5,7 +5,7 @@
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := serve
-.PHONY: serve build test test-repeat lint bench fuzz load-test contract-test gateway-test image-test openapi clean-cache
+.PHONY: serve build test test-repeat lint bench fuzz load-test contract-test protocol-test gateway-test image-test openapi clean-cache
 
 # Where libtorch lives (installed on first use; prints its path).
 LIBTORCH := $(shell scripts/setup-libtorch.sh)
@@ -52,7 +52,8 @@ $(PARITY)/exported/reference.json: $(PARITY)/reference.json $(PARITY)/.exporter 
 	  cd tests/reference && TQDM_DISABLE=1 $$PY make_exported.py $(abspath $(PARITY)) --old-python $$OLD
 
 # The exporter's tests under both torch versions, the Rust unit, parity and HTTP tests, then
-# the OpenAPI contract test against a real server, then the page at GET / in headless
+# the OpenAPI contract test against a real server, the KServe v1 / Open Inference Protocol v2
+# test with tritonclient and the kserve SDK (scripts/protocol-test.sh), then the page at GET / in headless
 # Chromium (scripts/browser-test.sh; Chromium installed once), with an exported model too.
 test: $(PARITY)/reference.json $(PARITY)/exported/reference.json
 	scripts/setup-lapack.sh
@@ -61,6 +62,7 @@ test: $(PARITY)/reference.json $(PARITY)/exported/reference.json
 	done
 	GRADCAM_PARITY_DIR=$(abspath $(PARITY)) cargo test --release --locked -- --include-ignored
 	scripts/contract_test.sh
+	scripts/protocol-test.sh
 	scripts/browser-test.sh --exported $(abspath $(PARITY))/exported/mobilenet_v3_large.pt
 
 # `make test` RUNS times (default 5) in a row; BUSY=1 keeps every core busy meanwhile (one
@@ -74,9 +76,10 @@ bench:
 	scripts/bench.sh
 
 # Formatting, clippy, ruff on the exporter package, then the deployment files: hadolint on
-# docker/Dockerfile, deploy/k8s/ against the Kubernetes schemas (kubernetes-validate), the
-# limits compose, nginx.conf and config.toml must agree on (scripts/deploy_lint.py; its
-# tools in a venv, installed once).
+# docker/Dockerfile, deploy/k8s/ against the Kubernetes schemas (kubernetes-validate),
+# deploy/kserve/ against the InferenceService schema (the KServe SDK's classes) and its pod
+# against the Kubernetes schemas, the limits compose, nginx.conf and config.toml must agree
+# on (scripts/deploy_lint.py; its tools in a venv, installed once).
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --release --locked --workspace --all-targets -- -D warnings
@@ -120,3 +123,9 @@ load-test: build
 # invalid ones refused. MAX_EXAMPLES=100 per operation (about 30 s); see scripts/contract_test.sh.
 contract-test: build
 	scripts/contract_test.sh
+
+# KServe v1 and Open Inference Protocol v2 (also a step of `make test`): tritonclient[http]
+# and the kserve SDK (their own venv, installed once) against two real servers, every answer
+# compared with POST /explain's, bad input in each protocol's error shape, the limits.
+protocol-test: build
+	scripts/protocol-test.sh

@@ -188,6 +188,9 @@ pub struct ServerArgs {
     /// Serve the page a person uses at GET / [server.ui]
     #[arg(long, env = "GRADCAM_UI", num_args = 0..=1, default_missing_value = "true")]
     pub ui: Option<bool>,
+    /// The model's name in the KServe v1 and v2 paths; default: its architecture [server.model_name]
+    #[arg(long, env = "GRADCAM_MODEL_NAME")]
+    pub model_name: Option<String>,
 }
 
 #[derive(Args, Debug, Default)]
@@ -293,6 +296,9 @@ impl ServerArgs {
                 ui,
             ]
         );
+        if let Some(name) = &self.model_name {
+            s.model_name = Some(name.clone());
+        }
     }
 }
 

@@ -95,8 +95,12 @@ pub struct ServerConfig {
     /// Whether /docs and /openapi.json need a token when api_keys is set.
     pub protect_docs: bool,
     /// Serve the page a person uses at `GET /` (pick a picture, see its heat map);
-    /// false: `/` is 404 like any unknown path.
+    /// false: `/` is 404 like any unknown path (for a browser: a program that does not
+    /// accept HTML gets KServe v1's liveness either way).
     pub ui: bool,
+    /// The model's name in the KServe v1 and Open Inference Protocol v2 paths
+    /// (`/v2/models/{name}/infer`); None: GET /model's `architecture`.
+    pub model_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -156,6 +160,7 @@ impl Default for ServerConfig {
             protect_metrics: false,
             protect_docs: false,
             ui: true,
+            model_name: None,
         }
     }
 }
@@ -254,6 +259,15 @@ impl Config {
         }
         if s.max_pixels == 0 {
             return bad("server.max_pixels must be at least 1".into());
+        }
+        if let Some(name) = &s.model_name {
+            let fits = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
+            if name.is_empty() || name.len() > 128 || !name.chars().all(fits) {
+                return bad(format!(
+                    "server.model_name = {name:?} (1 to 128 letters, digits, `-`, `_` or `.`: \
+                     it is a path segment of the protocols' URLs)"
+                ));
+            }
         }
         if s.api_keys.iter().any(|k| k.trim().is_empty()) {
             return bad("server.api_keys holds an empty key".into());

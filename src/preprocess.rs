@@ -289,6 +289,35 @@ impl ModelInput {
     }
 }
 
+impl ModelInput {
+    /// The model's input given as already-normalised CHW floats (`size` x `size`), as the
+    /// Open Inference Protocol's FP32 tensor sends it. The pixels (the overlay's picture,
+    /// SobelCAM's edges) are the floats un-normalised, rounded and clamped to 0..=255.
+    pub fn from_normalised(chw: Vec<f32>, spec: &InputSpec) -> Self {
+        let plane = (spec.size * spec.size) as usize;
+        assert_eq!(chw.len(), plane * 3, "3 x size x size floats");
+        let mut pixels = vec![0u8; plane * 3];
+        for c in 0..3 {
+            let (mean, std) = (spec.mean[c], spec.std[c]);
+            for (i, v) in chw[c * plane..(c + 1) * plane].iter().enumerate() {
+                pixels[i * 3 + c] = ((v * std + mean) * 255.0).round().clamp(0.0, 255.0) as u8;
+            }
+        }
+        let whole = Region {
+            x: 0,
+            y: 0,
+            width: spec.size,
+            height: spec.size,
+        };
+        ModelInput {
+            chw,
+            pixels,
+            size: spec.size,
+            region: whole,
+        }
+    }
+}
+
 /// Longest aspect ratio `ResizeMode::Crop` resizes whole (see `prepare`).
 const MAX_CROP_ASPECT: u64 = 16;
 
@@ -421,6 +450,20 @@ mod tests {
             let want = (rgb[c] as f32 / 255.0 - MEAN[c]) / STD[c];
             assert_eq!(out[c], want, "channel {c}");
         }
+    }
+
+    #[test]
+    fn normalised_floats_give_back_their_pixels() {
+        let spec = InputSpec::imagenet(32);
+        let img = RgbImage::from_fn(32, 32, |x, y| image::Rgb([x as u8 * 8, y as u8 * 7, 255]));
+        let made = prepare(&img, &spec, ResizeMode::Stretch);
+        let given = ModelInput::from_normalised(made.chw.clone(), &spec);
+        assert_eq!(given.pixels, made.pixels);
+        assert_eq!(given.chw, made.chw);
+        assert_eq!(given.region, made.region);
+        // Out-of-range floats clamp instead of wrapping.
+        let wild = ModelInput::from_normalised(vec![1e6; 3 * 32 * 32], &spec);
+        assert!(wild.pixels.iter().all(|&p| p == 255));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Optional bearer-token authentication.
 
 use axum::extract::{Request, State};
-use axum::http::header;
+use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
@@ -41,24 +41,32 @@ fn digest(s: &str) -> [u8; 32] {
     Sha256::digest(s.as_bytes()).into()
 }
 
-pub async fn require_token(State(keys): State<ApiKeys>, request: Request, next: Next) -> Response {
+/// Whether the request carries an accepted token (always, with no keys configured).
+pub fn check(keys: &ApiKeys, headers: &HeaderMap) -> Result<(), ApiError> {
     if !keys.is_enabled() {
-        return next.run(request).await;
+        return Ok(());
     }
-    let token = request
-        .headers()
+    let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         });
-    // A refused upload is read before the 401 goes out, by `drain::drain_unread`.
     match token {
-        Some(t) if keys.accepts(t.trim()) => next.run(request).await,
-        Some(_) => ApiError::Unauthorized("the bearer token is not valid").into_response(),
-        None => ApiError::Unauthorized("this endpoint needs `Authorization: Bearer <token>`")
-            .into_response(),
+        Some(t) if keys.accepts(t.trim()) => Ok(()),
+        Some(_) => Err(ApiError::Unauthorized("the bearer token is not valid")),
+        None => Err(ApiError::Unauthorized(
+            "this endpoint needs `Authorization: Bearer <token>`",
+        )),
+    }
+}
+
+pub async fn require_token(State(keys): State<ApiKeys>, request: Request, next: Next) -> Response {
+    // A refused upload is read before the 401 goes out, by `drain::drain_unread`.
+    match check(&keys, request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(refused) => refused.into_response(),
     }
 }
 

@@ -6,16 +6,14 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use tokio::time::{timeout_at, Instant};
+use tokio::time::timeout_at;
 use utoipa::ToSchema;
 
+use super::pipeline::{self, Clock, ImageInput};
 use super::problem::{ApiError, Problem};
 use super::AppState;
-use crate::engine;
 use crate::explanation::{Explanation, Timing};
 use crate::options::{ExplainOptions, OptionError, OverlayFormat, OverlayKind};
-use crate::preprocess::DecodeLimits;
-use crate::worker::WorkerError;
 
 /// The multipart body: the image, and any option as a form field instead of a query
 /// parameter. A form field overrides the same option in the query. A field not listed
@@ -106,9 +104,7 @@ pub async fn explain(
     headers: HeaderMap,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let started = Instant::now();
-    let timeout_secs = state.config.server.request_timeout_secs;
-    let deadline = started + std::time::Duration::from_secs(timeout_secs);
+    let clock = Clock::start(&state);
     let limit = state.config.server.max_upload_bytes;
 
     let content_type = headers
@@ -161,9 +157,12 @@ pub async fn explain(
         .await
         .map_err(|e| ApiError::BadMultipart(e.body_text()))?;
     let mut form = OptionSource::default();
-    let image = timeout_at(deadline, read_upload(&mut multipart, &mut form, limit))
-        .await
-        .map_err(|_| ApiError::UploadTimeout(timeout_secs))??;
+    let image = timeout_at(
+        clock.deadline,
+        read_upload(&mut multipart, &mut form, limit),
+    )
+    .await
+    .map_err(|_| ApiError::UploadTimeout(clock.timeout_secs))??;
     let mut chosen = query.options;
     chosen.override_with(&form.options);
     let options = chosen.resolve(&state.defaults, &model.limits())?;
@@ -195,92 +194,19 @@ pub async fn explain(
         }
     }
 
-    if !state.workers.is_ready() {
-        return Err(ApiError::NotReady);
-    }
-    let admission = state
-        .workers
-        .try_admit(options.passes())
-        .ok_or(ApiError::Overloaded {
-            capacity: state.workers.capacity(),
-        })?;
-
-    let limits = DecodeLimits {
-        max_pixels: state.config.server.max_pixels,
-    };
-    let spec = model.input_spec();
-    let prepared = timeout_at(
-        deadline,
-        tokio::task::spawn_blocking(move || {
-            engine::prepare_fitted(
-                &image,
-                limits,
-                &spec,
-                options.resize,
-                options.overlay.max_side,
-            )
-        }),
-    )
-    .await
-    .map_err(|_| ApiError::Timeout(timeout_secs))?
-    .map_err(|e| ApiError::Internal(format!("decoding task failed: {e}")))?
-    .map_err(ApiError::BadImage)?;
-
-    let picture = prepared.picture;
-    let image_size = prepared.image;
-    let region = prepared.input.region;
-    // On timeout the future is dropped, which tells the worker to stop (504 here at once).
-    let job = state.workers.submit(
-        &admission,
-        prepared.input,
-        options.cam.clone(),
-        options.scores.clone(),
-    );
-    let output = timeout_at(deadline, job)
-        .await
-        .map_err(|_| ApiError::Timeout(timeout_secs))?
-        .map_err(|e| match e {
-            WorkerError::Stopped => ApiError::NotReady,
-            WorkerError::Unsupported(why) => ApiError::Unsupported(why),
-            other => ApiError::Internal(other.to_string()),
-        })?;
-    drop(admission);
-
-    let timing = Timing {
-        decode: prepared.decode_ms,
-        queue: output.queue_ms,
-        forward: output.scored.passes.forward_ms,
-        backward: output.scored.passes.backward_ms,
-        scores: output.scored.scores_ms,
-        ..Timing::default()
-    };
-    // Drawing, encoding, base64 and JSON all take milliseconds for a large picture: off the
-    // async threads, which serve every connection.
-    let (explanation, body) = tokio::task::spawn_blocking(move || {
-        let (mut explanation, overlay) = engine::finish(
-            &picture,
-            image_size,
-            region,
-            &output.scored,
-            &render_options,
-            &model,
-            timing,
-        );
-        explanation.timing_ms.total = started.elapsed().as_secs_f64() * 1e3;
-        match overlay {
-            Some(overlay) if want_image.is_some() => (explanation, Body::Image(overlay)),
-            overlay => {
-                let json = match overlay {
-                    Some(overlay) => explanation.to_json_with_overlay(&overlay),
-                    None => serde_json::to_vec(&explanation).expect("an explanation serialises"),
-                };
-                (explanation, Body::Json(json))
-            }
-        }
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("rendering task failed: {e}")))?;
-    state.metrics.observe(&explanation.timing_ms);
+    let image = ImageInput::Encoded(image);
+    let (explanation, body) =
+        pipeline::explain_image(&state, image, options, render_options, clock, move |a| {
+            let body = match a.overlay {
+                Some(overlay) if want_image.is_some() => Body::Image(overlay),
+                Some(overlay) => Body::Json(a.explanation.to_json_with_overlay(&overlay)),
+                None => Body::Json(
+                    serde_json::to_vec(&a.explanation).expect("an explanation serialises"),
+                ),
+            };
+            (a.explanation, body)
+        })
+        .await?;
 
     let timing_header = server_timing(&explanation.timing_ms);
     let mut response = match body {

@@ -4,8 +4,10 @@
 pub mod auth;
 pub mod drain;
 pub mod explain;
+pub mod kserve;
 pub mod metrics;
 pub mod page;
+pub mod pipeline;
 pub mod problem;
 
 use std::sync::Arc;
@@ -45,6 +47,17 @@ pub struct AppState {
     pub defaults: Defaults,
     pub workers: Workers,
     pub metrics: Metrics,
+}
+
+impl AppState {
+    /// The model's name in the KServe and Open Inference Protocol paths.
+    pub fn model_name(&self) -> &str {
+        self.config
+            .server
+            .model_name
+            .as_deref()
+            .unwrap_or(&self.workers.model.architecture)
+    }
 }
 
 #[derive(OpenApi)]
@@ -399,7 +412,7 @@ async fn count_responses(
     response
 }
 
-async fn not_found(request: Request) -> ApiError {
+pub(crate) async fn not_found(request: Request) -> ApiError {
     ApiError::NotFound(format!("{} {}", request.method(), request.uri().path()))
 }
 
@@ -466,6 +479,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     if server.ui {
         explain_routes = explain_routes.merge(page::routes(&state.config));
     }
+    explain_routes = explain_routes.merge(kserve::routes(&state));
 
     let request_id = HeaderName::from_static("x-request-id");
     explain_routes

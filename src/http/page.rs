@@ -8,7 +8,7 @@
 //! picture itself, with `render.rs`'s arithmetic, so that its opacity slider needs no
 //! request.
 
-use axum::http::{header, HeaderName, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -32,9 +32,17 @@ pub fn routes<S: Clone + Send + Sync + 'static>(config: &Config) -> Router<S> {
     Router::new()
         .route(
             "/",
-            get(move || {
+            get(move |headers: HeaderMap| {
                 let index = index.clone();
-                async move { page_response(index, "text/html; charset=utf-8", "no-cache") }
+                async move {
+                    // Programs that ask for something other than HTML (KServe's
+                    // `is_server_live`, a load balancer's check) get KServe v1's liveness.
+                    if !wants_html(&headers) {
+                        return axum::Json(serde_json::json!({ "status": "alive" }))
+                            .into_response();
+                    }
+                    page_response(index, "text/html; charset=utf-8", "no-cache")
+                }
             }),
         )
         // The page names the assets with their digest (`?v=`), so a browser may keep them.
@@ -58,6 +66,14 @@ pub fn routes<S: Clone + Send + Sync + 'static>(config: &Config) -> Router<S> {
                 )
             }),
         )
+}
+
+/// Whether a request to `/` is a browser's: its Accept names HTML (or says nothing).
+pub fn wants_html(headers: &HeaderMap) -> bool {
+    match headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) {
+        None => true,
+        Some(accept) => accept.to_ascii_lowercase().contains("text/html"),
+    }
 }
 
 /// The page with this server's settings in it: whether a token is needed, and the

@@ -191,8 +191,13 @@ fn serve_and_check(name: &str) {
         }
     }
     // The page a person uses offers the model's own layers (it reads GET /model).
-    let page = client().get(format!("{}/", server.url)).send().unwrap();
+    let page = client()
+        .get(format!("{}/", server.url))
+        .header("accept", "text/html")
+        .send()
+        .unwrap();
     assert_eq!(page.status(), 200);
+    assert!(page.text().unwrap().contains("<html"));
     for (i, case) in m.cases.iter().enumerate() {
         let what = format!(
             "{name} case {i} ({} at {}, target {:?})",

@@ -10,6 +10,7 @@ mod helpers;
 mod any_model;
 mod http_api;
 mod oversized;
+mod protocols;
 mod queue;
 mod robustness;
 mod scores;
