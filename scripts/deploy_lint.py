@@ -11,26 +11,44 @@
                      GRADCAM_* names exist; the pod's user is the image's; the grace period
                      covers preStop plus request_timeout_secs; kustomization.yaml lists
                      every manifest.
+  deploy/kserve/      every InferenceService (serving.kserve.io/v1beta1) against the schema
+                     of the KServe Python SDK's classes, generated from the CRD's OpenAPI
+                     (no registry carries the CRD itself): every field known, of its type,
+                     the required ones there, unknown fields refused. The predictor's pod
+                     fields (containers, volumes, securityContext...) wrapped into a Pod:
+                     kubernetes-validate --strict. Then what no schema sees: the container
+                     is kserve-container on port 8080; readiness is /v2/health/ready,
+                     liveness /v2/health/live; GRADCAM_MODEL_NAME is metadata.name and
+                     PROTOCOL v2; the claim, the ConfigMap and the mounts are deploy/k8s's
+                     and line up with GRADCAM_WEIGHTS and GRADCAM_CONFIG; the image, user,
+                     resources, grace period and preStop are deployment.yaml's, the
+                     replicas hpa.yaml's; Standard (raw Deployment) mode.
   docker/compose.yaml, docker/nginx.conf, config.toml
                      the limits that must agree across them and that no run exercises:
                      the upload limit (gateway = service), the timeouts (gateway above the
                      service's), stop_grace_period.
 
 Run with the venv of scripts/setup-deploy-tools.sh (hadolint, kubernetes-validate,
-PyYAML). Exit status 0 when every check passed.
+PyYAML, kserve and kubernetes). Exit status 0 when every check passed.
 """
 
+import difflib
 import glob
+import importlib.metadata
 import os
 import re
 import subprocess
 import sys
+import tempfile
 import tomllib
 
+import kserve.models
+import kubernetes.client.models
 import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K8S = os.path.join(ROOT, "deploy", "k8s")
+KSERVE = os.path.join(ROOT, "deploy", "kserve")
 TOOLS = os.path.dirname(sys.executable)
 failures = []
 
@@ -52,9 +70,12 @@ def service_config():
 
 
 def variables(config):
-    """GRADCAM_* names the service reads: one per config.toml setting, plus two."""
-    return {f"GRADCAM_{k.upper()}" for s in config.values() for k in s} | {
-        "GRADCAM_CONFIG", "GRADCAM_LOG"}
+    """GRADCAM_* names the service reads: one per config.toml setting, those shown commented
+    out (`# model_name = ...`: unset by default) included, plus two."""
+    text = open(os.path.join(ROOT, "config.toml")).read()
+    shown = re.findall(r"^#\s*([a-z][a-z0-9_]*)\s*=", text, re.M)
+    keys = [*shown, *(k for s in config.values() for k in s)]
+    return {f"GRADCAM_{k.upper()}" for k in keys} | {"GRADCAM_CONFIG", "GRADCAM_LOG"}
 
 
 def seconds(text):
@@ -65,6 +86,19 @@ def seconds(text):
 def size_bytes(text):
     m = re.fullmatch(r"(\d+)([kKmMgG]?)", text.strip())
     return int(m[1]) * {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}[m[2].lower()] if m else None
+
+
+def k8s_manifests():
+    files = sorted(glob.glob(os.path.join(K8S, "*.yaml")))
+    return [f for f in files if os.path.basename(f) != "kustomization.yaml"]
+
+
+def k8s_docs(manifests):
+    docs = {}
+    for f in manifests:
+        for doc in yaml.safe_load_all(open(f)):
+            docs[doc["kind"]] = doc
+    return docs
 
 
 def lint_dockerfile():
@@ -78,8 +112,7 @@ def lint_dockerfile():
 
 def lint_k8s(config):
     print("deploy/k8s (kubernetes-validate --strict, then cross-references)")
-    files = sorted(glob.glob(os.path.join(K8S, "*.yaml")))
-    manifests = [f for f in files if os.path.basename(f) != "kustomization.yaml"]
+    manifests = k8s_manifests()
     r = subprocess.run([tool("kubernetes-validate"), "--strict", "--quiet", *manifests],
                        capture_output=True, text=True)
     for line in (r.stdout + r.stderr).strip().splitlines():
@@ -88,10 +121,7 @@ def lint_k8s(config):
           f"{len(manifests)} manifests valid against the Kubernetes schemas, unknown fields "
           f"refused")
 
-    docs = {}
-    for f in manifests:
-        for doc in yaml.safe_load_all(open(f)):
-            docs[doc["kind"]] = doc
+    docs = k8s_docs(manifests)
     kustom = yaml.safe_load(open(os.path.join(K8S, "kustomization.yaml")))
     check(sorted(kustom.get("resources", [])) == sorted(map(os.path.basename, manifests)),
           "kustomization.yaml lists every manifest")
@@ -184,6 +214,196 @@ def lint_k8s(config):
           f"runAsNonRoot")
 
 
+# The KServe SDK's classes (kserve.models, generated from the InferenceService CRD's
+# OpenAPI) name their fields' types as strings: primitives, list[...]/List[...],
+# dict(str, ...)/Dict[str, ...], or a class, theirs or the Kubernetes client's (V1Container),
+# a few under the Go package's name (K8sIoApiAppsV1DeploymentStrategy).
+SCALARS = {"str": (str, int, float), "int": (int,), "float": (int, float), "bool": (bool,),
+           "bytes": (str,), "datetime": (str,), "date": (str,),
+           # int-or-string: Kubernetes quantities.
+           "ResourceQuantity": (str, int, float), "V1beta1MetricQuantity": (str, int, float)}
+
+
+def sdk_class(name):
+    go = re.fullmatch(r"K8sIoApi[A-Z][a-z]*(V\d\w*)", name)
+    for mod in (kserve.models, kubernetes.client.models):
+        klass = getattr(mod, go[1] if go else name, None)
+        if isinstance(klass, type) and hasattr(klass, "attribute_map"):
+            return klass
+    return None
+
+
+def sdk_errors(value, kind, where):
+    """Where `value` leaves the SDK's schema for type `kind`: a field it does not know (as
+    --strict refuses them), a value of another type, a required field missing or a value
+    outside an enum (the SDK's own constructors check these). The SDK's ApiClient cannot
+    do it: it skips unknown fields and does not find the Kubernetes classes."""
+    inner = re.fullmatch(r"(?:list\[|List\[)(.*)\]", kind)
+    if inner:
+        if not isinstance(value, list):
+            return [f"{where}: a list expected, not {type(value).__name__}"]
+        return [e for i, v in enumerate(value) for e in sdk_errors(v, inner[1], f"{where}[{i}]")]
+    inner = re.fullmatch(r"(?:dict\(str, (.*)\)|Dict\[str, (.*)\])", kind)
+    if inner:
+        if not isinstance(value, dict):
+            return [f"{where}: a map expected, not {type(value).__name__}"]
+        return [e for k, v in value.items()
+                for e in sdk_errors(v, inner[1] or inner[2], f"{where}.{k}")]
+    if kind == "object" or value is None:
+        return []
+    if kind in SCALARS:
+        ok = isinstance(value, SCALARS[kind]) and (kind == "bool" or not isinstance(value, bool))
+        return [] if ok else [f"{where}: {kind} expected, not {value!r}"]
+    klass = sdk_class(kind)
+    if klass is None:
+        return [f"{where}: the SDK names type {kind}, which it does not define"]
+    if not isinstance(value, dict):
+        return [f"{where}: an object ({kind}) expected, not {value!r}"]
+    fields = {json: attr for attr, json in klass.attribute_map.items()}
+    errors = [f"{where}.{k}: unknown field of {kind}"
+              + "".join(f" (did you mean {m}?)" for m in difflib.get_close_matches(k, fields, 1))
+              for k in value if k not in fields]
+    for k, v in value.items():
+        if k in fields:
+            errors += sdk_errors(v, klass.openapi_types[fields[k]], f"{where}.{k}")
+    if klass.__module__.startswith("kserve."):
+        try:
+            klass(**{fields[k]: v for k, v in value.items() if k in fields})
+        except (ValueError, TypeError) as e:
+            errors.append(f"{where}: {kind}: {e}")
+    return errors
+
+
+def lint_kserve(config):
+    print(f"deploy/kserve (the InferenceService schema of the KServe SDK "
+          f"{importlib.metadata.version('kserve')}; the pod with kubernetes-validate --strict; "
+          f"then cross-references)")
+    files = sorted(glob.glob(os.path.join(KSERVE, "*.yaml")))
+    isvcs = [(f, d) for f in files for d in yaml.safe_load_all(open(f)) if d]
+    if not check(isvcs and all(d.get("apiVersion") == "serving.kserve.io/v1beta1" and
+                               d.get("kind") == "InferenceService" for _, d in isvcs),
+                 f"{len(isvcs)} manifest(s), each a serving.kserve.io/v1beta1 InferenceService"):
+        return
+    k8s = k8s_docs(k8s_manifests())
+    dep, cm, pvc, hpa = (k8s.get(k, {}) for k in (
+        "Deployment", "ConfigMap", "PersistentVolumeClaim", "HorizontalPodAutoscaler"))
+    dep_pod = dep["spec"]["template"]["spec"]
+    dep_ctr = dep_pod["containers"][0]
+    pod_fields = set(kubernetes.client.models.V1PodSpec.attribute_map.values())
+    for path, isvc in isvcs:
+        name = (isvc.get("metadata") or {}).get("name")
+        label = f"{os.path.relpath(path, ROOT)} ({name})"
+        errors = sdk_errors({k: v for k, v in isvc.items() if k != "status"},
+                            "V1beta1InferenceService", "")
+        for e in errors:
+            print("       " + e.lstrip("."))
+        check(not errors and "status" not in isvc,
+              f"{label}: valid against the SDK's InferenceService schema, unknown fields refused, "
+              f"no status")
+        pred = (isvc.get("spec") or {}).get("predictor")
+        if not isinstance(pred, dict) or not name:
+            continue
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+               "spec": {k: v for k, v in pred.items() if k in pod_fields}}
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+            yaml.safe_dump(pod, f)
+            f.flush()
+            r = subprocess.run([tool("kubernetes-validate"), "--strict", "--quiet", f.name],
+                               capture_output=True, text=True)
+        for line in (r.stdout + r.stderr).strip().splitlines():
+            print("       " + line.replace(f.name, "the predictor's pod"))
+        check(r.returncode == 0, f"{label}: the predictor's pod fields "
+              f"({', '.join(sorted(pod['spec']))}) as a Pod: valid against the Kubernetes "
+              f"schemas, unknown fields refused")
+
+        mode = isvc["metadata"].get("annotations", {}).get("serving.kserve.io/deploymentMode")
+        check(mode in ("Standard", "RawDeployment"),
+              f"deploymentMode Standard ({mode}): Knative would refuse the claim, preStop and "
+              f"the port's name")
+        ctrs = pred.get("containers", [])
+        ctr = ctrs[0] if ctrs else {}
+        check(len(ctrs) == 1 and ctr.get("name") == "kserve-container",
+              f"one container, named kserve-container ({ctr.get('name')})")
+        ports = ctr.get("ports", [])
+        port = ports[0].get("containerPort") if ports else None
+        check(port == 8080, f"the container's (first) port is 8080, the image's ({port})")
+        names = {port, *(p.get("name") for p in ports[:1])}
+        probes = {k: ctr.get(k, {}).get("httpGet", {}) for k in
+                  ("readinessProbe", "livenessProbe", "startupProbe")}
+        ready, live, start = (probes[k].get("path") for k in probes)
+        check(ready == "/v2/health/ready", f"readiness probes /v2/health/ready ({ready})")
+        check(live == "/v2/health/live", f"liveness probes /v2/health/live ({live})")
+        startup = ctr.get("startupProbe", {})
+        budget = startup.get("periodSeconds", 10) * startup.get("failureThreshold", 3)
+        check(start == live and budget >= 150,
+              f"the startup probe is liveness's ({start}), {budget} s for loading (>= 150)")
+        check(all(p.get("port") in names for p in probes.values() if p),
+              "every probe names the container's port")
+
+        env = {e["name"]: e.get("value") for e in ctr.get("env", [])}
+        unknown = sorted(k for k in env if k.startswith("GRADCAM_") and k not in variables(config))
+        check(not unknown, f"every GRADCAM_* variable exists (unknown: {unknown or 'none'})")
+        served = env.get("GRADCAM_MODEL_NAME")
+        flags = [a for a in ctr.get("args", []) + ctr.get("command", [])
+                 if a.startswith(("--model-name", "--model_name"))]
+        check(served == name and not flags,
+              f"GRADCAM_MODEL_NAME ({served}) is metadata.name, no --model-name in args: the "
+              f"name KServe assumes")
+        check(env.get("PROTOCOL") == "v2",
+              f"PROTOCOL is v2 ({env.get('PROTOCOL')}): how KServe learns a custom "
+              f"predictor's protocol")
+
+        mounts = {m["name"]: m for m in ctr.get("volumeMounts", [])}
+        volumes = {v["name"]: v for v in pred.get("volumes", [])}
+        check(set(mounts) <= set(volumes), "every volume mount has its volume")
+        cm_name = cm.get("metadata", {}).get("name")
+        cm_vol = next((n for n, v in volumes.items()
+                       if v.get("configMap", {}).get("name") == cm_name), None)
+        conf = env.get("GRADCAM_CONFIG", "")
+        check(cm_vol in mounts and conf == os.path.join(mounts[cm_vol]["mountPath"],
+                                                        "config.toml"),
+              f"GRADCAM_CONFIG ({conf}) is configmap.yaml's config.toml ({cm_name}), mounted")
+        weights = env.get("GRADCAM_WEIGHTS", "")
+        wmount = next((m for m in mounts.values() if weights.startswith(m["mountPath"] + "/")),
+                      None)
+        wvol = volumes.get(wmount["name"], {}) if wmount else {}
+        claim = wvol.get("persistentVolumeClaim", {}).get("claimName")
+        pvc_name = pvc.get("metadata", {}).get("name")
+        check(wmount is not None and wmount.get("readOnly") and claim is not None,
+              f"GRADCAM_WEIGHTS ({weights}) is on a read-only volume from a claim")
+        check(claim == pvc_name, f"the claim ({claim}) is models-pvc.yaml's ({pvc_name})")
+
+        # The rest as deployment.yaml has it (lint_k8s checks those against the image,
+        # config.toml and the ConfigMap).
+        differ = [k for k, a, b in [
+            ("image", ctr.get("image"), dep_ctr.get("image")),
+            ("args", ctr.get("args"), dep_ctr.get("args")),
+            ("resources", ctr.get("resources"), dep_ctr.get("resources")),
+            ("container securityContext", ctr.get("securityContext"),
+             dep_ctr.get("securityContext")),
+            ("lifecycle (preStop)", ctr.get("lifecycle"), dep_ctr.get("lifecycle")),
+            ("pod securityContext", pred.get("securityContext"), dep_pod.get("securityContext")),
+            ("terminationGracePeriodSeconds", pred.get("terminationGracePeriodSeconds"),
+             dep_pod.get("terminationGracePeriodSeconds")),
+            ("GRADCAM_CONFIG, GRADCAM_WEIGHTS, GRADCAM_LOG",
+             [env.get(k) for k in ("GRADCAM_CONFIG", "GRADCAM_WEIGHTS", "GRADCAM_LOG")],
+             [{e["name"]: e.get("value") for e in dep_ctr.get("env", [])}.get(k)
+              for k in ("GRADCAM_CONFIG", "GRADCAM_WEIGHTS", "GRADCAM_LOG")]),
+            ("probes' timing", [{k: v for k, v in ctr.get(p, {}).items() if k != "httpGet"}
+                                for p in probes],
+             [{k: v for k, v in dep_ctr.get(p, {}).items() if k != "httpGet"} for p in probes]),
+        ] if a != b]
+        check(not differ, f"image, args, resources, securityContexts, preStop, grace period, "
+              f"env and the probes' timing are deployment.yaml's (differ: {differ or 'none'})")
+        metric = hpa.get("spec", {}).get("metrics", [{}])[0].get("resource", {})
+        want = (hpa.get("spec", {}).get("minReplicas"), hpa.get("spec", {}).get("maxReplicas"),
+                metric.get("name"), metric.get("target", {}).get("averageUtilization"))
+        have = tuple(pred.get(k) for k in ("minReplicas", "maxReplicas", "scaleMetric",
+                                           "scaleTarget"))
+        check(have == want, f"replicas and scaling are hpa.yaml's: min, max, metric, target "
+              f"{have} = {want}")
+
+
 def lint_compose(config):
     print("docker/compose.yaml, docker/nginx.conf, config.toml (limits that must agree)")
     compose = yaml.safe_load(open(os.path.join(ROOT, "docker", "compose.yaml")))
@@ -221,6 +441,7 @@ def main():
     config = service_config()
     lint_dockerfile()
     lint_k8s(config)
+    lint_kserve(config)
     lint_compose(config)
     if failures:
         print(f"deploy-lint: FAILED, {len(failures)} check(s):")
