@@ -5,7 +5,7 @@
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := serve
-.PHONY: serve build test test-repeat lint bench fuzz load-test contract-test protocol-test gateway-test image-test openapi clean-cache
+.PHONY: serve build test test-repeat lint bench fuzz load-test contract-test protocol-test telemetry-test gateway-test image-test openapi clean-cache
 
 # Where libtorch lives (installed on first use; prints its path).
 LIBTORCH := $(shell scripts/setup-libtorch.sh)
@@ -53,7 +53,8 @@ $(PARITY)/exported/reference.json: $(PARITY)/reference.json $(PARITY)/.exporter 
 
 # The exporter's tests under both torch versions, the Rust unit, parity and HTTP tests, then
 # the OpenAPI contract test against a real server, the KServe v1 / Open Inference Protocol v2
-# test with tritonclient and the kserve SDK (scripts/protocol-test.sh), then the page at GET / in headless
+# test with tritonclient and the kserve SDK (scripts/protocol-test.sh), the traces against an
+# OTLP receiver and /metrics through Prometheus's parser (scripts/telemetry-test.sh), then the page at GET / in headless
 # Chromium (scripts/browser-test.sh; Chromium installed once), with an exported model too.
 test: $(PARITY)/reference.json $(PARITY)/exported/reference.json
 	scripts/setup-lapack.sh
@@ -63,6 +64,7 @@ test: $(PARITY)/reference.json $(PARITY)/exported/reference.json
 	GRADCAM_PARITY_DIR=$(abspath $(PARITY)) cargo test --release --locked -- --include-ignored
 	scripts/contract_test.sh
 	scripts/protocol-test.sh
+	scripts/telemetry-test.sh
 	scripts/browser-test.sh --exported $(abspath $(PARITY))/exported/mobilenet_v3_large.pt
 
 # `make test` RUNS times (default 5) in a row; BUSY=1 keeps every core busy meanwhile (one
@@ -129,3 +131,8 @@ contract-test: build
 # compared with POST /explain's, bad input in each protocol's error shape, the limits.
 protocol-test: build
 	scripts/protocol-test.sh
+
+# Telemetry (also a step of `make test`): the OpenTelemetry spans a real server exports, at an
+# OTLP receiver built on opentelemetry-proto, and /metrics through prometheus_client's parser.
+telemetry-test: build
+	scripts/telemetry-test.sh

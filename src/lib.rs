@@ -22,9 +22,10 @@
 //! 15. `options`: what a request may choose, checked against the model and the settings
 //! 16. `engine`: the `Explainer` trait the workers call, loading a model, one explanation end to end
 //! 17. `worker`: model threads behind a bounded queue
-//! 18. `http`: the HTTP API
-//! 19. `server`: start-up and shutdown of the service
-//! 20. `cli`: the commands
+//! 18. `telemetry`: logs, and OpenTelemetry traces over OTLP when the standard variables ask
+//! 19. `http`: the HTTP API
+//! 20. `server`: start-up and shutdown of the service
+//! 21. `cli`: the commands
 
 pub mod cam;
 pub mod cli;
@@ -44,5 +45,6 @@ pub mod precision;
 pub mod preprocess;
 pub mod render;
 pub mod server;
+pub mod telemetry;
 pub mod weights;
 pub mod worker;

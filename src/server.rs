@@ -45,8 +45,8 @@ impl Application {
         let state = Arc::new(AppState {
             defaults: Defaults::from_config(&config),
             config,
+            metrics: Metrics::new(workers.gauges()),
             workers,
-            metrics: Metrics::default(),
         });
         Ok(Self { listener, state })
     }
@@ -85,7 +85,10 @@ impl Application {
 
 pub fn run(config: Config) -> anyhow::Result<()> {
     limit_malloc_arenas();
-    init_logging();
+    let telemetry = crate::telemetry::init();
+    if telemetry.exporting() {
+        tracing::info!("exporting traces over OTLP (OTEL_EXPORTER_OTLP_* variables)");
+    }
     log_effective_config(&config);
     let mut explainers: Vec<Box<dyn Explainer>> = Vec::new();
     let mut model = None;
@@ -125,6 +128,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(app.run_until(shutdown_signal()))?;
     tracing::info!("stopped");
+    telemetry.shutdown();
     Ok(())
 }
 
@@ -164,15 +168,6 @@ async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutdown signal: finishing in-flight requests");
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("GRADCAM_LOG")
-        .unwrap_or_else(|_| "info,tower_http=info".into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 fn log_effective_config(config: &Config) {

@@ -64,7 +64,7 @@ struct Job {
 }
 
 /// Counters and gauges the metrics endpoint reads.
-#[derive(Default)]
+#[derive(Default, Debug)]
 pub struct WorkerStats {
     /// Requests admitted and not yet queued (being decoded): the ones a worker
     /// may wait for to fill a batch.
@@ -89,6 +89,31 @@ pub struct Workers {
     threads: Vec<std::thread::JoinHandle<()>>,
     pub model: Arc<ModelDescription>,
     pub stats: Arc<WorkerStats>,
+}
+
+/// What [`Workers::gauges`] gives: the queue's state and the counters, without the workers.
+#[derive(Debug, Clone)]
+pub struct WorkerGauges {
+    permits: Arc<Semaphore>,
+    capacity: usize,
+    ready: watch::Receiver<bool>,
+    pub stats: Arc<WorkerStats>,
+    pub model: Arc<ModelDescription>,
+}
+
+impl WorkerGauges {
+    /// As [`Workers::in_flight`].
+    pub fn in_flight(&self) -> usize {
+        self.capacity - self.permits.available_permits()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
 }
 
 /// Admission to the queue; dropping it frees the place.
@@ -184,6 +209,17 @@ impl Workers {
 
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// A view of the queue and the counters for the metrics, read at each scrape.
+    pub fn gauges(&self) -> WorkerGauges {
+        WorkerGauges {
+            permits: self.permits.clone(),
+            capacity: self.capacity,
+            ready: self.ready.clone(),
+            stats: self.stats.clone(),
+            model: self.model.clone(),
+        }
     }
 
     /// A place in the queue for a request that costs `passes` network passes (a scored

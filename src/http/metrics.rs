@@ -1,215 +1,211 @@
-//! Prometheus metrics, in the text exposition format, all prefixed `gradcam_`.
+//! Prometheus metrics, all prefixed `gradcam_`, through the Prometheus project's own client
+//! (`prometheus-client`) in the text exposition format 0.0.4. One registry per server, so
+//! that servers in one process (the tests') count apart.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 use crate::explanation::Timing;
-use crate::worker::Workers;
+use crate::worker::WorkerGauges;
 
 /// Upper bounds of the latency histogram buckets, in seconds.
 const BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-#[derive(Default, Clone)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    endpoint: String,
+    status: u16,
 }
 
-impl Histogram {
-    fn observe(&mut self, seconds: f64) {
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            if seconds <= *bound {
-                self.counts[i] += 1;
-            }
-        }
-        self.count += 1;
-        self.sum += seconds;
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabels {
+    stage: &'static str,
+}
+
+#[derive(Clone)]
+struct StageBuckets;
+
+impl MetricConstructor<Histogram> for StageBuckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(BUCKETS)
     }
 }
 
-#[derive(Default)]
 pub struct Metrics {
-    /// (endpoint, status) -> count
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
-    stages: Mutex<BTreeMap<&'static str, Histogram>>,
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    stages: Family<StageLabels, Histogram, StageBuckets>,
 }
 
 impl Metrics {
+    /// The registry of one server: its requests and stages, its workers' queue and
+    /// counters (read at each scrape), its model.
+    pub fn new(workers: WorkerGauges) -> Self {
+        let mut registry = Registry::with_prefix("gradcam");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "HTTP requests by endpoint and status",
+            requests.clone(),
+        );
+        let stages = Family::new_with_constructor(StageBuckets);
+        registry.register(
+            "stage_duration_seconds",
+            "Time per explanation stage",
+            stages.clone(),
+        );
+        let model = &workers.model;
+        registry.register(
+            "model",
+            "The loaded model",
+            Info::new(vec![
+                ("name", model.architecture.clone()),
+                ("classes", model.num_classes.to_string()),
+                ("weights", model.weights.clone()),
+            ]),
+        );
+        registry.register_collector(Box::new(WorkerCollector(workers)));
+        Metrics {
+            registry,
+            requests,
+            stages,
+        }
+    }
+
     pub fn count_request(&self, endpoint: &str, status: u16) {
-        let mut map = self.requests.lock().unwrap_or_else(|e| e.into_inner());
-        *map.entry((endpoint.to_string(), status)).or_default() += 1;
+        self.requests
+            .get_or_create(&RequestLabels {
+                endpoint: endpoint.to_string(),
+                status,
+            })
+            .inc();
     }
 
     pub fn observe(&self, timing: &Timing) {
-        let mut stages = self.stages.lock().unwrap_or_else(|e| e.into_inner());
         for (stage, ms) in timing.stages() {
-            stages.entry(stage).or_default().observe(ms / 1e3);
+            self.stages
+                .get_or_create(&StageLabels { stage })
+                .observe(ms / 1e3);
         }
     }
 
-    pub fn render(&self, workers: &Workers) -> String {
+    /// The text exposition (0.0.4).
+    pub fn render(&self) -> String {
         let mut out = String::new();
-        let w = &mut out;
-        let _ = writeln!(
-            w,
-            "# HELP gradcam_requests_total HTTP requests by endpoint and status."
-        );
-        let _ = writeln!(w, "# TYPE gradcam_requests_total counter");
-        for ((endpoint, status), n) in self
-            .requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                w,
-                "gradcam_requests_total{{endpoint=\"{endpoint}\",status=\"{status}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
-            w,
-            "# HELP gradcam_stage_duration_seconds Time per explanation stage."
-        );
-        let _ = writeln!(w, "# TYPE gradcam_stage_duration_seconds histogram");
-        for (stage, h) in self.stages.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            for (bound, count) in BUCKETS.iter().zip(h.counts) {
-                let _ = writeln!(w, "gradcam_stage_duration_seconds_bucket{{stage=\"{stage}\",le=\"{bound}\"}} {count}");
-            }
-            let _ = writeln!(
-                w,
-                "gradcam_stage_duration_seconds_bucket{{stage=\"{stage}\",le=\"+Inf\"}} {}",
-                h.count
-            );
-            let _ = writeln!(
-                w,
-                "gradcam_stage_duration_seconds_sum{{stage=\"{stage}\"}} {}",
-                h.sum
-            );
-            let _ = writeln!(
-                w,
-                "gradcam_stage_duration_seconds_count{{stage=\"{stage}\"}} {}",
-                h.count
-            );
-        }
-        let s = &workers.stats;
-        let _ = writeln!(
-            w,
-            "# HELP gradcam_batch_size Images per batch through the network.\n# TYPE gradcam_batch_size histogram"
-        );
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+            .expect("writing to a String does not fail");
+        out
+    }
+}
+
+/// The workers' gauges and counters, read when scraped.
+#[derive(Debug)]
+struct WorkerCollector(WorkerGauges);
+
+impl Collector for WorkerCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let w = &self.0;
+        let s = &w.stats;
         let sizes = s
             .batch_sizes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let mut cumulative = 0;
-        for (i, n) in sizes.iter().enumerate() {
-            cumulative += n;
-            let _ = writeln!(
-                w,
-                "gradcam_batch_size_bucket{{le=\"{}\"}} {cumulative}",
-                i + 1
-            );
-        }
-        let _ = writeln!(w, "gradcam_batch_size_bucket{{le=\"+Inf\"}} {cumulative}");
-        let _ = writeln!(
-            w,
-            "gradcam_batch_size_sum {}\ngradcam_batch_size_count {cumulative}",
-            s.batched_images.load(Ordering::SeqCst)
-        );
+        // Batches of n images count in the bucket `le = n`.
+        let buckets: Vec<(f64, u64)> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| ((i + 1) as f64, n))
+            .collect();
+        let batches: u64 = sizes.iter().sum();
+        // Help texts end in a full stop, as the registry's own metrics get one.
+        let mut histogram = encoder.encode_descriptor(
+            "batch_size",
+            "Images per batch through the network.",
+            None,
+            MetricType::Histogram,
+        )?;
+        histogram.encode_histogram::<NoLabelSet>(
+            s.batched_images.load(Ordering::SeqCst) as f64,
+            batches,
+            &buckets,
+            None,
+        )?;
+
         let gauges = [
             (
-                "gradcam_queue_depth",
+                "queue_depth",
                 "Explanations admitted and not yet answered (decoding, waiting for a worker, \
                  running or rendering); past queue_capacity requests get 503.",
-                "gauge",
-                workers.in_flight() as u64,
+                w.in_flight() as i64,
             ),
             (
-                "gradcam_jobs_waiting",
+                "jobs_waiting",
                 "Decoded images waiting for a model worker.",
-                "gauge",
-                s.waiting.load(Ordering::SeqCst) as u64,
+                s.waiting.load(Ordering::SeqCst) as i64,
             ),
             (
-                "gradcam_jobs_running",
+                "jobs_running",
                 "Images in a batch a model worker is computing.",
-                "gauge",
-                s.running.load(Ordering::SeqCst) as u64,
+                s.running.load(Ordering::SeqCst) as i64,
             ),
             (
-                "gradcam_queue_capacity",
+                "queue_capacity",
                 "Most explanations admitted at once.",
-                "gauge",
-                workers.capacity() as u64,
+                w.capacity() as i64,
             ),
             (
-                "gradcam_batches_total",
+                "ready",
+                "1 once the model is loaded and warmed up.",
+                w.is_ready() as i64,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        let counters = [
+            (
+                "batches",
                 "Passes through the network.",
-                "counter",
                 s.batches.load(Ordering::SeqCst),
             ),
             (
-                "gradcam_batched_images_total",
+                "batched_images",
                 "Images put through the network.",
-                "counter",
                 s.batched_images.load(Ordering::SeqCst),
             ),
             (
-                "gradcam_jobs_cancelled_total",
+                "jobs_cancelled",
                 "Queued jobs dropped because their client left.",
-                "counter",
                 s.cancelled.load(Ordering::SeqCst),
             ),
             (
-                "gradcam_worker_panics_total",
+                "worker_panics",
                 "Panics caught in model workers.",
-                "counter",
                 s.panics.load(Ordering::SeqCst),
             ),
-            (
-                "gradcam_ready",
-                "1 once the model is loaded and warmed up.",
-                "gauge",
-                workers.is_ready() as u64,
-            ),
         ];
-        for (name, help, kind, value) in gauges {
-            let _ = writeln!(
-                w,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
         }
-        let model = &workers.model;
-        let _ = writeln!(
-            w,
-            "# HELP gradcam_model_info The loaded model.\n# TYPE gradcam_model_info gauge"
-        );
-        let _ = writeln!(
-            w,
-            "gradcam_model_info{{name=\"{}\",classes=\"{}\",weights=\"{}\"}} 1",
-            model.architecture, model.num_classes, model.weights
-        );
-        out
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn histogram_buckets_are_cumulative() {
-        let mut h = Histogram::default();
-        h.observe(0.003);
-        h.observe(0.2);
-        assert_eq!(h.counts[0], 0); // <= 1 ms
-        assert_eq!(h.counts[2], 1); // <= 5 ms
-        assert_eq!(h.counts[7], 2); // <= 250 ms
-        assert_eq!(h.count, 2);
+        Ok(())
     }
 }

@@ -385,7 +385,7 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
     (status = 200, description = "Metrics", body = String, content_type = "text/plain; version=0.0.4")),
     security((), ("bearer" = [])))]
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
-    let body = state.metrics.render(&state.workers);
+    let body = state.metrics.render();
     let mut r = body.into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -485,25 +485,64 @@ pub fn router(state: Arc<AppState>) -> Router {
     explain_routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(state.clone(), count_responses))
-        .layer(middleware::from_fn_with_state(drain_limits, drain::drain_unread))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_responses,
+        ))
+        .layer(middleware::from_fn_with_state(
+            drain_limits,
+            drain::drain_unread,
+        ))
         .layer(CompressionLayer::new())
         .layer(cors(&server.cors_origins))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(TraceLayer::new_for_http()
-            // Refusals (503 when full) are answers, not failures; real 5xx are logged
-            // where they happen.
-            .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG))
-            .make_span_with(|request: &Request| {
-            let id = request
-                .headers()
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-");
-            tracing::info_span!("request", method = %request.method(), uri = %request.uri(), request_id = %id)
-        }))
+        .layer(
+            TraceLayer::new_for_http()
+                // Refusals (503 when full) are answers, not failures; real 5xx are logged
+                // where they happen.
+                .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG))
+                .make_span_with(request_span)
+                .on_response(
+                    |response: &Response, latency: Duration, span: &tracing::Span| {
+                        let status = response.status();
+                        // As i64: tracing-opentelemetry writes u64 fields as text.
+                        span.record("http.response.status_code", i64::from(status.as_u16()));
+                        if status.is_server_error() {
+                            span.record("otel.status_code", "ERROR");
+                        }
+                        tracing::debug!(status = status.as_u16(), ?latency, "answered");
+                    },
+                ),
+        )
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(state)
+}
+
+/// One span per request, named `POST /explain` (the route, not the raw path), with
+/// OpenTelemetry's HTTP attributes; it continues the caller's trace (W3C `traceparent`).
+fn request_span(request: &Request) -> tracing::Span {
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    let route = request.extensions().get::<MatchedPath>().map_or_else(
+        || request.uri().path().to_string(),
+        |p| p.as_str().to_string(),
+    );
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format!("{} {route}", request.method()),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %request.method(),
+        http.route = %route,
+        url.path = %request.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+        request_id = %id,
+    );
+    crate::telemetry::continue_trace(&span, request.headers());
+    span
 }
 
 fn cors(origins: &[String]) -> CorsLayer {

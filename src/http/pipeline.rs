@@ -4,6 +4,7 @@
 //! same limits, timeouts, cancellation and errors.
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use axum::body::Bytes;
 use image::RgbImage;
@@ -15,7 +16,8 @@ use crate::engine::{self, Prepared};
 use crate::explanation::{EncodedOverlay, Explanation, ImageSize, Timing};
 use crate::options::Options;
 use crate::preprocess::{DecodeLimits, ModelInput};
-use crate::worker::WorkerError;
+use crate::telemetry;
+use crate::worker::{JobOutput, WorkerError};
 
 /// The image as a request gives it.
 pub enum ImageInput {
@@ -79,16 +81,21 @@ pub async fn explain_image<T: Send + 'static>(
 
     let model = state.workers.model.clone();
     let spec = model.input_spec();
+    // The request's span (the HTTP layer's), parent of each stage's.
+    let request = tracing::Span::current();
     let prepared = match image {
         ImageInput::Encoded(bytes) => {
             let limits = DecodeLimits {
                 max_pixels: state.config.server.max_pixels,
             };
             let (resize, max_side) = (options.resize, options.overlay.max_side);
+            let span = tracing::info_span!("decode", image.bytes = bytes.len() as i64);
             timeout_at(
                 clock.deadline,
                 tokio::task::spawn_blocking(move || {
-                    engine::prepare_fitted(&bytes, limits, &spec, resize, max_side)
+                    span.in_scope(|| {
+                        engine::prepare_fitted(&bytes, limits, &spec, resize, max_side)
+                    })
                 }),
             )
             .await
@@ -119,6 +126,7 @@ pub async fn explain_image<T: Send + 'static>(
         image: image_size,
     } = prepared;
     let region = input.region;
+    let submitted = SystemTime::now();
     // On timeout the future is dropped, which tells the worker to stop (504 here at once).
     let job = state.workers.submit(
         &admission,
@@ -135,6 +143,7 @@ pub async fn explain_image<T: Send + 'static>(
             other => ApiError::Internal(other.to_string()),
         })?;
     drop(admission);
+    worker_spans(&request, submitted, &output, &options);
 
     let timing = Timing {
         decode: decode_ms,
@@ -145,7 +154,9 @@ pub async fn explain_image<T: Send + 'static>(
         ..Timing::default()
     };
     let state = state.clone();
+    let span = tracing::info_span!(parent: &request, "render", overlay.kind = ?render.overlay.kind);
     tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
         let (mut explanation, overlay) = engine::finish(
             &picture,
             image_size,
@@ -165,4 +176,39 @@ pub async fn explain_image<T: Send + 'static>(
     })
     .await
     .map_err(|e| ApiError::Internal(format!("rendering task failed: {e}")))
+}
+
+/// The stages the model worker timed, as children of the request's span, back to back from
+/// when the job was queued: `queue`, `forward`, `backward`, then `scores` when asked for.
+fn worker_spans(
+    request: &tracing::Span,
+    submitted: SystemTime,
+    output: &JobOutput,
+    options: &Options,
+) {
+    use opentelemetry::KeyValue;
+    let ms = |v: f64| Duration::from_secs_f64(v.max(0.0) / 1e3);
+    let passes = &output.scored.passes;
+    let method = KeyValue::new("gradcam.method", output.scored.raw.method.name());
+    let stages = [
+        ("queue", ms(output.queue_ms), vec![]),
+        (
+            "forward",
+            ms(passes.forward_ms),
+            vec![
+                method.clone(),
+                KeyValue::new("gradcam.batch_size", output.batch_size as i64),
+            ],
+        ),
+        ("backward", ms(passes.backward_ms), vec![method]),
+        ("scores", ms(output.scored.scores_ms), vec![]),
+    ];
+    let mut start = submitted;
+    for (name, duration, attributes) in stages {
+        if name == "scores" && options.scores.scores.is_empty() {
+            continue;
+        }
+        telemetry::timed_stage(request, name, start, duration, attributes);
+        start += duration;
+    }
 }
