@@ -93,6 +93,32 @@ pub fn init() -> Telemetry {
 }
 
 fn exporter() -> anyhow::Result<SdkTracerProvider> {
+    let endpoint = [
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ]
+    .into_iter()
+    .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+    .unwrap_or_default();
+    // The exporter is built without TLS (no TLS stack is linked for it): say so rather than
+    // fail on every export.
+    if endpoint.trim().to_ascii_lowercase().starts_with("https:") {
+        anyhow::bail!(
+            "{endpoint}: this build exports over plain HTTP only; send to a collector on \
+             http:// (a sidecar or the node's agent), which can forward over TLS"
+        );
+    }
+    for name in [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ] {
+        if let Some(protocol) = std::env::var(name)
+            .ok()
+            .filter(|p| p.trim() != "http/protobuf")
+        {
+            anyhow::bail!("{name}={protocol}: this build sends OTLP over http/protobuf only");
+        }
+    }
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .build()?;
