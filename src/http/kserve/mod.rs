@@ -11,7 +11,7 @@ mod v2;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -45,12 +45,12 @@ pub fn routes(state: &AppState) -> Router<Arc<AppState>> {
         )
         .route_layer(middleware::from_fn_with_state(keys, require_token));
     open.route("/v1/models", get(v1::list))
-        .route("/v1/models/{name}", get(v1::status))
+        .route("/v1/models/{name}", get(model_ready))
         .route("/v2", get(v2::server_metadata))
         .route("/v2/health/live", get(v2::live))
         .route("/v2/health/ready", get(v2::ready))
         .route("/v2/models/{name}", get(v2::metadata))
-        .route("/v2/models/{name}/ready", get(v2::model_ready))
+        .route("/v2/models/{name}/ready", get(model_ready))
         .route(
             "/v2/models/{name}/versions/{version}",
             get(v2::metadata_version),
@@ -60,6 +60,30 @@ pub fn routes(state: &AppState) -> Router<Arc<AppState>> {
             get(v2::model_ready_version),
         )
         .merge(guarded)
+}
+
+/// `GET /v1/models/{name}` and `GET /v2/models/{name}/ready`, which both protocols answer
+/// alike: `{"name", "ready"}`, 200 when ready, 503 while loading.
+async fn model_ready(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Response, ProtocolError> {
+    check_model(&state, &name)?;
+    let ready = state.workers.is_ready();
+    Ok(ready_answer(
+        serde_json::json!({ "name": name, "ready": ready }),
+        &state,
+    ))
+}
+
+/// `body` with 200 when the model is ready, 503 while it loads.
+fn ready_answer(body: serde_json::Value, state: &AppState) -> Response {
+    let code = if state.workers.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(body)).into_response()
 }
 
 /// `GET /` with `server.ui` off: KServe v1's liveness for programs, 404 for a browser.

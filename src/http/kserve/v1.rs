@@ -27,25 +27,6 @@ pub async fn list(State(state): State<Arc<AppState>>) -> Json<Value> {
     Json(serde_json::json!({ "models": [state.model_name()] }))
 }
 
-/// `GET /v1/models/{name}`: 200 when ready, 503 while loading.
-pub async fn status(
-    State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
-) -> Result<Response, ProtocolError> {
-    check_model(&state, &name)?;
-    let ready = state.workers.is_ready();
-    let code = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    Ok((
-        code,
-        Json(serde_json::json!({ "name": name, "ready": ready })),
-    )
-        .into_response())
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct V1Request {

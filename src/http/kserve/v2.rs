@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::future::try_join_all;
@@ -21,8 +21,8 @@ use serde_json::{json, Map, Value};
 
 use super::tensors::{self, BinaryParts, InferRequest, Values, HEADER_LENGTH};
 use super::{
-    check_count, check_model, check_version, options_from, read_body, resolve, ProtocolError,
-    VERSION,
+    check_count, check_model, check_version, options_from, read_body, ready_answer, resolve,
+    ProtocolError, VERSION,
 };
 use crate::http::pipeline::{self, Clock, ImageInput};
 use crate::http::problem::ApiError;
@@ -56,35 +56,13 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
     ready_answer(json!({ "ready": state.workers.is_ready() }), &state)
 }
 
-fn ready_answer(body: Value, state: &AppState) -> Response {
-    let code = if state.workers.is_ready() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (code, Json(body)).into_response()
-}
-
-/// `GET /v2/models/{name}/ready`
-pub async fn model_ready(
-    State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
-) -> Result<Response, ProtocolError> {
-    check_model(&state, &name)?;
-    let ready = state.workers.is_ready();
-    Ok(ready_answer(
-        json!({ "name": name, "ready": ready }),
-        &state,
-    ))
-}
-
 /// `GET /v2/models/{name}/versions/{version}/ready`
 pub async fn model_ready_version(
     state: State<Arc<AppState>>,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Response, ProtocolError> {
     check_version(&version)?;
-    model_ready(state, Path(name)).await
+    super::model_ready(state, Path(name)).await
 }
 
 /// `GET /v2/models/{name}`: the inputs and outputs, their datatypes and shapes (-1 where
