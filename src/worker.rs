@@ -83,9 +83,8 @@ pub struct WorkerStats {
 
 pub struct Workers {
     sender: Option<crossbeam_channel::Sender<Job>>,
-    permits: Arc<Semaphore>,
-    capacity: usize,
-    ready: watch::Receiver<bool>,
+    /// The queue's places, readiness and counters; the metrics hold a clone.
+    gauges: WorkerGauges,
     threads: Vec<std::thread::JoinHandle<()>>,
     pub model: Arc<ModelDescription>,
     pub stats: Arc<WorkerStats>,
@@ -102,7 +101,7 @@ pub struct WorkerGauges {
 }
 
 impl WorkerGauges {
-    /// As [`Workers::in_flight`].
+    /// Explanations admitted and not yet answered: decoding, waiting, running or rendering.
     pub fn in_flight(&self) -> usize {
         self.capacity - self.permits.available_permits()
     }
@@ -187,47 +186,51 @@ impl Workers {
             })
             .collect();
         let capacity = server.queue_capacity;
+        let model = Arc::new(model);
         Self {
             sender: Some(sender),
-            permits: Arc::new(Semaphore::new(capacity)),
-            capacity,
-            ready,
+            gauges: WorkerGauges {
+                permits: Arc::new(Semaphore::new(capacity)),
+                capacity,
+                ready,
+                stats: stats.clone(),
+                model: model.clone(),
+            },
             threads,
-            model: Arc::new(model),
+            model,
             stats,
         }
     }
 
     pub fn is_ready(&self) -> bool {
-        *self.ready.borrow()
+        self.gauges.is_ready()
     }
 
-    /// Explanations admitted and not yet answered: decoding, waiting, running or rendering.
+    /// As [`WorkerGauges::in_flight`].
     pub fn in_flight(&self) -> usize {
-        self.capacity - self.permits.available_permits()
+        self.gauges.in_flight()
     }
 
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.gauges.capacity
     }
 
     /// A view of the queue and the counters for the metrics, read at each scrape.
     pub fn gauges(&self) -> WorkerGauges {
-        WorkerGauges {
-            permits: self.permits.clone(),
-            capacity: self.capacity,
-            ready: self.ready.clone(),
-            stats: self.stats.clone(),
-            model: self.model.clone(),
-        }
+        self.gauges.clone()
     }
 
     /// A place in the queue for a request that costs `passes` network passes (a scored
     /// one costs more: `ScoreAsk::passes`), or None when the queue has not that many
     /// places free. A request never takes more than the whole queue.
     pub fn try_admit(&self, passes: usize) -> Option<Admission> {
-        let places = passes.clamp(1, self.capacity) as u32;
-        let permit = self.permits.clone().try_acquire_many_owned(places).ok()?;
+        let places = passes.clamp(1, self.gauges.capacity) as u32;
+        let permit = self
+            .gauges
+            .permits
+            .clone()
+            .try_acquire_many_owned(places)
+            .ok()?;
         Some(Admission::new(permit, self.stats.clone()))
     }
 
