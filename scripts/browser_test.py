@@ -49,6 +49,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
+from serving import NotServing, wait_until_serving
+
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 60  # seconds any one condition may take (a 2-core machine, shared)
 
@@ -63,24 +65,13 @@ class Server:
         self.proc = subprocess.Popen(
             [binary, "serve", "--bind", "127.0.0.1:0", *model, *args],
             stdout=subprocess.PIPE, stderr=self.log, text=True)
-        line = self.proc.stdout.readline().strip()
-        if not line.startswith("listening on "):
+        try:
+            self.url = wait_until_serving(self.proc)
+        except NotServing as e:
             self.stop()
             self.log.seek(0)
             said = self.log.read().decode(errors="replace").strip()[-600:]
-            raise RuntimeError(f"the server did not start: first line {line!r}; it said: {said}")
-        self.url = line.removeprefix("listening on ")
-        deadline = time.monotonic() + WAIT
-        while True:  # poll /ready: a condition, with a bound
-            try:
-                if http(self.url + "/ready")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.stop()
-                raise RuntimeError(f"{self.url} never became ready")
-            time.sleep(0.05)
+            raise RuntimeError(f"{e}; it said: {said}") from None
 
     def stop(self):
         if self.proc.poll() is None:

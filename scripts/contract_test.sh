@@ -22,8 +22,8 @@
 # besides the coverage phase's deterministic ones (about 200 for POST /explain); operations
 # without parameters (GET /health, ...) have a single valid request, so they get that one.
 # A fixed SEED (default 1) so a run can be repeated, 1 schemathesis worker; about 30 s on
-# 2 cores. Installs schemathesis once into ~/.cache/gradcam-serve/schemathesis-venv (a
-# stamp file marks a finished install). Needs the release build (BIN, default
+# 2 cores. Installs schemathesis once into ~/.cache/gradcam-serve/schemathesis-venv
+# (scripts/lib/common.sh's pinned_venv). Needs the release build (BIN, default
 # target/release/gradcam-serve).
 # Reports (JUnit XML, NDJSON events) go to target/contract-test/.
 set -euo pipefail
@@ -36,53 +36,25 @@ CHECKS=${CHECKS:-all}
 VERSION=4.32.5
 cache="${GRADCAM_CACHE:-$HOME/.cache/gradcam-serve}"
 venv="$cache/schemathesis-venv"
-stamp="$venv/.complete-$VERSION"
 out=target/contract-test
 here=$(pwd)
+
+# shellcheck source=scripts/lib/common.sh
+. scripts/lib/common.sh
 
 if [ ! -x "$BIN" ]; then
   echo "contract-test: $BIN is missing; run \`make build\` first" >&2
   exit 2
 fi
-if [ ! -f "$stamp" ]; then
-  echo "contract-test: installing schemathesis $VERSION into $venv (once)" >&2
-  rm -rf "$venv"
-  mkdir -p "$cache"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$VERSION" >&2
-  touch "$stamp"
-fi
+pinned_venv contract-test "$venv" "schemathesis==$VERSION"
 
 rm -rf "$out"
 mkdir -p "$out"
-GRADCAM_LOG=${GRADCAM_LOG:-warn} "$BIN" serve --bind 127.0.0.1:0 --demo-weights \
-  --weights /nonexistent/weights.safetensors >"$out/server.stdout" 2>"$out/server.log" &
-server=$!
+start_server "$BIN" "$out" main
+server=$pid
 cleanup() { kill "$server" 2>/dev/null || true; }
 trap cleanup EXIT
-
-url=
-for _ in $(seq 1 600); do
-  if line=$(head -n 1 "$out/server.stdout" 2>/dev/null) && [[ "$line" == "listening on "* ]]; then
-    url=${line#listening on }
-    break
-  fi
-  kill -0 "$server" 2>/dev/null || { echo "contract-test: the server exited; see $out/server.log" >&2; exit 2; }
-  sleep 0.1
-done
-[ -n "$url" ] || { echo "contract-test: no 'listening on' line within 60 s" >&2; exit 2; }
-python3 - "$url" <<'EOF'
-import sys, time, urllib.request, urllib.error
-deadline = time.monotonic() + 120
-while time.monotonic() < deadline:
-    try:
-        if urllib.request.urlopen(sys.argv[1] + "/ready", timeout=2).status == 200:
-            sys.exit(0)
-    except (urllib.error.URLError, OSError):
-        pass
-    time.sleep(0.1)
-sys.exit("contract-test: server not ready within 120 s")
-EOF
+url=$(server_url contract-test "$out" main "$server")
 echo "contract-test: server at $url (pid $server), schemathesis $VERSION, checks $CHECKS, $MAX_EXAMPLES examples per operation, seed $SEED"
 
 status=0
@@ -124,17 +96,7 @@ for (method, path, status), n in sorted(seen.items()):
 EOF
 
 # The server must have survived everything it was sent, and still stop cleanly.
-if ! kill -0 "$server" 2>/dev/null; then
-  echo "contract-test: FAIL: the server died during the run; see $out/server.log" >&2
-  exit 1
-fi
-kill -TERM "$server"
-code=0
-wait "$server" || code=$?
+stop_server contract-test "$out" main "$server" || status=1
 trap - EXIT
-if [ "$code" -ne 0 ]; then
-  echo "contract-test: FAIL: the server exited $code on SIGTERM" >&2
-  status=1
-fi
-[ "$status" -eq 0 ] && echo "contract-test: PASS" || echo "contract-test: FAIL (schemathesis exit $status)"
+[ "$status" -eq 0 ] && echo "contract-test: PASS" || echo "contract-test: FAIL"
 exit "$status"

@@ -36,8 +36,11 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
 import zlib
+
+from serving import NotServing, wait_until_serving
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "gradcam-serve")
@@ -213,22 +216,13 @@ def start_replica(procs, tmp, name, extra):
          *extra],
         stdout=subprocess.PIPE, stderr=log, env={**os.environ, "GRADCAM_LOG": "warn"},
         preexec_fn=die_with_parent(signal.SIGKILL)))
-    line = proc.stdout.readline().decode()
-    m = re.match(r"listening on http://127\.0\.0\.1:(\d+)", line)
-    if not m:
-        raise SystemExit(f"replica {name}: unexpected first line {line!r} (see {log.name})")
+    try:
+        url = wait_until_serving(proc, f"replica {name}")
+    except NotServing as e:
+        raise SystemExit(f"{e} (see {log.name})")
     # Keep reading stdout so the replica can never block on a full pipe.
     threading.Thread(target=proc.stdout.read, daemon=True).start()
-    port = int(m.group(1))
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if request(port, "GET", "/ready", timeout=5)[0] == 200:
-                return proc, port
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"replica {name} not ready within 60 s")
+    return proc, urllib.parse.urlsplit(url).port
 
 
 def free_port():

@@ -27,8 +27,11 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import zlib
 from collections import Counter
+
+from serving import NotServing, wait_until_serving
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -146,26 +149,12 @@ def start_server(args):
     env = dict(os.environ, GRADCAM_LOG=os.environ.get("GRADCAM_LOG", "warn"))
     log = open(args.server_log, "wb")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, env=env)
-    line = proc.stdout.readline().decode().strip()
-    if not line.startswith("listening on http://"):
+    try:
+        url = urllib.parse.urlsplit(wait_until_serving(proc))
+    except NotServing as e:
         proc.kill()
-        sys.exit(f"load-test: server did not start (first line {line!r}; log in {args.server_log})")
-    host, port = line.removeprefix("listening on http://").rsplit(":", 1)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            c = http.client.HTTPConnection(host, int(port), timeout=2)
-            c.request("GET", "/ready")
-            r = c.getresponse()
-            r.read()
-            c.close()
-            if r.status == 200:
-                return proc, host, int(port), " ".join(cmd)
-        except OSError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    sys.exit("load-test: server not ready within 120 s")
+        sys.exit(f"load-test: {e} (log in {args.server_log})")
+    return proc, url.hostname, url.port, " ".join(cmd)
 
 
 # ---------------------------------------------------------------- traffic

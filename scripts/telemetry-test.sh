@@ -4,7 +4,7 @@
 # definitions, and /metrics parsed by the Prometheus project's Python parser
 # (prometheus_client) and checked by `promtool check metrics` (Prometheus's own linter).
 # See scripts/telemetry_test.py for the checks. Installs the Python packages, pinned, once
-# into ~/.cache/gradcam-serve/telemetry-venv (a stamp file marks a finished install), and
+# into ~/.cache/gradcam-serve/telemetry-venv (scripts/lib/common.sh's pinned_venv), and
 # promtool from Debian's prometheus package, unpacked (not installed: no service starts)
 # into ~/.cache/gradcam-serve/promtool.
 # Needs the release build (BIN, default target/release/gradcam-serve). Logs go to
@@ -16,22 +16,16 @@ BIN=${BIN:-target/release/gradcam-serve}
 pins="opentelemetry-proto==1.45.2 protobuf==7.36.2 prometheus-client==0.26.0"
 cache="${GRADCAM_CACHE:-$HOME/.cache/gradcam-serve}"
 venv="$cache/telemetry-venv"
-stamp="$venv/.complete"
 out=target/telemetry-test
+# shellcheck source=scripts/lib/common.sh
+. scripts/lib/common.sh
 
 if [ ! -x "$BIN" ]; then
   echo "telemetry-test: $BIN is missing; run \`make build\` first" >&2
   exit 2
 fi
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$pins" ]; then
-  echo "telemetry-test: installing $pins into $venv (once)" >&2
-  rm -rf "$venv"
-  mkdir -p "$cache"
-  python3 -m venv "$venv"
-  # shellcheck disable=SC2086 # $pins is a list of requirements
-  "$venv/bin/pip" install -q --disable-pip-version-check $pins >&2
-  echo "$pins" > "$stamp"
-fi
+# shellcheck disable=SC2086 # $pins is a list of requirements
+pinned_venv telemetry-test "$venv" $pins
 promtool_dir="$cache/promtool"
 promtool="$promtool_dir/usr/bin/promtool"
 if [ ! -x "$promtool" ]; then

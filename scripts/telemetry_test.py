@@ -35,6 +35,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
+from serving import NotServing, wait_until_serving
+
 WAIT = 60
 failures = []
 
@@ -94,17 +96,11 @@ def start_server(binary, env_extra, log):
     proc = subprocess.Popen(
         [binary, "serve", "--bind", "127.0.0.1:0", "--demo-weights", "--weights", "/nonexistent/w.safetensors"],
         stdout=subprocess.PIPE, stderr=log, env=env, text=True)
-    line = proc.stdout.readline().strip()
-    assert line.startswith("listening on "), f"first line {line!r}"
-    url = line.removeprefix("listening on ")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if urllib.request.urlopen(url + "/ready", timeout=2).status == 200:
-                return proc, url
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.1)
-    raise SystemExit("telemetry-test: the server is not ready within 120 s")
+    try:
+        return proc, wait_until_serving(proc)
+    except NotServing as e:
+        proc.kill()
+        raise SystemExit(f"telemetry-test: {e}")
 
 
 def http(method, url, body=None, headers=None):
