@@ -16,6 +16,18 @@ if [ ! -f "$stamp" ]; then
     torch==2.13.0 torchvision==0.28.0 grad-cam==1.5.7 safetensors >&2
   touch "$stamp"
 fi
+# grad-cam 1.5.7 leaves its dependencies unpinned, and OpenCV's resize (cv2.resize, which
+# upsamples every reference map) and numpy decide the reference's numbers: pinned to the
+# versions the parity data was made and checked with. Its own stamp, so that an existing
+# venv gets it (a no-op where these versions are already installed).
+refpins="opencv-python-headless==5.1.0.95 numpy==2.4.6 safetensors==0.8.0"
+refpins_stamp="$venv/.refpins"
+if [ "$(cat "$refpins_stamp" 2>/dev/null)" != "$refpins" ]; then
+  echo "setup-pyref: pinning $refpins in $venv" >&2
+  # shellcheck disable=SC2086 # $refpins is a list of requirements
+  "$venv/bin/pip" install -q --disable-pip-version-check $refpins >&2
+  echo "$refpins" >"$refpins_stamp"
+fi
 # The benchmark's ONNX Runtime baseline (bench/baseline.py exports the same weights with
 # torch.onnx.export, which needs `onnx`). Its own stamp, so that an existing venv gets it.
 ort_stamp="$venv/.onnxruntime-1.32.0"
