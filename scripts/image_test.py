@@ -41,12 +41,14 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 
 import yaml  # the deploy tools' venv (scripts/setup-deploy-tools.sh) has PyYAML
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import gateway_test as gt  # noqa: E402  (PNG makers, multipart requests)
+from serving import NotServing, wait_until_serving  # noqa: E402
 
 BIN = os.path.join(ROOT, "target", "release", "gradcam-serve")
 IMAGE = "localhost/gradcam-serve:latest"
@@ -218,13 +220,13 @@ class Reference:
              "--demo-weights"], stdout=subprocess.PIPE, stderr=self.log,
             env={**os.environ, **settings, "GRADCAM_LOG": "warn"},
             preexec_fn=gt.die_with_parent(signal.SIGKILL))
-        line = self.proc.stdout.readline().decode()
-        m = re.match(r"listening on http://127\.0\.0\.1:(\d+)", line)
-        if not m:
-            raise SystemExit(f"reference binary: unexpected first line {line!r}")
+        try:
+            url = wait_until_serving(self.proc, "the reference binary")
+        except NotServing as e:
+            raise SystemExit(str(e))
+        # Keep reading stdout so the server can never block on a full pipe.
         threading.Thread(target=self.proc.stdout.read, daemon=True).start()
-        self.port = int(m.group(1))
-        wait_for("the reference binary's /ready", lambda: ready(self.port), 120)
+        self.port = urllib.parse.urlsplit(url).port
 
     def stop(self):
         self.proc.terminate()
