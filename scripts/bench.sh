@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: builds the release binaries, installs the Python baseline's venv (once), runs
 # every benchmark (bench/run.py) and writes BENCHMARKS.md, bench/*.png and bench/results.json.
-# Takes about 6-7 minutes of measuring on 2 cores; BENCH_QUICK=1 makes a short, rough run.
+# How long it measures: the README's `make bench` row. BENCH_QUICK=1 makes a short, rough run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LIBTORCH="${LIBTORCH:-$(scripts/setup-libtorch.sh)}"
